@@ -1,0 +1,227 @@
+//! Wiring and lifecycle: builds the hub from a `Config` (log backend, sources, schemas, keys),
+//! runs the HTTP server and background tasks, and drains them on shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogUrl, Secret};
+use crate::ingest::Source;
+use crate::log::{EventLog, Log, MemoryLog, SledLog};
+use crate::schema::Schemas;
+use crate::sign::{SetSigner, SignAlg};
+
+/// Everything request handlers share.
+#[derive(Debug)]
+pub struct Hub {
+    pub config: Config,
+    pub sources: HashMap<String, Source>,
+    pub log: Log,
+    pub schemas: Schemas,
+    pub admin_token: Secret,
+    pub signer: SetSigner,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("opening the log: {0}")]
+    Log(#[from] crate::log::LogError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How often expired de-duplication keys are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+impl Hub {
+    /// Builds the hub: opens the log, loads or creates the signing key and admin token, reads
+    /// source keys. Must run inside a tokio runtime (the log starts its committer task).
+    pub fn build(config: Config) -> Result<Arc<Hub>, StartError> {
+        for risk in config.risks() {
+            tracing::warn!("{risk}");
+        }
+        std::fs::create_dir_all(&config.data_dir)?;
+        let backend: Arc<dyn EventLog> = match config.log_url()? {
+            LogUrl::Sled(path) => Arc::new(SledLog::open(&path, config.log.cache_capacity_bytes)?),
+            LogUrl::Memory => Arc::new(MemoryLog::new()),
+        };
+        let log = Log::start(backend);
+        let schemas = Schemas::compile().map_err(StartError::Setup)?;
+        let sources = config
+            .sources
+            .iter()
+            .map(|c| Source::from_config(c, &config.jwks).map(|s| (s.id.clone(), s)))
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(StartError::Setup)?;
+        let alg =
+            SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
+        let signer = SetSigner::load_or_generate(&config.data_dir.join("signing-key.pem"), alg)
+            .map_err(|e| StartError::Setup(format!("hub signing key: {e}")))?;
+        let admin_token = match &config.admin_token {
+            Some(t) => t.clone(),
+            None => load_or_create_token(&config.data_dir.join("admin-token"))?,
+        };
+        Ok(Arc::new(Hub {
+            config,
+            sources,
+            log,
+            schemas,
+            admin_token,
+            signer,
+            metrics: crate::telemetry::metrics_handle(),
+        }))
+    }
+}
+
+fn load_or_create_token(path: &Path) -> Result<Secret, StartError> {
+    if path.exists() {
+        let token = std::fs::read_to_string(path)?.trim().to_owned();
+        return Ok(Secret::new(token));
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    crate::sign::write_private(path, token.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(Secret::new(token))
+}
+
+/// Serves `hub` on `listener` until `shutdown` is cancelled, then drains in-flight requests and
+/// stops background tasks. Tests pass a listener on port 0 and their own token.
+pub async fn run(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let mut tasks = JoinSet::new();
+    for source in hub.sources.values() {
+        // Warm the JWKS cache so the first SET does not pay for the fetch.
+        let hub = hub.clone();
+        let id = source.id.clone();
+        tasks.spawn(async move {
+            if let Some(s) = hub.sources.get(&id) {
+                let _ = s.keys.key(Some("")).await;
+            }
+        });
+    }
+    {
+        let hub = hub.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => match hub.log.prune_keys(crate::unix_now()).await {
+                        Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned expired dedupe keys"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
+                    },
+                }
+            }
+        });
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, sources = hub.sources.len(), "ssf-hub listening");
+    let app = crate::http::router(hub.clone());
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    shutdown.cancel();
+    // Background tasks get a short grace period, then are aborted.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+    }
+    served.map_err(StartError::Io)
+}
+
+/// A hub running in the background of the current runtime (tests, benchmarks).
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl Running {
+    /// Stops the hub and waits for it to finish.
+    pub async fn stop(self) -> Result<(), StartError> {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .map_err(|e| StartError::Setup(format!("hub task: {e}")))?
+    }
+}
+
+/// Builds and starts a hub on `config.listen` (port 0 picks a free port).
+pub async fn spawn(config: Config) -> Result<Running, StartError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let hub = Hub::build(config)?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(hub.clone(), listener, shutdown.clone()));
+    Ok(Running {
+        addr,
+        hub,
+        shutdown,
+        task,
+    })
+}
+
+/// `ssf-hub serve`: runs until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let hub = Hub::build(config)?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    run(hub, listener, shutdown).await
+}
+
+fn wait_for_signal() -> impl Future<Output = ()> {
+    async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

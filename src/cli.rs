@@ -1,0 +1,345 @@
+//! The `ssf-hub` command line: `serve`, and the operator tools `keygen`, `send` and `tail` that
+//! talk to a hub only over its HTTP API, as any other client would.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::set::EventKind;
+use crate::sign::{SetSigner, SignAlg};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ssf-hub",
+    version,
+    about = "OpenID Shared Signals (SSF/CAEP/RISC) event hub"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub (embedded log, loopback listener unless configured otherwise).
+    Serve {
+        /// TOML configuration file, layered over the built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the effective configuration (defaults + file + SSF_HUB_* environment) and exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Generate a signing key: PREFIX.key.pem (private, mode 0600) and PREFIX.jwks.json (public).
+    Keygen {
+        /// ES256 or RS256.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// Output path prefix.
+        #[arg(long, default_value = "transmitter")]
+        out: PathBuf,
+        /// Key id; defaults to the RFC 7638 thumbprint.
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Build, sign and push one SET to a URL (RFC 8935), printing the HTTP result.
+    Send(SendArgs),
+    /// Print normalized events from a running hub as JSON lines.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// Where to POST, e.g. http://127.0.0.1:8080/ingest/demo.
+    #[arg(long)]
+    pub url: String,
+    /// PEM private key (from `ssf-hub keygen`).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long, default_value = "ES256")]
+    pub alg: String,
+    /// Key id; defaults to the key's RFC 7638 thumbprint, as `keygen` publishes it.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// SET `iss`.
+    #[arg(long)]
+    pub iss: String,
+    /// SET `aud`.
+    #[arg(long)]
+    pub aud: String,
+    /// Event type: a full URI, or a short name such as `session-revoked` or `risc/account-disabled`.
+    #[arg(long, default_value = "session-revoked")]
+    pub event: String,
+    /// Subject identifier as JSON (RFC 9493), e.g. '{"format":"email","email":"a@b.test"}'.
+    #[arg(long, conflicts_with = "email")]
+    pub subject: Option<String>,
+    /// Shorthand for an email subject.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Event payload claims as a JSON object; `event_timestamp` defaults to now.
+    #[arg(long, default_value = "{}")]
+    pub claims: String,
+    /// `txn` claim.
+    #[arg(long)]
+    pub txn: Option<String>,
+    /// `jti` claim; a random UUID by default.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Authorization header value for the receiving endpoint, e.g. 'Bearer abc'.
+    #[arg(long, env = "SSF_SEND_AUTHORIZATION")]
+    pub authorization: Option<String>,
+    /// Print the signed SET instead of sending it.
+    #[arg(long)]
+    pub print: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Base URL of the hub.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Admin token; by default read from <data-dir>/admin-token.
+    #[arg(long, env = "SSF_HUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The hub's data directory, to find the generated admin token.
+    #[arg(long, default_value = "ssf-hub-data")]
+    pub data_dir: PathBuf,
+    /// Start after this log position (0 = from the beginning).
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Keep waiting for new events.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only events of these types (short names or URIs); repeatable.
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    /// Only events from this source id.
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    crate::telemetry::init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssf-hub: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let result: Result<(), String> = rt.block_on(async {
+        match cli.command {
+            Command::Serve { config } => {
+                let config =
+                    crate::config::Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+                crate::app::serve(config).await.map_err(|e| e.to_string())
+            }
+            Command::CheckConfig { config } => {
+                let config =
+                    crate::config::Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+                println!("{config:#?}");
+                Ok(())
+            }
+            Command::Keygen { alg, out, kid } => keygen(&alg, &out, kid),
+            Command::Send(args) => send(args).await,
+            Command::Tail(args) => tail(args).await,
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("ssf-hub: {e}");
+            1
+        }
+    }
+}
+
+fn keygen(alg: &str, out: &std::path::Path, kid: Option<String>) -> Result<(), String> {
+    let alg = SignAlg::parse(alg).map_err(|e| e.to_string())?;
+    let (signer, pem) = SetSigner::generate(alg).map_err(|e| e.to_string())?;
+    let signer = match kid {
+        Some(kid) => SetSigner::from_pem(&pem, alg, Some(kid)).map_err(|e| e.to_string())?,
+        None => signer,
+    };
+    let key_path = with_suffix(out, ".key.pem");
+    let jwks_path = with_suffix(out, ".jwks.json");
+    crate::sign::write_private(&key_path, &pem)
+        .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let jwks = serde_json::to_string_pretty(&signer.jwks()).map_err(|e| e.to_string())?;
+    std::fs::write(&jwks_path, jwks + "\n").map_err(|e| format!("{}: {e}", jwks_path.display()))?;
+    println!(
+        "wrote {} (private) and {} (public, kid {})",
+        key_path.display(),
+        jwks_path.display(),
+        signer.kid()
+    );
+    Ok(())
+}
+
+fn with_suffix(prefix: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Resolves `session-revoked`, `risc/account-disabled` or a full URI to a URI.
+fn event_uri(name: &str) -> Result<String, String> {
+    if name.contains("://") {
+        return Ok(name.to_owned());
+    }
+    let (family, suffix) = name.split_once('/').unwrap_or(("", name));
+    EventKind::ALL
+        .iter()
+        .find(|k| k.suffix() == suffix && (family.is_empty() || k.family() == family))
+        .map(|k| k.uri())
+        .ok_or_else(|| format!("unknown event type {name:?}"))
+}
+
+/// Builds the claims of a SET from `send` arguments.
+pub fn build_claims(args: &SendArgs, now: u64) -> Result<Map<String, Value>, String> {
+    let subject: Value = match (&args.subject, &args.email) {
+        (Some(s), _) => serde_json::from_str(s).map_err(|e| format!("--subject: {e}"))?,
+        (None, Some(email)) => json!({ "format": "email", "email": email }),
+        (None, None) => return Err("give the subject with --subject or --email".into()),
+    };
+    let mut payload: Map<String, Value> = serde_json::from_str(&args.claims)
+        .map_err(|e| format!("--claims must be a JSON object: {e}"))?;
+    let uri = event_uri(&args.event)?;
+    let is_ssf = EventKind::from_uri(&uri).is_some_and(|k| !k.has_common_claims());
+    if !is_ssf {
+        payload.entry("event_timestamp").or_insert(json!(now));
+    }
+    let mut claims = Map::new();
+    claims.insert("iss".into(), json!(args.iss));
+    claims.insert("aud".into(), json!(args.aud));
+    claims.insert(
+        "jti".into(),
+        json!(args
+            .jti
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
+    );
+    claims.insert("iat".into(), json!(now));
+    if let Some(txn) = &args.txn {
+        claims.insert("txn".into(), json!(txn));
+    }
+    claims.insert("sub_id".into(), subject);
+    claims.insert("events".into(), json!({ uri: payload }));
+    Ok(claims)
+}
+
+async fn send(args: SendArgs) -> Result<(), String> {
+    let alg = SignAlg::parse(&args.alg).map_err(|e| e.to_string())?;
+    let pem = std::fs::read(&args.key).map_err(|e| format!("{}: {e}", args.key.display()))?;
+    let signer = SetSigner::from_pem(&pem, alg, args.kid.clone()).map_err(|e| e.to_string())?;
+    let claims = build_claims(&args, crate::unix_now())?;
+    let set = signer.sign(&claims).map_err(|e| e.to_string())?;
+    if args.print {
+        println!("{set}");
+        return Ok(());
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = client
+        .post(&args.url)
+        .header("content-type", crate::set::SET_MEDIA_TYPE)
+        .header("accept", "application/json")
+        .body(set);
+    if let Some(auth) = &args.authorization {
+        req = req.header("authorization", auth);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("POST {}: {e}", args.url))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    println!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    if !body.is_empty() {
+        println!("{body}");
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the receiver refused the SET (HTTP {})",
+            status.as_u16()
+        ))
+    }
+}
+
+async fn tail(args: TailArgs) -> Result<(), String> {
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => {
+            let path = args.data_dir.join("admin-token");
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("no --token and cannot read {}: {e}", path.display()))?
+                .trim()
+                .to_owned()
+        }
+    };
+    let wanted: Vec<String> = args
+        .events
+        .iter()
+        .map(|e| event_uri(e))
+        .collect::<Result<_, _>>()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base = args.url.trim_end_matches('/');
+    let mut since = args.since;
+    loop {
+        let resp = client
+            .get(format!("{base}/events"))
+            .query(&[("since", since.to_string()), ("limit", "500".into())])
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map_err(|e| format!("GET {base}/events: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "GET {base}/events answered HTTP {}",
+                resp.status().as_u16()
+            ));
+        }
+        let page: Value = serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        for event in &events {
+            let type_ok = wanted.is_empty()
+                || event["event_type"]
+                    .as_str()
+                    .is_some_and(|t| wanted.iter().any(|w| w == t));
+            let source_ok = args
+                .source
+                .as_deref()
+                .is_none_or(|s| event["source"].as_str() == Some(s));
+            if type_ok && source_ok {
+                println!("{event}");
+            }
+        }
+        since = page["next"].as_u64().unwrap_or(since);
+        if events.is_empty() {
+            if !args.follow {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Configuration: built-in defaults (`deploy/config/hub.toml`) → optional TOML file →
+//! `SSF_HUB_*` environment, then `validate()`. Knows nothing about how the values are used.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer};
+
+use crate::verify::Alg;
+
+/// The documented defaults, compiled in so that docs and behaviour cannot drift apart.
+pub const DEFAULTS: &str = include_str!("../deploy/config/hub.toml");
+
+/// Environment variable prefix; `__` separates a section from its key.
+pub const ENV_PREFIX: &str = "SSF_HUB_";
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret value (token, credential). Its `Debug` never shows the value, so a config dump or an
+/// error message cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison, so response timing does not reveal how much of a guess matched.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret(String::deserialize(d)?))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub issuer: String,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    pub log: LogConfig,
+    pub ingest: IngestConfig,
+    pub jwks: JwksConfig,
+    pub signing: SigningConfig,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub url: String,
+    pub cache_capacity_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_body_bytes: usize,
+    pub max_future_iat_secs: u64,
+    pub dedupe_retention_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    pub min_cache_secs: u64,
+    pub max_cache_secs: u64,
+    pub refresh_cooldown_secs: u64,
+    pub fetch_timeout_secs: u64,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    pub alg: String,
+}
+
+/// One upstream transmitter whose SETs the hub accepts on `POST /ingest/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub id: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Exact `Authorization` header value the source must present, e.g. `Bearer abc`.
+    #[serde(default)]
+    pub authorization: Option<Secret>,
+    /// Pre-1.0 transmitters: accept a missing `typ` and a subject only inside the payload.
+    #[serde(default)]
+    pub legacy: bool,
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["ES256", "RS256", "PS256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Where the event log lives, parsed from `log.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogUrl {
+    Sled(PathBuf),
+    Memory,
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// As [`Config::load`], with the environment layer supplied (tests use a fixed one).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "--config",
+                    format!("{} is not a file", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: consistency, ranges, and dangerous choices.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_url("issuer", &self.issuer)?;
+        if self.issuer.contains(['?', '#']) {
+            return Err(invalid("issuer", "must not have a query or fragment"));
+        }
+        if matches!(&self.admin_token, Some(t) if t.expose().len() < 16) {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        self.log_url()?;
+        if self.log.cache_capacity_bytes < 1 << 20 {
+            return Err(invalid(
+                "log.cache_capacity_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if !(256..=16 << 20).contains(&self.ingest.max_body_bytes) {
+            return Err(invalid(
+                "ingest.max_body_bytes",
+                "must be between 256 bytes and 16 MiB",
+            ));
+        }
+        if self.ingest.dedupe_retention_secs < 60 {
+            return Err(invalid(
+                "ingest.dedupe_retention_secs",
+                "must be at least 60",
+            ));
+        }
+        let j = &self.jwks;
+        if j.min_cache_secs == 0 || j.min_cache_secs > j.max_cache_secs {
+            return Err(invalid(
+                "jwks.min_cache_secs",
+                "must be positive and not above jwks.max_cache_secs",
+            ));
+        }
+        if j.fetch_timeout_secs == 0 {
+            return Err(invalid("jwks.fetch_timeout_secs", "must be positive"));
+        }
+        if j.max_bytes < 1024 {
+            return Err(invalid("jwks.max_bytes", "must be at least 1024"));
+        }
+        if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
+            return Err(invalid("signing.alg", "must be ES256 or RS256"));
+        }
+        let mut ids = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = |k: &str| format!("sources[{i}].{k}");
+            if s.id.is_empty()
+                || !s
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(invalid(key("id"), "must be non-empty [A-Za-z0-9._-]"));
+            }
+            if !ids.insert(s.id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!("duplicate source id {:?}", s.id),
+                ));
+            }
+            if s.issuer.is_empty() || s.issuer.chars().any(char::is_control) {
+                return Err(invalid(
+                    key("issuer"),
+                    "must be non-empty, without control characters",
+                ));
+            }
+            match (&s.jwks_uri, &s.jwks_file) {
+                (Some(uri), None) => check_url(&key("jwks_uri"), uri)?,
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(invalid(
+                        key("jwks_uri"),
+                        "set exactly one of jwks_uri and jwks_file",
+                    ))
+                }
+            }
+            if s.audiences.is_empty() || s.audiences.iter().any(String::is_empty) {
+                return Err(invalid(
+                    key("audiences"),
+                    "needs at least one non-empty value",
+                ));
+            }
+            if s.algorithms.is_empty() {
+                return Err(invalid(key("algorithms"), "needs at least one algorithm"));
+            }
+            for alg in &s.algorithms {
+                if Alg::parse(alg).is_none() {
+                    return Err(invalid(
+                        key("algorithms"),
+                        format!(
+                            "{alg:?} is not allowed: use asymmetric JWS algorithms \
+                             (ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA)"
+                        ),
+                    ));
+                }
+            }
+            if let Some(auth) = &s.authorization {
+                if auth.expose().trim().is_empty() {
+                    return Err(invalid(key("authorization"), "must not be empty"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The log backend selected by `log.url`.
+    pub fn log_url(&self) -> Result<LogUrl, ConfigError> {
+        let url = self.log.url.as_str();
+        if let Some(path) = url.strip_prefix("sled://") {
+            Ok(LogUrl::Sled(if path.is_empty() {
+                self.data_dir.join("log")
+            } else {
+                PathBuf::from(path)
+            }))
+        } else if url == "memory://" {
+            Ok(LogUrl::Memory)
+        } else if url.starts_with("kafka://") {
+            Err(invalid(
+                "log.url",
+                "the kafka backend is not compiled into this build",
+            ))
+        } else {
+            Err(invalid("log.url", "scheme must be sled:// or memory://"))
+        }
+    }
+
+    /// Warnings about legal but risky settings, logged once at start-up.
+    pub fn risks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let exposed = !self.listen.ip().is_loopback();
+        for s in &self.sources {
+            if exposed && s.authorization.is_none() {
+                out.push(format!(
+                    "source {:?} has no `authorization`: anyone who can reach {} can make the hub \
+                     verify signatures on its behalf",
+                    s.id, self.listen
+                ));
+            }
+            if s.legacy {
+                out.push(format!(
+                    "source {:?} runs in legacy mode (SETs without `typ` accepted)",
+                    s.id
+                ));
+            }
+        }
+        if self.log_url().ok() == Some(LogUrl::Memory) {
+            out.push("log.url is memory://: events are lost when the hub stops".into());
+        }
+        out
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(invalid(key, "must be an absolute http(s) URL")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, toml).expect("write");
+        Config::load_from(Some(&path), Env::prefixed("SSF_HUB_TEST_UNUSED_"))
+    }
+
+    #[test]
+    fn defaults_alone_make_a_working_config() {
+        let c = Config::load_from(None, Env::prefixed("SSF_HUB_TEST_UNUSED_")).expect("defaults");
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(
+            c.log_url().expect("url"),
+            LogUrl::Sled(PathBuf::from("ssf-hub-data/log"))
+        );
+        assert!(c.sources.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let err = load("[ingest]\nmax_body_byte = 5\n").expect_err("typo");
+        assert!(err.to_string().contains("max_body_byte"), "{err}");
+        let err = load("colour = 1\n").expect_err("unknown top-level");
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_sources_name_the_key() {
+        let src = |extra: &str| {
+            format!("[[sources]]\nid = \"a\"\nissuer = \"https://i\"\naudiences = [\"x\"]\n{extra}")
+        };
+        let err = load(&src("")).expect_err("no keys");
+        assert!(err.to_string().contains("sources[0].jwks_uri"), "{err}");
+        let err = load(&src("jwks_file = \"k\"\nalgorithms = [\"HS256\"]")).expect_err("hmac");
+        assert!(err.to_string().contains("sources[0].algorithms"), "{err}");
+        let err = load(&src("jwks_file = \"k\"\nalgorithms = [\"none\"]")).expect_err("none");
+        assert!(err.to_string().contains("sources[0].algorithms"), "{err}");
+        assert!(load(&src("jwks_file = \"k\"")).is_ok());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_secrets_stay_hidden() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hub.toml", "listen = \"127.0.0.1:9000\"\n")?;
+            jail.set_env("SSF_HUB_LISTEN", "127.0.0.1:9001");
+            jail.set_env("SSF_HUB_INGEST__MAX_BODY_BYTES", "1024");
+            jail.set_env("SSF_HUB_ADMIN_TOKEN", "correct-horse-battery-staple");
+            let c = Config::load(Some(Path::new("hub.toml"))).expect("load");
+            assert_eq!(c.listen.port(), 9001);
+            assert_eq!(c.ingest.max_body_bytes, 1024);
+            assert!(!format!("{c:?}").contains("correct-horse"));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,121 @@
+//! The hub's request error and its one mapping to HTTP. Stage errors (`VerifyError`,
+//! `NormalizeError`, `LogError`) are typed where they arise; this is the only place that
+//! chooses status codes, and its `match` has no wildcard so a new variant forces a choice.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::log::LogError;
+use crate::normalize::NormalizeError;
+use crate::verify::{ErrCode, VerifyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such source")]
+    UnknownSource,
+    #[error("an Authorization header is required")]
+    MissingCredential,
+    #[error("the presented credential is not accepted")]
+    WrongCredential,
+    #[error("Content-Type must be application/secevent+jwt")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than this hub accepts")]
+    TooLarge,
+    #[error("{0}")]
+    BadQuery(&'static str),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    Normalize(#[from] NormalizeError),
+    #[error("storage failure")]
+    Log(#[from] LogError),
+}
+
+impl Error {
+    /// Short outcome label for metrics and logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Error::UnknownSource => "unknown_source",
+            Error::MissingCredential => "unauthorized",
+            Error::WrongCredential => "forbidden",
+            Error::UnsupportedMediaType => "unsupported_media_type",
+            Error::TooLarge => "too_large",
+            Error::BadQuery(_) => "bad_query",
+            Error::Verify(VerifyError::KeysUnavailable) => "unavailable",
+            Error::Verify(e) => e.code().as_str(),
+            Error::Normalize(_) => ErrCode::InvalidRequest.as_str(),
+            Error::Log(_) => "internal",
+        }
+    }
+}
+
+/// RFC 8935 §2.3 error body: 400, JSON, `Content-Language`, `{"err", "description"}`.
+fn set_error(code: ErrCode, description: String) -> Response {
+    let mut resp = (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "err": code.as_str(), "description": description })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LANGUAGE, HeaderValue::from_static("en"));
+    resp
+}
+
+/// Errors that are not about the SET itself: plain JSON with an `error` member, deliberately not
+/// `err`, so a receiver never mistakes an HTTP-level refusal for an RFC 8935 code.
+fn http_error(status: StatusCode, error: &str, description: String) -> Response {
+    let mut resp = (
+        status,
+        axum::Json(json!({ "error": error, "description": description })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LANGUAGE, HeaderValue::from_static("en"));
+    resp
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let description = self.to_string();
+        match self {
+            Error::UnknownSource => http_error(StatusCode::NOT_FOUND, "not_found", description),
+            Error::MissingCredential => {
+                let mut r = http_error(StatusCode::UNAUTHORIZED, "unauthorized", description);
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            Error::WrongCredential => http_error(StatusCode::FORBIDDEN, "forbidden", description),
+            Error::UnsupportedMediaType => http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                description,
+            ),
+            Error::TooLarge => http_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", description),
+            Error::BadQuery(_) => http_error(StatusCode::BAD_REQUEST, "bad_request", description),
+            Error::Verify(VerifyError::KeysUnavailable) => {
+                // Not the SET's fault: the source's JWKS has never been reachable. 503 tells the
+                // transmitter to retry, which a 400 would not.
+                let mut r = http_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "keys_unavailable",
+                    description,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+                r
+            }
+            Error::Verify(e) => set_error(e.code(), description),
+            Error::Normalize(_) => set_error(ErrCode::InvalidRequest, description),
+            Error::Log(e) => {
+                tracing::error!(error = %e, "request failed on storage");
+                http_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the SET was not stored".into(),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP surface: router, request-id middleware, operator endpoints (`/events`, `/metrics`,
+//! health) and the hub's public JWKS. Stage handlers live in their own modules (`ingest`).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+use crate::app::Hub;
+use crate::error::Error;
+use crate::normalize::Record;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new()
+        .route("/ingest/{source_id}", post(crate::ingest::ingest_set))
+        .route("/events", get(list_events))
+        .route("/jwks.json", get(get_jwks))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(middleware::from_fn(request_id))
+        .with_state(hub)
+}
+
+/// Gives every request an id, in its tracing span and in the `x-request-id` response header,
+/// so a client's report can be matched to the hub's log lines.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Checks `Authorization: Bearer <admin_token>` in constant time.
+pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(Error::MissingCredential)?;
+    let token = value
+        .as_bytes()
+        .strip_prefix(b"Bearer ")
+        .ok_or(Error::MissingCredential)?;
+    if hub.admin_token.matches(token) {
+        Ok(())
+    } else {
+        Err(Error::WrongCredential)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// Largest page `GET /events` returns, whatever `limit` asks for.
+pub const MAX_EVENTS_PAGE: usize = 1000;
+
+/// `GET /events?since=POSITION&limit=N`: records after `since`, oldest first, with `next` (the
+/// position to pass as `since` to continue) and `head` (the last durable position).
+async fn list_events(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
+    require_admin(&hub, &headers)?;
+    let Query(q) =
+        query.map_err(|_| Error::BadQuery("since and limit must be non-negative integers"))?;
+    if q.limit == 0 {
+        return Err(Error::BadQuery("limit must be at least 1"));
+    }
+    let entries = hub.log.read(q.since, q.limit.min(MAX_EVENTS_PAGE)).await?;
+    let mut next = q.since;
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let mut record: Record = serde_json::from_slice(&entry.record)
+            .map_err(|e| crate::log::LogError::Storage(format!("decoding record: {e}")))?;
+        record.position = entry.position;
+        next = entry.position;
+        events.push(record);
+    }
+    let body = json!({ "events": events, "next": next, "head": hub.log.head() });
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+/// `GET /jwks.json`: the hub's public signing keys.
+async fn get_jwks(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    let jwks: Value = hub.signer.jwks();
+    (
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        jwks.to_string(),
+    )
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn get_metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        hub.metrics.render(),
+    )
+}

@@ -1,0 +1,346 @@
+//! Source public keys: a JWKS from a file or fetched from `jwks_uri`, cached per the digest
+//! §11.3 (Cache-Control within a floor and ceiling, one rate-limited forced refresh on an
+//! unknown `kid`, stale keys kept while the issuer is unreachable). Turns JWKs into ready
+//! verifiers; does not know what a SET is.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use josekit::jwk::Jwk;
+use josekit::jws::JwsVerifier;
+use serde_json::{Map, Value};
+
+use crate::config::JwksConfig;
+use crate::verify::Alg;
+
+/// One public key with a verifier per algorithm it may be used with.
+#[derive(Debug)]
+pub struct PublicKey {
+    verifiers: Vec<(Alg, Box<dyn JwsVerifier>)>,
+}
+
+impl PublicKey {
+    /// The verifier for `alg`, or `None` when this key may not be used with it.
+    pub fn verifier(&self, alg: Alg) -> Option<&dyn JwsVerifier> {
+        self.verifiers
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no key matches the SET's kid")]
+    UnknownKey,
+    #[error("the source's keys could not be loaded")]
+    Unavailable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("JWKS request failed: {0}")]
+    Http(String),
+    #[error("JWKS endpoint answered HTTP {0}")]
+    Status(u16),
+    #[error("JWKS is larger than jwks.max_bytes")]
+    TooLarge,
+    #[error("JWKS is not a JSON object with a `keys` array")]
+    Malformed,
+    #[error("reading JWKS file: {0}")]
+    File(String),
+}
+
+/// A parsed key set. Keys without a `kid` are kept apart: they are used only when a SET has no
+/// `kid` and they are the sole candidate (digest §2.1).
+#[derive(Debug, Default)]
+struct KeySet {
+    by_kid: HashMap<String, Arc<PublicKey>>,
+    anonymous: Vec<Arc<PublicKey>>,
+}
+
+impl KeySet {
+    fn find(&self, kid: Option<&str>) -> Option<Arc<PublicKey>> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).cloned(),
+            None => match (self.by_kid.len(), self.anonymous.as_slice()) {
+                (0, [only]) => Some(only.clone()),
+                (1, []) => self.by_kid.values().next().cloned(),
+                _ => None,
+            },
+        }
+    }
+
+    /// Parses a JWKS document, skipping keys that cannot verify any allowed algorithm (wrong
+    /// `use`, private material, unsupported type). Skipped keys are counted, not fatal: one odd
+    /// key must not take a whole issuer offline.
+    fn parse(body: &[u8], allowed: &[Alg]) -> Result<KeySet, FetchError> {
+        let doc: Value = serde_json::from_slice(body).map_err(|_| FetchError::Malformed)?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(FetchError::Malformed)?;
+        let mut set = KeySet::default();
+        for key in keys {
+            let Some(map) = key.as_object() else { continue };
+            let Some(public) = public_key(map, allowed) else {
+                metrics::counter!("ssf_hub_jwks_keys_skipped_total").increment(1);
+                continue;
+            };
+            match map.get("kid").and_then(Value::as_str) {
+                Some(kid) => {
+                    set.by_kid.insert(kid.to_owned(), Arc::new(public));
+                }
+                None => set.anonymous.push(Arc::new(public)),
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn public_key(map: &Map<String, Value>, allowed: &[Alg]) -> Option<PublicKey> {
+    // Private members mean someone published a private key; refuse to use it at all.
+    if ["d", "p", "q", "k"].iter().any(|m| map.contains_key(*m)) {
+        return None;
+    }
+    let jwk = Jwk::from_map(map.clone()).ok()?;
+    let verifiers: Vec<_> = allowed
+        .iter()
+        .filter_map(|alg| alg.verifier(&jwk).map(|v| (*alg, v)))
+        .collect();
+    (!verifiers.is_empty()).then_some(PublicKey { verifiers })
+}
+
+#[derive(Debug)]
+enum Origin {
+    File,
+    Uri {
+        url: String,
+        client: reqwest::Client,
+    },
+}
+
+#[derive(Debug)]
+struct Cached {
+    keys: KeySet,
+    /// When the cache should be refreshed; in the past for a never-loaded remote set.
+    refresh_at: Instant,
+    loaded: bool,
+}
+
+#[derive(Debug, Default)]
+struct RefreshGate {
+    last_forced: Option<Instant>,
+}
+
+/// The keys of one source.
+#[derive(Debug)]
+pub struct SourceKeys {
+    source_id: String,
+    origin: Origin,
+    allowed: Vec<Alg>,
+    cfg: JwksConfig,
+    cache: RwLock<Cached>,
+    /// Serialises fetches: concurrent requests wait for one fetch instead of starting their own.
+    gate: tokio::sync::Mutex<RefreshGate>,
+}
+
+impl SourceKeys {
+    /// Keys from a local JWKS file, read once at start-up.
+    pub fn from_file(
+        source_id: &str,
+        path: &Path,
+        allowed: Vec<Alg>,
+        cfg: JwksConfig,
+    ) -> Result<SourceKeys, FetchError> {
+        let body = std::fs::read(path).map_err(|e| FetchError::File(e.to_string()))?;
+        let keys = KeySet::parse(&body, &allowed)?;
+        Ok(SourceKeys {
+            source_id: source_id.to_owned(),
+            origin: Origin::File,
+            allowed,
+            cfg,
+            cache: RwLock::new(Cached {
+                keys,
+                refresh_at: far_future(),
+                loaded: true,
+            }),
+            gate: Default::default(),
+        })
+    }
+
+    /// Keys fetched lazily from `url` and cached.
+    pub fn from_uri(source_id: &str, url: &str, allowed: Vec<Alg>, cfg: JwksConfig) -> SourceKeys {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(cfg.fetch_timeout_secs))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        SourceKeys {
+            source_id: source_id.to_owned(),
+            origin: Origin::Uri {
+                url: url.to_owned(),
+                client,
+            },
+            allowed,
+            cfg,
+            cache: RwLock::new(Cached {
+                keys: KeySet::default(),
+                refresh_at: Instant::now(),
+                loaded: false,
+            }),
+            gate: Default::default(),
+        }
+    }
+
+    fn lookup(&self, kid: Option<&str>) -> (Option<Arc<PublicKey>>, bool, bool) {
+        let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        (c.keys.find(kid), c.refresh_at <= Instant::now(), c.loaded)
+    }
+
+    /// Finds the key for `kid`: from the cache when fresh; after a refresh when the cache is
+    /// stale; after at most one forced refresh per cool-down when the `kid` is unknown.
+    pub async fn key(&self, kid: Option<&str>) -> Result<Arc<PublicKey>, KeyError> {
+        let (found, stale, _) = self.lookup(kid);
+        if let (Some(key), false) = (&found, stale) {
+            return Ok(key.clone());
+        }
+        if matches!(self.origin, Origin::File) {
+            return found.ok_or(KeyError::UnknownKey);
+        }
+        {
+            let mut gate = self.gate.lock().await;
+            // Someone else may have refreshed while we waited for the gate.
+            let (found, stale, _) = self.lookup(kid);
+            if stale {
+                self.refresh().await;
+            } else if found.is_none() {
+                let cooled = gate.last_forced.is_none_or(|t| {
+                    t.elapsed() >= Duration::from_secs(self.cfg.refresh_cooldown_secs)
+                });
+                if cooled {
+                    gate.last_forced = Some(Instant::now());
+                    metrics::counter!("ssf_hub_jwks_forced_refresh_total").increment(1);
+                    self.refresh().await;
+                }
+            }
+        }
+        match self.lookup(kid) {
+            (Some(key), _, _) => Ok(key),
+            (None, _, false) => Err(KeyError::Unavailable),
+            (None, _, true) => Err(KeyError::UnknownKey),
+        }
+    }
+
+    /// Fetches the JWKS once. On failure the old keys stay in use and the next attempt waits for
+    /// the refresh cool-down, so an unreachable issuer is neither fatal nor hammered.
+    async fn refresh(&self) {
+        let Origin::Uri { url, client } = &self.origin else {
+            return;
+        };
+        let started = Instant::now();
+        let result = fetch(client, url, self.cfg.max_bytes).await;
+        let outcome = match result {
+            Ok((body, max_age)) => match KeySet::parse(&body, &self.allowed) {
+                Ok(keys) => {
+                    let ttl = max_age
+                        .unwrap_or(self.cfg.min_cache_secs)
+                        .clamp(self.cfg.min_cache_secs, self.cfg.max_cache_secs);
+                    let mut c = self.cache.write().unwrap_or_else(|p| p.into_inner());
+                    *c = Cached {
+                        keys,
+                        refresh_at: Instant::now() + Duration::from_secs(ttl),
+                        loaded: true,
+                    };
+                    "ok"
+                }
+                Err(e) => {
+                    self.note_failure(&e);
+                    "error"
+                }
+            },
+            Err(e) => {
+                self.note_failure(&e);
+                "error"
+            }
+        };
+        metrics::counter!("ssf_hub_jwks_fetch_total", "source" => self.source_id.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("ssf_hub_jwks_fetch_seconds").record(started.elapsed().as_secs_f64());
+    }
+
+    fn note_failure(&self, e: &FetchError) {
+        tracing::warn!(source = %self.source_id, error = %e, "JWKS refresh failed; keeping cached keys");
+        let mut c = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        c.refresh_at = Instant::now() + Duration::from_secs(self.cfg.refresh_cooldown_secs);
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Option<u64>), FetchError> {
+    let mut resp = client
+        .get(url)
+        .header("accept", "application/jwk-set+json, application/json")
+        .send()
+        .await
+        .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(FetchError::Status(resp.status().as_u16()));
+    }
+    let max_age = resp
+        .headers()
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(cache_max_age);
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| FetchError::Http(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, max_age))
+}
+
+/// Seconds the response may be cached: `max-age`, or 0 for `no-store`/`no-cache` (the caller
+/// raises it to the floor; a JWKS that may never be cached would mean a fetch per SET).
+fn cache_max_age(header: &str) -> Option<u64> {
+    let mut max_age = None;
+    for directive in header.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(0);
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            max_age = v.trim_matches('"').parse().ok();
+        }
+    }
+    max_age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cache_max_age;
+
+    #[test]
+    fn cache_control_is_read_leniently() {
+        assert_eq!(cache_max_age("public, max-age=600"), Some(600));
+        assert_eq!(cache_max_age("Max-Age=\"30\""), Some(30));
+        assert_eq!(cache_max_age("no-store"), Some(0));
+        assert_eq!(cache_max_age("private"), None);
+    }
+}

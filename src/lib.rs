@@ -1,0 +1,52 @@
+//! # ssf-hub
+//!
+//! An OpenID Shared Signals (SSF 1.0 / CAEP 1.0 / RISC 1.0) event hub. Identity providers and
+//! scanners push Security Event Tokens (RFC 8417) to the hub; the hub verifies every signature
+//! and claim, normalizes the event, and appends it to an ordered, durable log.
+//!
+//! ```text
+//!  POST /ingest/{source}      verify.rs            normalize.rs          log/
+//!  ───────────────────► ingest ─────────► Verified ────────────► Record ──────► EventLog (sled)
+//!   RFC 8935 push        (HTTP,  keys.rs:         schema.rs: JSON        group commit,
+//!                        auth,   JWKS cache       Schemas; set/: typed   202 after durable
+//!                        limits)                  events + subjects
+//!                                                          GET /events, `ssf-hub tail` ◄──┘
+//! ```
+//!
+//! Modules, in data-flow order:
+//! - [`config`]: layered configuration (defaults → file → `SSF_HUB_*`), validated at start.
+//! - [`set`]: protocol types: event catalogue, typed payloads, RFC 9493 subjects. No I/O.
+//! - [`ingest`]: stage 1, the RFC 8935 push endpoint and configured sources.
+//! - [`keys`] and [`verify`]: stage 2, JWKS caching and JWS/claims verification.
+//! - [`schema`] and [`normalize`]: stage 3, schema-checked, typed, canonical records.
+//! - [`log`]: stage 4, the ordered durable log behind a narrow trait.
+//! - [`sign`]: signing keys and SET encoding (operator tools, the hub's own key).
+//! - [`http`], [`error`], [`telemetry`], [`app`], [`cli`]: the edges and the wiring.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod keys;
+pub mod log;
+pub mod normalize;
+pub mod schema;
+pub mod set;
+pub mod sign;
+pub mod telemetry;
+pub mod verify;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

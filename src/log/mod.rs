@@ -1,0 +1,190 @@
+//! The ordered, durable event log. Backends append and read opaque records by position and keep
+//! a key index for de-duplication; they never look inside a record. [`Log`] adds group commit
+//! (concurrent appends share one durable write) and wakes readers when the head moves.
+
+mod memory;
+mod sled;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use self::memory::MemoryLog;
+pub use self::sled::SledLog;
+
+/// A position in the log: 1 for the first record, increasing by one per record, never reused.
+pub type Position = u64;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log storage failed: {0}")]
+    Storage(String),
+    #[error("the log is shut down")]
+    Closed,
+}
+
+impl From<::sled::Error> for LogError {
+    fn from(e: ::sled::Error) -> Self {
+        LogError::Storage(e.to_string())
+    }
+}
+
+impl From<::sled::transaction::TransactionError<LogError>> for LogError {
+    fn from(e: ::sled::transaction::TransactionError<LogError>) -> Self {
+        match e {
+            ::sled::transaction::TransactionError::Abort(e) => e,
+            ::sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+/// One record to append, with the key that identifies repeats of it.
+#[derive(Debug, Clone)]
+pub struct Append {
+    /// Records with a key already in the index (and not expired) are not appended again.
+    pub key: Vec<u8>,
+    /// Unix seconds after which the key may be forgotten.
+    pub key_expires_at: u64,
+    pub record: Vec<u8>,
+}
+
+/// What became of one [`Append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored at this position.
+    New(Position),
+    /// The key was already stored, at this position; nothing was written.
+    Duplicate(Position),
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub position: Position,
+    pub record: Vec<u8>,
+}
+
+/// A storage backend. Implementations must make a batch durable before its future resolves, keep
+/// positions gap-free and ordered, and apply a batch's records and keys atomically.
+pub trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Appends the records whose keys are new, in order, durably; one outcome per input.
+    fn append_batch(&self, batch: Vec<Append>) -> BoxFuture<'_, Result<Vec<Appended>, LogError>>;
+
+    /// Up to `limit` records with positions strictly after `after`, in order.
+    fn read(&self, after: Position, limit: usize) -> BoxFuture<'_, Result<Vec<Entry>, LogError>>;
+
+    /// Position of the last stored record (0 when empty).
+    fn head(&self) -> Position;
+
+    /// Forgets keys that expired before `now` (unix seconds); returns how many.
+    fn prune_keys(&self, now: u64) -> BoxFuture<'_, Result<usize, LogError>>;
+}
+
+/// Most appends one durable write carries. Bounded so one flush cannot grow without limit.
+const MAX_BATCH: usize = 1024;
+
+type Pending = (Append, oneshot::Sender<Result<Appended, Arc<LogError>>>);
+
+/// The log as the rest of the hub uses it: group commit over a backend, plus head notifications.
+#[derive(Debug, Clone)]
+pub struct Log {
+    backend: Arc<dyn EventLog>,
+    appends: mpsc::Sender<Pending>,
+    head: watch::Receiver<Position>,
+}
+
+impl Log {
+    /// Starts the committer task; it runs until every `Log` clone is dropped.
+    pub fn start(backend: Arc<dyn EventLog>) -> Log {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let (head_tx, head) = watch::channel(backend.head());
+        tokio::spawn(commit_loop(backend.clone(), rx, head_tx));
+        Log {
+            backend,
+            appends: tx,
+            head,
+        }
+    }
+
+    /// Appends one record and resolves once it is durable (or found to be a repeat).
+    pub async fn append(&self, append: Append) -> Result<Appended, LogError> {
+        let (tx, rx) = oneshot::channel();
+        self.appends
+            .send((append, tx))
+            .await
+            .map_err(|_| LogError::Closed)?;
+        match rx.await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => Err(LogError::Storage(e.to_string())),
+            Err(_) => Err(LogError::Closed),
+        }
+    }
+
+    pub async fn read(&self, after: Position, limit: usize) -> Result<Vec<Entry>, LogError> {
+        self.backend.read(after, limit).await
+    }
+
+    /// Position of the last durable record.
+    pub fn head(&self) -> Position {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever new records become durable.
+    pub fn subscribe(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+
+    pub async fn prune_keys(&self, now: u64) -> Result<usize, LogError> {
+        self.backend.prune_keys(now).await
+    }
+}
+
+/// Drains whatever appends are waiting, writes them as one batch, answers each caller. While a
+/// batch is being made durable the next one accumulates, which is what makes this group commit.
+#[tracing::instrument(name = "log_committer", skip_all)]
+async fn commit_loop(
+    backend: Arc<dyn EventLog>,
+    mut rx: mpsc::Receiver<Pending>,
+    head: watch::Sender<Position>,
+) {
+    let mut waiting: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+        let (batch, replies): (Vec<Append>, Vec<_>) = waiting.drain(..).unzip();
+        let started = std::time::Instant::now();
+        let size = batch.len();
+        match backend.append_batch(batch).await {
+            Ok(outcomes) => {
+                crate::telemetry::record_log_commit(size, started.elapsed());
+                head.send_replace(backend.head());
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = size, "log append failed");
+                let e = Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Big-endian encoding keeps byte order equal to numeric order in ordered key-value stores.
+fn be(position: Position) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+fn from_be(bytes: &[u8]) -> Result<Position, LogError> {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| LogError::Storage("corrupt position".into()))
+}
