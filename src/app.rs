@@ -114,7 +114,7 @@ pub async fn run(
         let id = source.id.clone();
         tasks.spawn(async move {
             if let Some(s) = hub.sources.get(&id) {
-                let _ = s.keys.key(Some("")).await;
+                s.keys.warm().await;
             }
         });
     }

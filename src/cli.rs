@@ -193,13 +193,11 @@ fn with_suffix(prefix: &std::path::Path, suffix: &str) -> PathBuf {
 /// Resolves `session-revoked`, `risc/account-disabled` or a full URI to a URI.
 fn event_uri(name: &str) -> Result<String, String> {
     if name.contains("://") {
+        // Unknown URIs are allowed on purpose: testing how a receiver treats them is a use.
         return Ok(name.to_owned());
     }
-    let (family, suffix) = name.split_once('/').unwrap_or(("", name));
-    EventKind::ALL
-        .iter()
-        .find(|k| k.suffix() == suffix && (family.is_empty() || k.family() == family))
-        .map(|k| k.uri())
+    EventKind::parse_name(name)
+        .map(EventKind::uri)
         .ok_or_else(|| format!("unknown event type {name:?}"))
 }
 

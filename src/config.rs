@@ -134,6 +134,10 @@ pub struct SourceConfig {
     /// Pre-1.0 transmitters: accept a missing `typ` and a subject only inside the payload.
     #[serde(default)]
     pub legacy: bool,
+    /// Event types this source may send (short names like `caep/session-revoked` or URIs).
+    /// Empty means any. Others are refused with `access_denied` (RFC 8935 §2.4).
+    #[serde(default)]
+    pub event_types: Vec<String>,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -266,6 +270,14 @@ impl Config {
                             "{alg:?} is not allowed: use asymmetric JWS algorithms \
                              (ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA)"
                         ),
+                    ));
+                }
+            }
+            for t in &s.event_types {
+                if crate::set::EventKind::parse_name(t).is_none() {
+                    return Err(invalid(
+                        key("event_types"),
+                        format!("unknown event type {t:?}"),
                     ));
                 }
             }

@@ -22,6 +22,8 @@ pub enum Error {
     UnsupportedMediaType,
     #[error("the request body is larger than this hub accepts")]
     TooLarge,
+    #[error("this source is not allowed to send this event type")]
+    AccessDenied,
     #[error("{0}")]
     BadQuery(&'static str),
     #[error(transparent)]
@@ -41,6 +43,7 @@ impl Error {
             Error::WrongCredential => "forbidden",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::TooLarge => "too_large",
+            Error::AccessDenied => ErrCode::AccessDenied.as_str(),
             Error::BadQuery(_) => "bad_query",
             Error::Verify(VerifyError::KeysUnavailable) => "unavailable",
             Error::Verify(e) => e.code().as_str(),
@@ -93,6 +96,7 @@ impl IntoResponse for Error {
                 description,
             ),
             Error::TooLarge => http_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", description),
+            Error::AccessDenied => set_error(ErrCode::AccessDenied, description),
             Error::BadQuery(_) => http_error(StatusCode::BAD_REQUEST, "bad_request", description),
             Error::Verify(VerifyError::KeysUnavailable) => {
                 // Not the SET's fault: the source's JWKS has never been reachable. 503 tells the

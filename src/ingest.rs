@@ -28,6 +28,8 @@ pub struct Source {
     pub algorithms: Vec<Alg>,
     pub authorization: Option<Secret>,
     pub legacy: bool,
+    /// Event types this source may send; empty means any.
+    pub event_types: Vec<EventKind>,
     pub keys: SourceKeys,
 }
 
@@ -53,6 +55,11 @@ impl Source {
             algorithms,
             authorization: c.authorization.clone(),
             legacy: c.legacy,
+            event_types: c
+                .event_types
+                .iter()
+                .filter_map(|t| EventKind::parse_name(t))
+                .collect(),
             keys,
         })
     }
@@ -159,9 +166,11 @@ async fn accept(
         },
     )?;
     telemetry::record_verify(started.elapsed());
-    *event_type = EventKind::from_uri(&record.event_type)
-        .map(EventKind::label)
-        .unwrap_or("unknown");
+    let kind = EventKind::from_uri(&record.event_type);
+    *event_type = kind.map(EventKind::label).unwrap_or("unknown");
+    if !source.event_types.is_empty() && !kind.is_some_and(|k| source.event_types.contains(&k)) {
+        return Err(Error::AccessDenied);
+    }
 
     let append = Append {
         key: dedupe_key(&record.iss, &record.jti),

@@ -196,6 +196,17 @@ impl SourceKeys {
         }
     }
 
+    /// Loads a remote key set that has never been loaded (start-up warm-up), so the first SET
+    /// does not wait for the fetch.
+    pub async fn warm(&self) {
+        if matches!(self.origin, Origin::Uri { .. }) && !self.lookup(None).2 {
+            let _gate = self.gate.lock().await;
+            if !self.lookup(None).2 {
+                self.refresh().await;
+            }
+        }
+    }
+
     fn lookup(&self, kid: Option<&str>) -> (Option<Arc<PublicKey>>, bool, bool) {
         let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
         (c.keys.find(kid), c.refresh_at <= Instant::now(), c.loaded)

@@ -100,6 +100,18 @@ impl EventKind {
         })
     }
 
+    /// Resolves a short name (`session-revoked`, `risc/account-disabled`, `caep/...`) or a URI.
+    pub fn parse_name(name: &str) -> Option<EventKind> {
+        if name.contains("://") {
+            return EventKind::from_uri(name);
+        }
+        let (family, suffix) = name.split_once('/').unwrap_or(("", name));
+        EventKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.suffix() == suffix && (family.is_empty() || k.family() == family))
+    }
+
     /// Path of this kind's JSON Schema below `schemas/`.
     pub fn schema_path(self) -> String {
         format!("events/{}/{}.json", self.family(), self.suffix())

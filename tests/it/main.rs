@@ -1,0 +1,14 @@
+//! One integration-test binary: every test talks to a real hub over loopback HTTP.
+
+// Test helpers are shared across modules of this one binary; crate-level API lints do not apply.
+#![allow(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
+
+mod cli;
+mod durability;
+mod hostile;
+mod ingest;
+mod interop;
+mod jwks;
+mod log_conformance;
+mod schemas;
+mod support;

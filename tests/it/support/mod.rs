@@ -1,0 +1,338 @@
+//! Test support: a real hub on loopback with a real sled directory (`TestHub`), a JWKS server
+//! that counts its fetches (`JwksServer`), keys, SET builders, and the Python interop tool.
+
+#![allow(dead_code)]
+
+pub mod process;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::http::StatusCode;
+use serde_json::{json, Map, Value};
+use ssf_hub::app::Running;
+use ssf_hub::config::{Config, Secret, SourceConfig};
+use ssf_hub::sign::{SetSigner, SignAlg};
+use tempfile::TempDir;
+
+pub const ISS: &str = "https://idp.example.test";
+pub const AUD: &str = "https://hub.example.test";
+pub const ADMIN: &str = "test-admin-token-0123456789";
+pub const SESSION_REVOKED: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+pub const CREDENTIAL_CHANGE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/credential-change";
+
+/// Defaults with the environment layer switched off, so a developer's SSF_HUB_* cannot leak in.
+pub fn base_config(data_dir: &Path) -> Config {
+    let mut c = Config::load_from(
+        None,
+        figment::providers::Env::prefixed("SSF_HUB_TEST_NONE_"),
+    )
+    .expect("default config");
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.data_dir = data_dir.to_path_buf();
+    c.admin_token = Some(Secret::new(ADMIN));
+    c
+}
+
+pub fn source(id: &str) -> SourceConfig {
+    SourceConfig {
+        id: id.into(),
+        issuer: ISS.into(),
+        jwks_uri: None,
+        jwks_file: None,
+        audiences: vec![AUD.into()],
+        algorithms: ["ES256", "RS256", "PS256", "EdDSA"]
+            .map(String::from)
+            .to_vec(),
+        authorization: None,
+        legacy: false,
+        event_types: vec![],
+    }
+}
+
+pub fn es256() -> SetSigner {
+    SetSigner::generate(SignAlg::ES256).expect("keygen").0
+}
+
+/// Writes `{"keys": [...]}` with the public halves of `signers` and returns its path.
+pub fn write_jwks(dir: &Path, name: &str, signers: &[&SetSigner]) -> PathBuf {
+    let path = dir.join(name);
+    let keys: Vec<Value> = signers.iter().map(|s| s.public_jwk()).collect();
+    std::fs::write(&path, json!({ "keys": keys }).to_string()).expect("write jwks");
+    path
+}
+
+/// A well-formed SET's claims for `event`, with `payload` and an email subject.
+pub fn claims(event: &str, payload: Value) -> Map<String, Value> {
+    json!({
+        "iss": ISS,
+        "aud": AUD,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "iat": ssf_hub::unix_now(),
+        "txn": "txn-1",
+        "sub_id": { "format": "email", "email": "ana@corp.example.test" },
+        "events": { event: payload }
+    })
+    .as_object()
+    .cloned()
+    .expect("object")
+}
+
+pub fn session_revoked() -> Map<String, Value> {
+    claims(
+        SESSION_REVOKED,
+        json!({ "event_timestamp": ssf_hub::unix_now() }),
+    )
+}
+
+/// A running hub, its data directory and an HTTP client.
+pub struct TestHub {
+    pub running: Running,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl TestHub {
+    /// A hub with one source `idp` trusting `signer` through a JWKS file.
+    pub async fn with_signer(signer: &SetSigner) -> TestHub {
+        TestHub::start(|dir, c| {
+            let mut s = source("idp");
+            s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[signer]));
+            c.sources = vec![s];
+        })
+        .await
+    }
+
+    /// A hub whose config `edit` adjusts (data dir and admin token already set).
+    pub async fn start(edit: impl FnOnce(&Path, &mut Config)) -> TestHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = base_config(dir.path());
+        edit(dir.path(), &mut config);
+        let running = ssf_hub::app::spawn(config).await.expect("hub starts");
+        let base = format!("http://{}", running.addr);
+        TestHub {
+            running,
+            dir,
+            client: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    /// POSTs `body` to `/ingest/{source}` as `application/secevent+jwt`.
+    pub async fn push(&self, source: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.push_with(source, body, &[]).await
+    }
+
+    pub async fn push_with(
+        &self,
+        source: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self
+            .client
+            .post(format!("{}/ingest/{source}", self.base))
+            .header("content-type", "application/secevent+jwt")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Reply::from(req.send().await.expect("request")).await
+    }
+
+    /// All records in the log, via `GET /events` with the admin token.
+    pub async fn events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut since = 0;
+        loop {
+            let page = self
+                .client
+                .get(format!("{}/events?since={since}&limit=1000", self.base))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .expect("events");
+            assert_eq!(page.status(), 200);
+            let page: Value = page.json().await.expect("json");
+            let events = page["events"].as_array().cloned().expect("events array");
+            if events.is_empty() {
+                return out;
+            }
+            since = page["next"].as_u64().expect("next");
+            out.extend(events);
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await.expect("clean stop");
+    }
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    async fn from(resp: reqwest::Response) -> Reply {
+        let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
+        let headers = resp.headers().clone();
+        let body = resp.text().await.expect("body");
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
+    }
+
+    /// Asserts the exact RFC 8935 §2.3 error response: 400, JSON, Content-Language, and a body of
+    /// exactly `err` and a non-empty `description`.
+    pub fn assert_set_error(&self, code: &str) {
+        assert_eq!(self.status, 400, "body: {}", self.body);
+        assert_eq!(
+            self.headers["content-type"], "application/json",
+            "content-type"
+        );
+        assert!(self.headers.contains_key("content-language"));
+        let body = self.json();
+        let obj = body.as_object().expect("object");
+        assert_eq!(obj.len(), 2, "only err and description: {body}");
+        assert_eq!(body["err"], code, "{body}");
+        assert!(!body["description"]
+            .as_str()
+            .expect("description")
+            .is_empty());
+    }
+
+    pub fn assert_accepted(&self) {
+        assert_eq!(self.status, 202, "body: {}", self.body);
+        assert!(self.body.is_empty(), "202 has an empty body");
+    }
+}
+
+/// A JWKS endpoint on loopback whose key set can be swapped, which counts fetches and can be
+/// made to fail.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub jwks: Arc<RwLock<Value>>,
+    pub failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl JwksServer {
+    pub async fn start(signers: &[&SetSigner], cache_control: &'static str) -> JwksServer {
+        use axum::routing::get;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let keys: Vec<Value> = signers.iter().map(|s| s.public_jwk()).collect();
+        let jwks = Arc::new(RwLock::new(json!({ "keys": keys })));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, j, f) = (hits.clone(), jwks.clone(), failing.clone());
+        let app = axum::Router::new().route(
+            "/jwks",
+            get(move || {
+                let (h, j, f) = (h.clone(), j.clone(), f.clone());
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if f.load(Ordering::SeqCst) {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [("cache-control", cache_control)],
+                            String::new(),
+                        );
+                    }
+                    let body = j.read().expect("lock").to_string();
+                    (StatusCode::OK, [("cache-control", cache_control)], body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        JwksServer {
+            addr,
+            hits,
+            jwks,
+            failing,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/jwks", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_keys(&self, signers: &[&SetSigner]) {
+        let keys: Vec<Value> = signers.iter().map(|s| s.public_jwk()).collect();
+        *self.jwks.write().expect("lock") = json!({ "keys": keys });
+    }
+}
+
+/// Runs `tests/interop/jose_tool.py` (jwcrypto, an independent JOSE implementation).
+pub fn jose_tool(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/jose_tool.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (the test command installs tests/requirements.txt)");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().expect("wait");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// The `jti` claim of a compact SET.
+pub fn jti_of(set: &str) -> String {
+    use base64::Engine as _;
+    let payload = set.split('.').nth(1).expect("payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("b64");
+    let claims: Value = serde_json::from_slice(&bytes).expect("json");
+    claims["jti"].as_str().expect("jti").to_owned()
+}

@@ -1,0 +1,98 @@
+//! The real `ssf-hub` binary as a child process, for tests that kill it or drive its CLI.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ssf-hub");
+
+/// A running `ssf-hub serve`; killed with SIGKILL when dropped.
+pub struct HubProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl HubProcess {
+    /// Starts `ssf-hub serve --config <config>` in `cwd` and waits for its listening line.
+    pub fn start(config: &Path, cwd: &Path) -> HubProcess {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .current_dir(cwd)
+            .env_remove("SSF_HUB_ADMIN_TOKEN")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ssf-hub");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                    {
+                        let _ = tx.send(Ok(addr));
+                        sent = true;
+                        continue;
+                    }
+                    if line.contains("ERROR") || line.starts_with("ssf-hub:") {
+                        let _ = tx.send(Err(line));
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(addr)) => return HubProcess { child, addr },
+                Ok(Err(line)) => panic!("ssf-hub failed to start: {line}"),
+                Err(_) if Instant::now() > deadline => panic!("ssf-hub did not start in 60 s"),
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("ssf-hub exited early: {status}");
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown hooks, no flush, exactly like a crash.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `args` in `cwd`; returns (exit success, stdout, stderr).
+pub fn run_cli(args: &[&str], cwd: &Path) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SSF_HUB_ADMIN_TOKEN")
+        .output()
+        .expect("run ssf-hub");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
