@@ -389,6 +389,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure signature is fixed"
+    )]
     fn environment_overrides_file_and_secrets_stay_hidden() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("hub.toml", "listen = \"127.0.0.1:9000\"\n")?;
