@@ -570,16 +570,16 @@ fn main() {
         .expect("default config");
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = dir.path().join("data");
-    config.sources = vec![SourceConfig {
-        id: SOURCE.into(),
-        issuer: ISSUER.into(),
-        jwks_uri: None,
-        jwks_file: Some(jwks_path),
-        audiences: vec![AUDIENCE.into()],
-        algorithms: vec!["ES256".into()],
-        authorization: None,
-        legacy: false,
-    }];
+    // Built through serde so fields added later with defaults need no change here.
+    let source: SourceConfig = serde_json::from_value(json!({
+        "id": SOURCE,
+        "issuer": ISSUER,
+        "jwks_file": jwks_path,
+        "audiences": [AUDIENCE],
+        "algorithms": ["ES256"],
+    }))
+    .expect("source config");
+    config.sources = vec![source];
     config.validate().expect("valid config");
     let log_dir: PathBuf = config.data_dir.join("log");
 
