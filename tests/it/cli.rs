@@ -34,7 +34,8 @@ fn quickstart_keygen_send_tail() {
         ),
     )
     .expect("config");
-    let hub = HubProcess::start(&d.join("hub.toml"), d);
+    // Debug logging on, to prove that even then no SET, subject or token reaches a log line.
+    let hub = HubProcess::start_logging(&d.join("hub.toml"), d, "debug");
     let url = format!("{}/ingest/demo", hub.base());
     let (ok, out, err) = run_cli(
         &[

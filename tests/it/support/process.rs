@@ -12,26 +12,36 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ssf-hub");
 pub struct HubProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Every line the hub wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HubProcess {
     /// Starts `ssf-hub serve --config <config>` in `cwd` and waits for its listening line.
     pub fn start(config: &Path, cwd: &Path) -> HubProcess {
+        HubProcess::start_logging(config, cwd, "info")
+    }
+
+    /// As [`HubProcess::start`], with `RUST_LOG` set to `filter`.
+    pub fn start_logging(config: &Path, cwd: &Path, filter: &str) -> HubProcess {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
             .current_dir(cwd)
             .env_remove("SSF_HUB_ADMIN_TOKEN")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ssf-hub");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line.clone());
                 if !sent {
                     if let Some(addr) = line
                         .split_whitespace()
@@ -52,7 +62,7 @@ impl HubProcess {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Ok(addr)) => return HubProcess { child, addr },
+                Ok(Ok(addr)) => return HubProcess { child, addr, log },
                 Ok(Err(line)) => panic!("ssf-hub failed to start: {line}"),
                 Err(_) if Instant::now() > deadline => panic!("ssf-hub did not start in 60 s"),
                 Err(_) => {
@@ -62,6 +72,11 @@ impl HubProcess {
                 }
             }
         }
+    }
+
+    /// The hub's stderr so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
     }
 
     pub fn base(&self) -> String {
