@@ -58,34 +58,26 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// padded by `pad` bytes to reach the target size.
 fn claims(jti: &str, pad: usize) -> Map<String, Value> {
     let now = ssf_hub::unix_now();
-    let mut reason = String::from(
-        "FIDO2 security key registered after step-up authentication from a managed device; \
-         ticket SEC-48213",
-    );
+    let mut reason = String::from("Security key registered after step-up; ticket SEC-48213");
     reason.extend(std::iter::repeat_n('.', pad));
     let v = json!({
         "iss": ISSUER,
         "aud": [AUDIENCE],
         "jti": jti,
         "iat": now,
-        "txn": "8675309-b3d1-4c1e-9f0a-2f6a1e2d3c4b",
         "sub_id": {
             "format": "complex",
             "user": {"format": "email", "email": "ana.lopez@corp.example"},
-            "device": {"format": "opaque", "id": "dev-7f3a9c21-58e4-4b8a-a1f0-3c9d2e7b6a15"},
-            "tenant": {"format": "iss_sub", "iss": ISSUER, "sub": "tenant-0042"}
+            "device": {"format": "opaque", "id": "dev-7f3a9c21-58e4"}
         },
         "events": {
             "https://schemas.openid.net/secevent/caep/event-type/credential-change": {
                 "credential_type": "fido2-roaming",
                 "change_type": "create",
                 "friendly_name": "Ana's YubiKey 5C NFC",
-                "fido2_aaguid": "2fc0579f-8113-47ea-b116-bb5a8db9202a",
                 "initiating_entity": "user",
                 "event_timestamp": now,
-                "reason_admin": {"en": reason},
-                "reason_user": {"en": "A new security key was added to your account.",
-                                "es": "Se agregó una nueva llave de seguridad a su cuenta."}
+                "reason_admin": {"en": reason}
             }
         }
     });
@@ -114,7 +106,9 @@ impl Sets {
     }
 
     fn sign(&self, i: u64) -> Bytes {
-        Bytes::from(self.signer.sign(&claims(&jti(i), self.pad)).expect("sign"))
+        let set = self.signer.sign(&claims(&jti(i), self.pad)).expect("sign");
+        // Exact-size allocation: the pool's footprint is then just the SETs' bytes.
+        Bytes::from(set.into_bytes().into_boxed_slice())
     }
 
     /// Signs `jti`s `from..from + n` on every core.
@@ -548,6 +542,11 @@ struct Sample {
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test --benches` runs bench targets without `--bench`: a load run takes minutes.
+        println!("ingest_load: run it with `cargo bench --bench ingest_load`");
+        return;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let clients = env_u64("SSF_LOAD_CLIENTS", 64) as usize;
     let secs = Duration::from_secs(env_u64("SSF_LOAD_SECS", 10));
@@ -814,10 +813,15 @@ fn main() {
     let d_wall = td.elapsed();
     let d_events = hub.log.head() - head_d0;
     println!(
-        "(d) {} events in {:.1} s = {:.0} SETs/s (one load thread also signing)",
+        "(d) {} events in {:.1} s = {:.0} SETs/s{}",
         d_events,
         d_wall.as_secs_f64(),
-        d_events as f64 / d_wall.as_secs_f64()
+        d_events as f64 / d_wall.as_secs_f64(),
+        if to_sign > 0 {
+            " (one load thread also signing)"
+        } else {
+            ""
+        }
     );
     print_cpu("(d)", &d_cpu, d_wall, cores);
     std::thread::sleep(Duration::from_millis(300));

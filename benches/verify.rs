@@ -42,34 +42,26 @@ const TARGET_LEN: usize = 1024;
 /// padded so the compact serialization is about `target_len` bytes.
 fn claims(jti: &str, pad: usize) -> Map<String, Value> {
     let now = ssf_hub::unix_now();
-    let mut reason = String::from(
-        "FIDO2 security key registered after step-up authentication from a managed device; \
-         ticket SEC-48213",
-    );
+    let mut reason = String::from("Security key registered after step-up; ticket SEC-48213");
     reason.extend(std::iter::repeat_n('.', pad));
     let v = json!({
         "iss": ISSUER,
         "aud": [AUDIENCE],
         "jti": jti,
         "iat": now,
-        "txn": "8675309-b3d1-4c1e-9f0a-2f6a1e2d3c4b",
         "sub_id": {
             "format": "complex",
             "user": {"format": "email", "email": "ana.lopez@corp.example"},
-            "device": {"format": "opaque", "id": "dev-7f3a9c21-58e4-4b8a-a1f0-3c9d2e7b6a15"},
-            "tenant": {"format": "iss_sub", "iss": ISSUER, "sub": "tenant-0042"}
+            "device": {"format": "opaque", "id": "dev-7f3a9c21-58e4"}
         },
         "events": {
             "https://schemas.openid.net/secevent/caep/event-type/credential-change": {
                 "credential_type": "fido2-roaming",
                 "change_type": "create",
                 "friendly_name": "Ana's YubiKey 5C NFC",
-                "fido2_aaguid": "2fc0579f-8113-47ea-b116-bb5a8db9202a",
                 "initiating_entity": "user",
                 "event_timestamp": now,
-                "reason_admin": {"en": reason},
-                "reason_user": {"en": "A new security key was added to your account.",
-                                "es": "Se agregó una nueva llave de seguridad a su cuenta."}
+                "reason_admin": {"en": reason}
             }
         }
     });
@@ -308,6 +300,16 @@ fn main() {
     }
     c.final_summary();
 
+    // The interleaved ratio loop runs only in a real benchmark run (`cargo bench`), not under
+    // `cargo test --benches`, `--list` or `--profile-time`.
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--list" || a.starts_with("--profile-time"));
+    if !benching {
+        return;
+    }
     // Same-process, interleaved comparison: alternate rounds so frequency drift and noisy
     // neighbours hit both sides alike.
     let (bare, pipe) = interleaved(

@@ -26,6 +26,8 @@ pub struct Hub {
     pub schemas: Schemas,
     pub admin_token: Secret,
     pub signer: SetSigner,
+    pub registry: crate::streams::Registry,
+    pub cursors: crate::delivery::Cursors,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -52,10 +54,25 @@ impl Hub {
             tracing::warn!("{risk}");
         }
         std::fs::create_dir_all(&config.data_dir)?;
-        let backend: Arc<dyn EventLog> = match config.log_url()? {
-            LogUrl::Sled(path) => Arc::new(SledLog::open(&path, config.log.cache_capacity_bytes)?),
-            LogUrl::Memory => Arc::new(MemoryLog::new()),
+        let (backend, state): (Arc<dyn EventLog>, sled::Config) = match config.log_url()? {
+            LogUrl::Sled(path) => (
+                Arc::new(SledLog::open(&path, config.log.cache_capacity_bytes)?),
+                sled::Config::new().path(config.data_dir.join("state")),
+            ),
+            LogUrl::Memory => (
+                Arc::new(MemoryLog::new()),
+                sled::Config::new().temporary(true),
+            ),
         };
+        // Receivers, streams and cursors: small, on sled whatever the log backend is.
+        let state = state
+            .cache_capacity(16 << 20)
+            .open()
+            .map_err(|e| StartError::Setup(format!("opening the state database: {e}")))?;
+        let registry = crate::streams::Registry::open(state.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let cursors =
+            crate::delivery::Cursors::open(state).map_err(|e| StartError::Setup(e.to_string()))?;
         let log = Log::start(backend);
         let schemas = Schemas::compile().map_err(StartError::Setup)?;
         let sources = config
@@ -79,6 +96,8 @@ impl Hub {
             schemas,
             admin_token,
             signer,
+            registry,
+            cursors,
             metrics: crate::telemetry::metrics_handle(),
         }))
     }

@@ -80,8 +80,21 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub jwks: JwksConfig,
     pub signing: SigningConfig,
+    pub delivery: DeliveryConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+}
+
+/// How the hub, as a transmitter, serves its streams.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub default_subjects: crate::streams::DefaultSubjects,
+    pub latency_budget_ms: u64,
+    pub long_poll_timeout_secs: u64,
+    pub min_verification_interval_secs: u64,
+    pub paused_hold_max_events: u64,
+    pub max_subjects_per_stream: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +229,16 @@ impl Config {
         }
         if j.max_bytes < 1024 {
             return Err(invalid("jwks.max_bytes", "must be at least 1024"));
+        }
+        let d = &self.delivery;
+        if d.latency_budget_ms == 0 {
+            return Err(invalid("delivery.latency_budget_ms", "must be positive"));
+        }
+        if !(1..=300).contains(&d.long_poll_timeout_secs) {
+            return Err(invalid(
+                "delivery.long_poll_timeout_secs",
+                "must be between 1 and 300",
+            ));
         }
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));

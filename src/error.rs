@@ -32,6 +32,18 @@ pub enum Error {
     Normalize(#[from] NormalizeError),
     #[error("storage failure")]
     Log(#[from] LogError),
+    #[error("the bearer credential is not valid")]
+    InvalidToken,
+    #[error("no such stream")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("too many requests; slow down")]
+    TooManyRequests,
+    #[error("state storage failure")]
+    Registry(#[from] crate::streams::RegistryError),
+    #[error("internal error")]
+    Internal(String),
 }
 
 impl Error {
@@ -49,6 +61,11 @@ impl Error {
             Error::Verify(e) => e.code().as_str(),
             Error::Normalize(_) => ErrCode::InvalidRequest.as_str(),
             Error::Log(_) => "internal",
+            Error::InvalidToken => "unauthorized",
+            Error::NotFound => "not_found",
+            Error::Invalid(_) => "bad_request",
+            Error::TooManyRequests => "too_many_requests",
+            Error::Registry(_) | Error::Internal(_) => "internal",
         }
     }
 }
@@ -119,6 +136,36 @@ impl IntoResponse for Error {
                     "internal",
                     "internal error; the SET was not stored".into(),
                 )
+            }
+            Error::InvalidToken => {
+                // RFC 6750 §3.1: an invalid token is 401 with `error="invalid_token"`.
+                let mut r = http_error(StatusCode::UNAUTHORIZED, "invalid_token", description);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                r
+            }
+            Error::NotFound => http_error(StatusCode::NOT_FOUND, "not_found", description),
+            Error::Invalid(_) => {
+                http_error(StatusCode::BAD_REQUEST, "invalid_request", description)
+            }
+            Error::TooManyRequests => http_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                description,
+            ),
+            Error::Registry(e) => {
+                tracing::error!(error = %e, "request failed on state storage");
+                http_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".into(),
+                )
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "request failed");
+                http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", description)
             }
         }
     }

@@ -18,10 +18,26 @@ use crate::error::Error;
 use crate::normalize::Record;
 
 pub fn router(hub: Arc<Hub>) -> Router {
+    // Transmitter endpoints live below the issuer's path, discovery at the RFC 8615 location
+    // with the issuer's path appended (SSF §7.2.1).
+    let issuer_path = reqwest::Url::parse(&hub.config.issuer)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let transmitter = if issuer_path.is_empty() {
+        crate::manage::routes()
+    } else {
+        Router::new().nest(&issuer_path, crate::manage::routes())
+    };
     Router::new()
+        .route(
+            &format!("/.well-known/ssf-configuration{issuer_path}"),
+            get(crate::manage::get_configuration),
+        )
+        .route(&format!("{issuer_path}/jwks.json"), get(get_jwks))
+        .merge(transmitter)
+        .merge(crate::manage::admin_routes())
         .route("/ingest/{source_id}", post(crate::ingest::ingest_set))
         .route("/events", get(list_events))
-        .route("/jwks.json", get(get_jwks))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .layer(middleware::from_fn(request_id))

@@ -26,15 +26,19 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod log;
+pub mod manage;
 pub mod normalize;
+pub mod outbound;
 pub mod schema;
 pub mod set;
 pub mod sign;
+pub mod streams;
 pub mod telemetry;
 pub mod verify;
 

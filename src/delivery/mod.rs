@@ -1,0 +1,192 @@
+//! Stage 6: delivery of hub-signed SETs to streams. Every stream is a durable cursor over the
+//! log plus a filter, not a copy of the events: the cursor says which positions are done, and
+//! what is pending is read from the log when it is needed. `poll` serves RFC 8936 from it.
+//! Knows streams, the log and SETs; leaves HTTP parsing to `manage`.
+
+pub mod poll;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::log::{Log, Position};
+use crate::normalize::Record;
+use crate::streams::{DefaultSubjects, RegistryError, Stream};
+
+/// What has been done on one stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Every log position up to and including this one is delivered or not for this stream.
+    pub through: Position,
+    /// Positions after `through` that are delivered (acknowledged out of order).
+    #[serde(default)]
+    pub done_above: BTreeSet<Position>,
+    /// Control SETs (verification, stream-updated) waiting for delivery: (jti, compact SET).
+    #[serde(default)]
+    pub control: Vec<(String, String)>,
+}
+
+impl Cursor {
+    pub fn is_done(&self, position: Position) -> bool {
+        position <= self.through || self.done_above.contains(&position)
+    }
+
+    pub fn mark_done(&mut self, position: Position) {
+        if position > self.through {
+            self.done_above.insert(position);
+        }
+    }
+
+    /// Moves `through` over positions that are done or irrelevant (`skippable`), so the cursor
+    /// stays small however the receiver acknowledges.
+    fn advance(&mut self, mut skippable: impl FnMut(Position) -> bool, head: Position) {
+        while self.through < head {
+            let next = self.through + 1;
+            if self.done_above.remove(&next) || skippable(next) {
+                self.through = next;
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// Durable cursors of all streams, in the hub's state database.
+#[derive(Debug, Clone)]
+pub struct Cursors {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Per-stream locks: one poll or delivery at a time moves a stream's cursor.
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Wakes long polls when a control SET is queued.
+    control: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Cursors {
+    pub fn open(db: sled::Db) -> Result<Cursors, RegistryError> {
+        Ok(Cursors {
+            tree: db.open_tree("cursors")?,
+            db,
+            locks: Default::default(),
+            control: Arc::new(tokio::sync::watch::channel(0).0),
+        })
+    }
+
+    pub fn lock_for(&self, stream_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(stream_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub fn get(&self, stream_id: &str) -> Result<Cursor, RegistryError> {
+        Ok(match self.tree.get(stream_id.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Cursor::default(),
+        })
+    }
+
+    pub async fn put(&self, stream_id: &str, cursor: &Cursor) -> Result<(), RegistryError> {
+        self.tree
+            .insert(stream_id.as_bytes(), serde_json::to_vec(cursor)?)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub async fn remove(&self, stream_id: &str) -> Result<(), RegistryError> {
+        self.tree.remove(stream_id.as_bytes())?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(stream_id);
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Queues a control SET for `stream_id` and wakes its long polls.
+    pub async fn push_control(
+        &self,
+        stream_id: &str,
+        jti: String,
+        set: String,
+    ) -> Result<(), RegistryError> {
+        let lock = self.lock_for(stream_id);
+        let _guard = lock.lock().await;
+        let mut cursor = self.get(stream_id)?;
+        cursor.control.push((jti, set));
+        self.put(stream_id, &cursor).await?;
+        self.control.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    pub fn subscribe_control(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.control.subscribe()
+    }
+}
+
+/// Records pending for `stream` after its cursor, oldest first, at most `limit`. Advances the
+/// cursor over positions that are done or do not concern the stream. Returns the records and
+/// whether more pending records may follow.
+pub async fn pending(
+    log: &Log,
+    stream: &Stream,
+    default_subjects: DefaultSubjects,
+    cursor: &mut Cursor,
+    limit: usize,
+) -> Result<(Vec<Record>, bool), crate::log::LogError> {
+    const PAGE: usize = 256;
+    let head = log.head();
+    let mut out = Vec::new();
+    let mut after = cursor.through;
+    let mut irrelevant = BTreeSet::new();
+    while after < head {
+        let entries = log.read(after, PAGE).await?;
+        let Some(last) = entries.last() else { break };
+        after = last.position;
+        for entry in entries {
+            if cursor.is_done(entry.position) {
+                continue;
+            }
+            let record = match serde_json::from_slice::<Record>(&entry.record) {
+                Ok(mut r) => {
+                    r.position = entry.position;
+                    r
+                }
+                Err(e) => {
+                    tracing::error!(position = entry.position, error = %e, "undecodable log record skipped");
+                    irrelevant.insert(entry.position);
+                    continue;
+                }
+            };
+            if !(stream.wants_event(&record.event_type)
+                && stream.wants_subject(&record.subject, default_subjects))
+            {
+                irrelevant.insert(entry.position);
+                continue;
+            }
+            if out.len() == limit {
+                cursor.advance(|p| irrelevant.contains(&p), head);
+                return Ok((out, true));
+            }
+            out.push(record);
+        }
+    }
+    cursor.advance(|p| irrelevant.contains(&p), head);
+    Ok((out, false))
+}
+
+/// Records how long a record took from the log to the receiver, against the stream's budget.
+pub fn record_latency(method: &'static str, record: &Record, budget_ms: u64) {
+    let now = crate::unix_now_ms();
+    let ms = now.saturating_sub(record.received_at_ms);
+    metrics::histogram!("ssf_hub_delivery_latency_seconds", "method" => method)
+        .record(ms as f64 / 1000.0);
+    metrics::counter!("ssf_hub_delivered_sets_total", "method" => method).increment(1);
+    if ms > budget_ms {
+        metrics::counter!("ssf_hub_delivery_budget_violations_total", "method" => method)
+            .increment(1);
+    }
+}

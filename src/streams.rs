@@ -1,0 +1,418 @@
+//! The SSF stream registry: receivers (with hashed bearer credentials) and their streams
+//! (configuration, status, subjects, verification timing), kept in the hub's sled state
+//! database. Knows SSF stream semantics (SSF 1.0 §8); leaves HTTP to `manage` and SET delivery
+//! to `fanout`/`delivery`.
+
+use std::collections::BTreeSet;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::set::events::StreamStatus;
+use crate::set::{EventKind, Subject, DELIVERY_POLL, DELIVERY_PUSH};
+
+/// A registered receiver (gateway, sidecar, SIEM). Only a hash of its credential is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receiver {
+    pub id: String,
+    pub name: String,
+    /// The `aud` of this receiver's streams and SETs.
+    pub audience: String,
+    /// Hex SHA-256 of the bearer credential.
+    pub token_sha256: String,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A stream's delivery: push to the receiver's URL, or poll at the hub's URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_header: Option<String>,
+}
+
+impl Delivery {
+    pub fn is_poll(&self) -> bool {
+        self.method == DELIVERY_POLL
+    }
+}
+
+/// A stream as the hub stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stream {
+    pub stream_id: String,
+    pub receiver_id: String,
+    pub aud: String,
+    pub events_requested: Vec<String>,
+    pub events_delivered: Vec<String>,
+    pub delivery: Delivery,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub status: StreamStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// With `default_subjects: ALL` these are exclusions; with `NONE`, inclusions.
+    #[serde(default)]
+    pub subjects: Vec<Subject>,
+    /// Per-stream delivery latency budget (hub extension field), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_budget_ms: Option<u64>,
+    #[serde(default)]
+    pub last_verification_ms: u64,
+    pub created_at_ms: u64,
+}
+
+/// Event types a stream can carry: every CAEP and RISC type. Verification and stream-updated
+/// are always allowed and never listed (SSF §8.1.4, §8.1.5).
+pub fn events_supported() -> Vec<String> {
+    EventKind::ALL
+        .iter()
+        .filter(|k| k.has_common_claims())
+        .map(|k| k.uri())
+        .collect()
+}
+
+/// `events_delivered` = requested ∩ supported, in catalogue order; unknown requests are ignored
+/// as SSF §8.1.1 requires. Legacy spellings of a supported type count as that type.
+pub fn events_delivered(requested: &[String]) -> Vec<String> {
+    let wanted: BTreeSet<EventKind> = requested
+        .iter()
+        .filter_map(|uri| EventKind::from_uri(uri))
+        .collect();
+    EventKind::ALL
+        .iter()
+        .filter(|k| k.has_common_claims() && wanted.contains(k))
+        .map(|k| k.uri())
+        .collect()
+}
+
+/// How a new stream treats subjects not mentioned by the receiver (transmitter metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DefaultSubjects {
+    All,
+    None,
+}
+
+impl Stream {
+    /// Whether an event about `subject` goes onto this stream (SSF §8.1.3.1; digest §3.6).
+    pub fn wants_subject(&self, subject: &Subject, default: DefaultSubjects) -> bool {
+        let listed = self.subjects.iter().any(|s| subjects_match(s, subject));
+        match default {
+            DefaultSubjects::All => !listed,
+            DefaultSubjects::None => listed,
+        }
+    }
+
+    /// Whether the stream delivers events of `event_type` (a 1.0 URI).
+    pub fn wants_event(&self, event_type: &str) -> bool {
+        self.events_delivered.iter().any(|e| e == event_type)
+    }
+}
+
+/// SSF §8.1.3.1 matching. Simple vs simple: identical (after canonicalisation). Complex vs
+/// complex: every member present in both is identical (a missing member is a wildcard). Simple
+/// vs complex is undefined in SSF; we match when the simple subject equals any member of the
+/// complex one (digest §14.2 #3), so a stream subject `email:ana` sees events about Ana's
+/// sessions and devices.
+pub fn subjects_match(a: &Subject, b: &Subject) -> bool {
+    use serde_json::Map;
+    fn key(v: &Value) -> Option<String> {
+        Subject::parse(v).ok().map(|s| s.canonical_key())
+    }
+    let members = |s: &Subject| -> Map<String, Value> {
+        s.as_map()
+            .iter()
+            .filter(|(k, _)| *k != "format")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    match (a.is_complex(), b.is_complex()) {
+        (false, false) => a.canonical_key() == b.canonical_key(),
+        (true, true) => {
+            let (ma, mb) = (members(a), members(b));
+            ma.iter()
+                .all(|(k, va)| mb.get(k).is_none_or(|vb| key(va) == key(vb)))
+        }
+        (true, false) => members(a)
+            .values()
+            .any(|m| key(m).as_deref() == Some(&b.canonical_key())),
+        (false, true) => members(b)
+            .values()
+            .any(|m| key(m).as_deref() == Some(&a.canonical_key())),
+    }
+}
+
+/// A fresh credential: 32 random bytes, base64url, with a prefix that secret scanners can spot.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    // openssl's CSPRNG, already linked for JOSE.
+    let _ = openssl::rand::rand_bytes(&mut bytes);
+    format!("ssfhub_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub fn token_hash(token: &str) -> String {
+    openssl::sha::sha256(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A stream id: 16 random bytes, base64url (RFC 3986 unreserved characters only).
+pub fn new_stream_id() -> String {
+    let mut bytes = [0u8; 16];
+    let _ = openssl::rand::rand_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("state storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for RegistryError {
+    fn from(e: sled::Error) -> Self {
+        RegistryError::Storage(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for RegistryError {
+    fn from(e: serde_json::Error) -> Self {
+        RegistryError::Storage(format!("corrupt record: {e}"))
+    }
+}
+
+/// Receivers and streams in sled. Every write is flushed before it returns: a 201 for a new
+/// stream means the stream survives a crash.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    db: sled::Db,
+    receivers: sled::Tree,
+    tokens: sled::Tree,
+    streams: sled::Tree,
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Registry {
+    pub fn open(db: sled::Db) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            receivers: db.open_tree("receivers")?,
+            tokens: db.open_tree("receiver_tokens")?,
+            streams: db.open_tree("streams")?,
+            db,
+            changes: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        })
+    }
+
+    /// Wakes whenever a stream is created, changed or deleted.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    async fn flush(&self) -> Result<(), RegistryError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Registers a receiver; returns it and its credential (shown once, never stored).
+    pub async fn add_receiver(
+        &self,
+        name: &str,
+        audience: &str,
+    ) -> Result<(Receiver, String), RegistryError> {
+        let token = new_token();
+        let receiver = Receiver {
+            id: new_stream_id(),
+            name: name.to_owned(),
+            audience: audience.to_owned(),
+            token_sha256: token_hash(&token),
+            created_at_ms: crate::unix_now_ms(),
+            revoked: false,
+        };
+        self.receivers
+            .insert(receiver.id.as_bytes(), serde_json::to_vec(&receiver)?)?;
+        self.tokens
+            .insert(receiver.token_sha256.as_bytes(), receiver.id.as_bytes())?;
+        self.flush().await?;
+        Ok((receiver, token))
+    }
+
+    /// The receiver a bearer credential belongs to, unless revoked. Lookup is by the
+    /// credential's hash, so no comparison of secrets happens at all.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Receiver>, RegistryError> {
+        let Some(id) = self.tokens.get(token_hash(token).as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(self
+            .receiver(std::str::from_utf8(&id).unwrap_or_default())?
+            .filter(|r| !r.revoked))
+    }
+
+    pub fn receiver(&self, id: &str) -> Result<Option<Receiver>, RegistryError> {
+        self.receivers
+            .get(id.as_bytes())?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    pub fn receivers(&self) -> Result<Vec<Receiver>, RegistryError> {
+        self.receivers
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    /// Revokes a receiver's credential; its streams stay but can no longer be managed or polled.
+    pub async fn revoke_receiver(&self, id: &str) -> Result<bool, RegistryError> {
+        let Some(mut r) = self.receiver(id)? else {
+            return Ok(false);
+        };
+        r.revoked = true;
+        self.tokens.remove(r.token_sha256.as_bytes())?;
+        self.receivers
+            .insert(r.id.as_bytes(), serde_json::to_vec(&r)?)?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    pub fn stream(&self, stream_id: &str) -> Result<Option<Stream>, RegistryError> {
+        self.streams
+            .get(stream_id.as_bytes())?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// The stream, if it exists and belongs to `receiver_id` (another receiver's stream is
+    /// indistinguishable from a missing one).
+    pub fn owned_stream(
+        &self,
+        receiver_id: &str,
+        stream_id: &str,
+    ) -> Result<Option<Stream>, RegistryError> {
+        Ok(self
+            .stream(stream_id)?
+            .filter(|s| s.receiver_id == receiver_id))
+    }
+
+    pub fn streams(&self) -> Result<Vec<Stream>, RegistryError> {
+        self.streams
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    pub fn streams_of(&self, receiver_id: &str) -> Result<Vec<Stream>, RegistryError> {
+        Ok(self
+            .streams()?
+            .into_iter()
+            .filter(|s| s.receiver_id == receiver_id)
+            .collect())
+    }
+
+    /// Creates or replaces a stream, durably.
+    pub async fn put_stream(&self, stream: &Stream) -> Result<(), RegistryError> {
+        self.streams
+            .insert(stream.stream_id.as_bytes(), serde_json::to_vec(stream)?)?;
+        self.flush().await?;
+        self.changed();
+        Ok(())
+    }
+
+    pub async fn delete_stream(&self, stream_id: &str) -> Result<(), RegistryError> {
+        self.streams.remove(stream_id.as_bytes())?;
+        self.flush().await?;
+        self.changed();
+        Ok(())
+    }
+}
+
+/// The push delivery method URI, re-exported for callers that build configurations.
+pub const PUSH: &str = DELIVERY_PUSH;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn s(v: Value) -> Subject {
+        Subject::parse(&v).expect("valid subject")
+    }
+
+    #[test]
+    fn subject_matching_follows_ssf_8_1_3_1() {
+        let user = json!({"format": "email", "email": "u@x.test"});
+        let t = json!({"format": "opaque", "id": "T"});
+        let g1 = json!({"format": "opaque", "id": "G1"});
+        let g2 = json!({"format": "opaque", "id": "G2"});
+        let d = json!({"format": "opaque", "id": "D"});
+        // The spec's own examples.
+        assert!(subjects_match(
+            &s(json!({"format": "complex", "tenant": t})),
+            &s(json!({"format": "complex", "tenant": t, "user": user}))
+        ));
+        assert!(subjects_match(
+            &s(json!({"format": "complex", "user": user, "device": d})),
+            &s(json!({"format": "complex", "user": user}))
+        ));
+        assert!(!subjects_match(
+            &s(json!({"format": "complex", "user": user, "group": g1})),
+            &s(json!({"format": "complex", "user": user, "group": g2}))
+        ));
+        // Simple vs simple, with email case folding.
+        assert!(subjects_match(
+            &s(user.clone()),
+            &s(json!({"format": "email", "email": "U@X.test"}))
+        ));
+        assert!(!subjects_match(&s(user.clone()), &s(d.clone())));
+        // Our documented choice for simple vs complex.
+        assert!(subjects_match(
+            &s(user.clone()),
+            &s(json!({"format": "complex", "user": user}))
+        ));
+        assert!(!subjects_match(
+            &s(d),
+            &s(json!({"format": "complex", "user": user}))
+        ));
+    }
+
+    #[test]
+    fn events_delivered_is_requested_intersect_supported() {
+        let requested = vec![
+            "https://schemas.openid.net/secevent/risc/event-type/account-disabled".to_owned(),
+            "https://example.test/unknown".to_owned(),
+            "http://schemas.openid.net/secevent/caep/event-type/session-revoked".to_owned(),
+            "https://schemas.openid.net/secevent/ssf/event-type/verification".to_owned(),
+        ];
+        assert_eq!(
+            events_delivered(&requested),
+            vec![
+                "https://schemas.openid.net/secevent/caep/event-type/session-revoked",
+                "https://schemas.openid.net/secevent/risc/event-type/account-disabled",
+            ]
+        );
+        assert_eq!(events_supported().len(), 22);
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with("ssfhub_") && a.len() > 40);
+        assert_eq!(token_hash(&a).len(), 64);
+    }
+}
