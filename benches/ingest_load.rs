@@ -558,6 +558,8 @@ fn main() {
     ssf_hub::telemetry::init_tracing();
 
     println!("ingest_load: {cores} cores, {clients} clients, {client_threads} client threads, phases of {secs:?}, log target {target_events} events");
+    let log_note = std::env::var("SSF_LOAD_LOG").unwrap_or_else(|_| "sled".into());
+    println!("log backend: {log_note}");
     let rss_start = rss_kib();
 
     // Keys and the hub.
@@ -569,6 +571,11 @@ fn main() {
         .expect("default config");
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = dir.path().join("data");
+    // SSF_LOAD_LOG=memory swaps the durable sled log for the in-memory one (attribution only).
+    let log_kind = std::env::var("SSF_LOAD_LOG").unwrap_or_else(|_| "sled".into());
+    if log_kind == "memory" {
+        config.log.url = "memory://".into();
+    }
     // Built through serde so fields added later with defaults need no change here.
     let source: SourceConfig = serde_json::from_value(json!({
         "id": SOURCE,
@@ -657,6 +664,14 @@ fn main() {
         ms(hzc.p99)
     );
 
+    std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+    let fsync = fsync_cost(&dir.path().join("data"), 1000);
+    println!(
+        "(a) append 4 KiB + fdatasync in the data directory: p50 {} ms, p99 {} ms",
+        ms(fsync.p50),
+        ms(fsync.p99)
+    );
+
     // Pre-sign pools: enough for (b) even at 75% of the all-core bare verify rate, and (c).
     let pool_b_len = env_u64(
         "SSF_LOAD_POOL",
@@ -711,6 +726,7 @@ fn main() {
         stream: None,
         remaining: AtomicU64::new(u64::MAX),
     });
+    let m0 = hub.metrics.render();
     let cpu0 = cpu_by_group();
     let tb = Instant::now();
     let b = load_rt.block_on(closed_loop(
@@ -738,9 +754,24 @@ fn main() {
         if b.exhausted { " (pre-signed pool ran out: raise SSF_LOAD_POOL)" } else { "" }
     );
     print_cpu("(b)", &b_cpu, b_wall, cores);
+    print_hub_metrics("(b)", &m0, &hub.metrics.render(), b_wall);
+    let b_cpu_total: f64 = b_cpu.iter().map(|(_, d)| d).sum();
+    let b_hub_cpu: f64 = b_cpu
+        .iter()
+        .filter(|(g, _)| !g.starts_with("load"))
+        .map(|(_, d)| d)
+        .sum();
+    let b_handled = feed_b.next.load(Ordering::Relaxed).min(pool_b.len()) as f64;
+    println!(
+        "  CPU per SET during (b): {:.0} us in all, {:.0} us in the hub (workers, blocking pool, sled), {:.0} us in the load generator",
+        1e6 * b_cpu_total / b_handled,
+        1e6 * b_hub_cpu / b_handled,
+        1e6 * (b_cpu_total - b_hub_cpu) / b_handled
+    );
     let rss_after_b = rss_kib();
 
     // (c) fixed rate, open loop.
+    let m0 = hub.metrics.render();
     let cpu0 = cpu_by_group();
     let tc = Instant::now();
     let c = open_loop(
@@ -763,7 +794,9 @@ fn main() {
         ms(c.lat.max),
         ms(c.max_dispatch_lag)
     );
-    print_cpu("(c)", &c_cpu, tc.elapsed(), cores);
+    let c_wall = tc.elapsed();
+    print_cpu("(c)", &c_cpu, c_wall, cores);
+    print_hub_metrics("(c)", &m0, &hub.metrics.render(), c_wall);
 
     // (d) growth to `target_events` at the maximum rate.
     let head_now = hub.log.head();
@@ -771,45 +804,51 @@ fn main() {
     let pool_next = feed_b.next.load(Ordering::Relaxed).min(pool_b.len());
     let leftover = (pool_b.len() - pool_next) as u64;
     let to_sign = need.saturating_sub(leftover);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4096);
-    let first = next_jti;
-    let td = Instant::now();
     let head_d0 = head_now;
-    println!(
-        "(d) growing the log from {head_now} to {target_events} events ({leftover} pre-signed, {to_sign} signed on the fly)..."
-    );
-    let d_cpu = std::thread::scope(|s| {
-        let sets = &sets;
-        let signer = std::thread::Builder::new()
-            .name("load-signer".into())
-            .spawn_scoped(s, move || {
-                for i in first..first + to_sign {
-                    if tx.blocking_send(sets.sign(i)).is_err() {
-                        break;
+    let td = Instant::now();
+    let d_cpu = if need == 0 {
+        println!("(d) the log already holds {head_now} events (SSF_LOAD_EVENTS = {target_events}): nothing to add");
+        Vec::new()
+    } else {
+        println!(
+            "(d) growing the log from {head_now} to {target_events} events ({} pre-signed, {to_sign} signed on the fly)...",
+            need - to_sign
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4096);
+        let first = next_jti;
+        std::thread::scope(|s| {
+            let sets = &sets;
+            let signer = std::thread::Builder::new()
+                .name("load-signer".into())
+                .spawn_scoped(s, move || {
+                    for i in first..first + to_sign {
+                        if tx.blocking_send(sets.sign(i)).is_err() {
+                            break;
+                        }
                     }
-                }
-            })
-            .expect("signer");
-        let feed_d = Arc::new(Feed {
-            pool: pool_b.clone(),
-            next: Arc::new(AtomicUsize::new(pool_next)),
-            stream: Some(tokio::sync::Mutex::new(rx)),
-            remaining: AtomicU64::new(need),
-        });
-        let cpu0 = cpu_by_group();
-        load_rt.block_on(closed_loop(
-            client.clone(),
-            ingest_url.clone(),
-            feed_d,
-            clients,
-            Duration::ZERO,
-            None,
-            outcomes.clone(),
-        ));
-        let cpu = cpu_delta(&cpu0, &cpu_by_group());
-        signer.join().expect("signer thread");
-        cpu
-    });
+                })
+                .expect("signer");
+            let feed_d = Arc::new(Feed {
+                pool: pool_b.clone(),
+                next: Arc::new(AtomicUsize::new(pool_next)),
+                stream: Some(tokio::sync::Mutex::new(rx)),
+                remaining: AtomicU64::new(need),
+            });
+            let cpu0 = cpu_by_group();
+            load_rt.block_on(closed_loop(
+                client.clone(),
+                ingest_url.clone(),
+                feed_d,
+                clients,
+                Duration::ZERO,
+                None,
+                outcomes.clone(),
+            ));
+            let cpu = cpu_delta(&cpu0, &cpu_by_group());
+            signer.join().expect("signer thread");
+            cpu
+        })
+    };
     let d_wall = td.elapsed();
     let d_events = hub.log.head() - head_d0;
     println!(
@@ -823,7 +862,9 @@ fn main() {
             ""
         }
     );
-    print_cpu("(d)", &d_cpu, d_wall, cores);
+    if !d_cpu.is_empty() {
+        print_cpu("(d)", &d_cpu, d_wall, cores);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let rss_end = rss_kib();
     sampler_stop.store(1, Ordering::Relaxed);
@@ -968,6 +1009,71 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// `_sum` and `_count` of every histogram in a Prometheus text page.
+fn histograms(page: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        if let Some(base) = name.strip_suffix("_sum") {
+            out.entry(base.to_owned()).or_default().0 += value;
+        } else if let Some(base) = name.strip_suffix("_count") {
+            out.entry(base.to_owned()).or_default().1 += value;
+        }
+    }
+    out
+}
+
+/// The hub's own timings between two metric snapshots: mean verify+normalize time, mean wait
+/// for the durable append, mean group-commit time and batch size.
+fn print_hub_metrics(label: &str, before: &str, after: &str, wall: Duration) {
+    let (b, a) = (histograms(before), histograms(after));
+    let delta = |name: &str| {
+        let (s0, c0) = b.get(name).copied().unwrap_or_default();
+        let (s1, c1) = a.get(name).copied().unwrap_or_default();
+        (s1 - s0, c1 - c0)
+    };
+    let mean_us = |name: &str| {
+        let (s, c) = delta(name);
+        if c > 0.0 {
+            format!("{:.0} us", 1e6 * s / c)
+        } else {
+            "-".into()
+        }
+    };
+    let (batch_sum, commits) = delta("ssf_hub_log_commit_batch_size");
+    println!(
+        "  hub metrics during {label}: verify+normalize {} mean, append (wait until durable) {} mean; {:.0} group commits/s of {:.1} SETs on average, {} each",
+        mean_us("ssf_hub_verify_seconds"),
+        mean_us("ssf_hub_append_seconds"),
+        commits / wall.as_secs_f64(),
+        if commits > 0.0 { batch_sum / commits } else { 0.0 },
+        mean_us("ssf_hub_log_commit_seconds"),
+    );
+}
+
+/// Appends 4 KiB and `fdatasync`s, `n` times, in `dir`: the cost of one durable write here.
+fn fsync_cost(dir: &std::path::Path, n: usize) -> Pcts {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let block = [0x5au8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fdatasync");
+        lat.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    pcts(lat)
 }
 
 fn dir_size(path: &std::path::Path) -> u64 {

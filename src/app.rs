@@ -182,12 +182,33 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops the hub and waits for it to finish.
+    /// Stops the hub and waits until it has released its storage, so the same data directory
+    /// can be opened again in this process.
     pub async fn stop(self) -> Result<(), StartError> {
         self.shutdown.cancel();
-        self.task
+        let served = self
+            .task
             .await
-            .map_err(|e| StartError::Setup(format!("hub task: {e}")))?
+            .map_err(|e| StartError::Setup(format!("hub task: {e}")))?;
+        self.hub.log.clone().close().await;
+        // Connection tasks may hold the hub a moment longer; the state database closes with
+        // the last of them.
+        let mut hub = self.hub;
+        for _ in 0..500 {
+            match Arc::try_unwrap(hub) {
+                Ok(hub) => {
+                    drop(hub);
+                    return served;
+                }
+                Err(shared) => {
+                    hub = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        Err(StartError::Setup(
+            "the hub is still in use after shutdown".into(),
+        ))
     }
 }
 

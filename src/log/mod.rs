@@ -96,6 +96,8 @@ pub struct Log {
     backend: Arc<dyn EventLog>,
     appends: mpsc::Sender<Pending>,
     head: watch::Receiver<Position>,
+    committer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Log {
@@ -103,11 +105,34 @@ impl Log {
     pub fn start(backend: Arc<dyn EventLog>) -> Log {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let (head_tx, head) = watch::channel(backend.head());
-        tokio::spawn(commit_loop(backend.clone(), rx, head_tx));
+        let closing = tokio_util::sync::CancellationToken::new();
+        let committer = tokio::spawn(commit_loop(backend.clone(), rx, head_tx, closing.clone()));
         Log {
             backend,
             appends: tx,
             head,
+            committer: Arc::new(std::sync::Mutex::new(Some(committer))),
+            closing,
+        }
+    }
+
+    /// Stops accepting appends and waits until the committer has written what it had and let go
+    /// of the backend (so a sled directory can be opened again in the same process). Appends
+    /// through other clones of this `Log` fail with [`LogError::Closed`] afterwards.
+    pub async fn close(self) {
+        let Log {
+            backend,
+            appends,
+            committer,
+            closing,
+            ..
+        } = self;
+        drop(appends);
+        drop(backend);
+        closing.cancel();
+        let handle = committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
         }
     }
 
@@ -151,9 +176,19 @@ async fn commit_loop(
     backend: Arc<dyn EventLog>,
     mut rx: mpsc::Receiver<Pending>,
     head: watch::Sender<Position>,
+    closing: tokio_util::sync::CancellationToken,
 ) {
     let mut waiting: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+    loop {
+        // Appends already queued are written before a close takes effect.
+        let received = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut waiting, MAX_BATCH) => n,
+            _ = closing.cancelled() => 0,
+        };
+        if received == 0 {
+            break;
+        }
         let (batch, replies): (Vec<Append>, Vec<_>) = waiting.drain(..).unzip();
         let started = std::time::Instant::now();
         let size = batch.len();

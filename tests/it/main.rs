@@ -12,3 +12,4 @@ mod jwks;
 mod log_conformance;
 mod schemas;
 mod support;
+mod transmitter;

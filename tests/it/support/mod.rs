@@ -95,6 +95,7 @@ pub struct TestHub {
     pub dir: TempDir,
     pub client: reqwest::Client,
     pub base: String,
+    pub config: Config,
 }
 
 impl TestHub {
@@ -113,14 +114,64 @@ impl TestHub {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = base_config(dir.path());
         edit(dir.path(), &mut config);
-        let running = ssf_hub::app::spawn(config).await.expect("hub starts");
+        TestHub::boot(dir, config).await
+    }
+
+    async fn boot(dir: TempDir, config: Config) -> TestHub {
+        let running = ssf_hub::app::spawn(config.clone())
+            .await
+            .expect("hub starts");
         let base = format!("http://{}", running.addr);
         TestHub {
             running,
             dir,
             client: reqwest::Client::new(),
             base,
+            config,
         }
+    }
+
+    /// Stops the hub cleanly and starts it again on the same data directory and config.
+    pub async fn restart(self) -> TestHub {
+        let TestHub {
+            running,
+            dir,
+            config,
+            ..
+        } = self;
+        running.stop().await.expect("clean stop");
+        TestHub::boot(dir, config).await
+    }
+
+    /// Registers a receiver through the admin API; returns (receiver_id, credential).
+    pub async fn receiver(&self, name: &str) -> (String, String) {
+        let r = self
+            .client
+            .post(format!("{}/admin/receivers", self.base))
+            .bearer_auth(ADMIN)
+            .json(&json!({"name": name, "audience": format!("https://{name}.example.test")}))
+            .send()
+            .await
+            .expect("create receiver");
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.expect("json");
+        (
+            body["receiver_id"].as_str().expect("id").to_owned(),
+            body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    /// A management call as a receiver: `method` on `path` (below the hub's base URL).
+    pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Reply::from(req.send().await.expect("request")).await
     }
 
     /// POSTs `body` to `/ingest/{source}` as `application/secevent+jwt`.
