@@ -188,6 +188,42 @@ impl Fixture {
     }
 }
 
+/// Machine-wide busy and total CPU ticks, and this process's own (`/proc`), so a run that shared
+/// the machine with other work says so.
+fn cpu_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|st| {
+            let v: Vec<u64> = st[st.rfind(')')? + 2..]
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(v.iter().sum())
+        })
+        .unwrap_or(0);
+    (busy, busy + get(3) + get(4), own)
+}
+
+/// Percent of the machine used by other processes since `before`.
+fn others_since(before: (u64, u64, u64)) -> f64 {
+    let now = cpu_ticks();
+    let total = (now.1 - before.1).max(1) as f64;
+    (100.0 * (now.0 - before.0).saturating_sub(now.2 - before.2) as f64 / total).max(0.0)
+}
+
 /// Median per-iteration time of `f` over `rounds` rounds of `iters` calls.
 fn interleaved(
     rounds: usize,
@@ -233,6 +269,15 @@ fn criterion_median(group: &str, name: &str) -> Option<f64> {
 }
 
 fn main() {
+    // Wait (up to 2 minutes) for other work on the machine to stop before measuring.
+    for _ in 0..240 {
+        let t = cpu_ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        if others_since(t) < 5.0 {
+            break;
+        }
+    }
+    let run_start = cpu_ticks();
     let fx = Fixture::new();
     let (es_input, es_sig) = split(&fx.es_set);
     let (rs_input, rs_sig) = split(&fx.rs_set);
@@ -312,6 +357,7 @@ fn main() {
     }
     // Same-process, interleaved comparison: alternate rounds so frequency drift and noisy
     // neighbours hit both sides alike.
+    let loop_start = cpu_ticks();
     let (bare, pipe) = interleaved(
         31,
         1000,
@@ -333,6 +379,11 @@ fn main() {
         },
     );
     println!();
+    println!(
+        "other processes used {:.0}% of the machine during the whole run, {:.0}% during the timed loop",
+        others_since(run_start),
+        others_since(loop_start)
+    );
     println!("interleaved timed loop (median of 31 rounds x 1000):");
     println!(
         "  bare_verify/es256 = {:.2} us, pipeline/es256 = {:.2} us",

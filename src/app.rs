@@ -28,6 +28,8 @@ pub struct Hub {
     pub signer: SetSigner,
     pub registry: crate::streams::Registry,
     pub cursors: crate::delivery::Cursors,
+    pub push_guard: Arc<crate::delivery::guard::Guard>,
+    pub push_client: reqwest::Client,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -89,6 +91,14 @@ impl Hub {
             Some(t) => t.clone(),
             None => load_or_create_token(&config.data_dir.join("admin-token"))?,
         };
+        let push_guard = Arc::new(
+            crate::delivery::guard::Guard::new(&config.delivery.allow_private_targets)
+                .map_err(StartError::Setup)?,
+        );
+        let push_client = crate::delivery::push::client(
+            push_guard.clone(),
+            Duration::from_millis(config.delivery.push_timeout_ms),
+        );
         Ok(Arc::new(Hub {
             config,
             sources,
@@ -98,6 +108,8 @@ impl Hub {
             signer,
             registry,
             cursors,
+            push_guard,
+            push_client,
             metrics: crate::telemetry::metrics_handle(),
         }))
     }
@@ -153,6 +165,7 @@ pub async fn run(
             }
         });
     }
+    tasks.spawn(crate::delivery::push::run(hub.clone(), shutdown.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, sources = hub.sources.len(), "ssf-hub listening");
     let app = crate::http::router(hub.clone());

@@ -95,6 +95,12 @@ pub struct DeliveryConfig {
     pub min_verification_interval_secs: u64,
     pub paused_hold_max_events: u64,
     pub max_subjects_per_stream: usize,
+    pub push_timeout_ms: u64,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    pub retry_budget: u32,
+    pub permanent_failure_budget: u32,
+    pub allow_private_targets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,6 +245,27 @@ impl Config {
                 "delivery.long_poll_timeout_secs",
                 "must be between 1 and 300",
             ));
+        }
+        if d.push_timeout_ms == 0 || d.retry_initial_backoff_ms == 0 {
+            return Err(invalid(
+                "delivery.push_timeout_ms",
+                "timeouts and backoffs must be positive",
+            ));
+        }
+        if d.retry_initial_backoff_ms > d.retry_max_backoff_ms {
+            return Err(invalid(
+                "delivery.retry_initial_backoff_ms",
+                "must not exceed delivery.retry_max_backoff_ms",
+            ));
+        }
+        if d.retry_budget == 0 || d.permanent_failure_budget == 0 {
+            return Err(invalid(
+                "delivery.retry_budget",
+                "budgets must be at least 1",
+            ));
+        }
+        if let Err(e) = crate::delivery::guard::Guard::new(&d.allow_private_targets) {
+            return Err(invalid("delivery.allow_private_targets", e));
         }
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));

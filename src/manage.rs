@@ -176,7 +176,13 @@ fn parse_delivery(hub: &Hub, stream_id: &str, value: &Value) -> Result<Delivery,
             let url =
                 url.ok_or_else(|| Error::Invalid("push delivery needs `endpoint_url`".into()))?;
             match reqwest::Url::parse(&url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    if !hub.push_guard.permits_url(&u) {
+                        return Err(Error::Invalid(
+                            "`delivery.endpoint_url` is an address the hub may not reach".into(),
+                        ));
+                    }
+                }
                 _ => {
                     return Err(Error::Invalid(
                         "`delivery.endpoint_url` must be an http(s) URL".into(),

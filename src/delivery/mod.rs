@@ -3,7 +3,9 @@
 //! what is pending is read from the log when it is needed. `poll` serves RFC 8936 from it.
 //! Knows streams, the log and SETs; leaves HTTP parsing to `manage`.
 
+pub mod guard;
 pub mod poll;
+pub mod push;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,11 @@ impl Cursor {
         }
     }
 
+    /// Moves `through` over positions already done out of order.
+    pub fn compact(&mut self, head: Position) {
+        self.advance(|_| false, head);
+    }
+
     /// Moves `through` over positions that are done or irrelevant (`skippable`), so the cursor
     /// stays small however the receiver acknowledges.
     fn advance(&mut self, mut skippable: impl FnMut(Position) -> bool, head: Position) {
@@ -57,6 +64,8 @@ impl Cursor {
 pub struct Cursors {
     db: sled::Db,
     tree: sled::Tree,
+    /// SETs receivers refused for good: stream id ++ NUL ++ time → JSON.
+    dead_letters: sled::Tree,
     /// Per-stream locks: one poll or delivery at a time moves a stream's cursor.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Wakes long polls when a control SET is queued.
@@ -67,6 +76,7 @@ impl Cursors {
     pub fn open(db: sled::Db) -> Result<Cursors, RegistryError> {
         Ok(Cursors {
             tree: db.open_tree("cursors")?,
+            dead_letters: db.open_tree("dead_letters")?,
             db,
             locks: Default::default(),
             control: Arc::new(tokio::sync::watch::channel(0).0),
@@ -120,6 +130,30 @@ impl Cursors {
         self.put(stream_id, &cursor).await?;
         self.control.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Keeps a SET a receiver refused for good, for the operator to inspect.
+    pub fn dead_letter(
+        &self,
+        stream_id: &str,
+        record: &serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let mut key = stream_id.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.dead_letters.insert(key, serde_json::to_vec(record)?)?;
+        Ok(())
+    }
+
+    /// The dead letters of one stream, oldest first.
+    pub fn dead_letters(&self, stream_id: &str) -> Result<Vec<serde_json::Value>, RegistryError> {
+        let mut prefix = stream_id.as_bytes().to_vec();
+        prefix.push(0);
+        self.dead_letters
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
     }
 
     pub fn subscribe_control(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -10,6 +10,7 @@ mod ingest;
 mod interop;
 mod jwks;
 mod log_conformance;
+mod push;
 mod schemas;
 mod support;
 mod transmitter;

@@ -35,6 +35,10 @@ pub fn base_config(data_dir: &Path) -> Config {
     c.listen = "127.0.0.1:0".parse().expect("addr");
     c.data_dir = data_dir.to_path_buf();
     c.admin_token = Some(Secret::new(ADMIN));
+    // Test receivers listen on loopback; production refuses it unless allowed like this.
+    c.delivery.allow_private_targets = vec!["127.0.0.0/8".into()];
+    c.delivery.retry_initial_backoff_ms = 20;
+    c.delivery.retry_max_backoff_ms = 400;
     c
 }
 
@@ -386,4 +390,151 @@ pub fn jti_of(set: &str) -> String {
         .expect("b64");
     let claims: Value = serde_json::from_slice(&bytes).expect("json");
     claims["jti"].as_str().expect("jti").to_owned()
+}
+
+/// What a [`TestReceiver`] answers: status, extra headers, body.
+pub type Answer = (u16, Vec<(&'static str, String)>, String);
+
+/// One SET as a test receiver got it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub set: String,
+    pub claims: Value,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub answered: u16,
+}
+
+/// An RFC 8935 receiver on loopback that records every push and answers as `policy` says
+/// (given the number of pushes so far and the SET's claims).
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    pub got: Arc<std::sync::Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestReceiver {
+    pub async fn start(
+        policy: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static,
+    ) -> TestReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        TestReceiver::serve(listener, policy)
+    }
+
+    /// Starts on a given port (one reserved earlier, for "receiver comes back up" tests).
+    pub async fn start_on(
+        port: u16,
+        policy: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static,
+    ) -> TestReceiver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("rebind");
+        TestReceiver::serve(listener, policy)
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        policy: impl Fn(usize, &Value) -> Answer + Send + Sync + 'static,
+    ) -> TestReceiver {
+        use axum::response::IntoResponse;
+        let addr = listener.local_addr().expect("addr");
+        let got: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+        let policy = Arc::new(policy);
+        let sink = got.clone();
+        let app = axum::Router::new().route(
+            "/rx",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let (sink, policy) = (sink.clone(), policy.clone());
+                async move {
+                    let claims = decode_claims(&body);
+                    let n = sink.lock().expect("lock").len();
+                    let (status, extra, reply) = policy(n, &claims);
+                    let header = |k: &str| {
+                        headers
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .map(String::from)
+                    };
+                    sink.lock().expect("lock").push(Received {
+                        set: body,
+                        claims,
+                        authorization: header("authorization"),
+                        content_type: header("content-type"),
+                        answered: status,
+                    });
+                    let mut resp =
+                        (StatusCode::from_u16(status).expect("status"), reply).into_response();
+                    for (k, v) in extra {
+                        resp.headers_mut().insert(k, v.parse().expect("header"));
+                    }
+                    resp
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestReceiver { addr, got, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/rx", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    /// SETs answered with a 2xx, in arrival order.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.answered < 300)
+            .collect()
+    }
+
+    /// Waits (bounded) until `done` holds for what was received.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !done(&self.received()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {:?}",
+                self.received()
+                    .iter()
+                    .map(|r| r.answered)
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// The claims of a compact SET, without verifying it (tests verify separately).
+pub fn decode_claims(set: &str) -> Value {
+    use base64::Engine as _;
+    set.split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// A free loopback port, released for a server that starts later.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }

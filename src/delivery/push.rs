@@ -1,0 +1,486 @@
+//! RFC 8935 push delivery: one worker per enabled push stream walks the stream's cursor in log
+//! order, POSTs each SET, and moves the durable cursor only on a 2xx. Transient failures
+//! (network, timeout, 5xx, 429) are retried with exponential backoff and jitter, honouring
+//! `Retry-After`; permanent refusals are dead-lettered, not retried; a stream that exhausts its
+//! budget is paused with a stream-updated event and a reason the operator can read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::guard::{Guard, GuardedResolver};
+use super::{pending, record_latency, Cursor};
+use crate::app::Hub;
+use crate::outbound::{mint_control, mint_event};
+use crate::set::events::StreamStatus;
+use crate::set::{EventKind, SET_MEDIA_TYPE};
+use crate::streams::Stream;
+
+/// How one push attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    /// Worth retrying later; carries the server's `Retry-After`, if any.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will not improve on retry (RFC 8935 §4): `invalid_request`, `invalid_issuer`,
+    /// `invalid_audience`, other 4xx.
+    Permanent {
+        reason: String,
+    },
+}
+
+/// Classifies a receiver's answer (digest §9 reactions).
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered,
+        400 => {
+            let err = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v.get("err").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| "unparsable 400".into());
+            match err.as_str() {
+                // The key may simply not be published or fetched yet; credentials may be
+                // refreshed: both can heal, so they are retried within the budget.
+                "invalid_key" | "authentication_failed" | "access_denied" => Outcome::Transient {
+                    reason: format!("receiver answered {err}"),
+                    retry_after,
+                },
+                _ => Outcome::Permanent {
+                    reason: format!("receiver answered {}", short(&err)),
+                },
+            }
+        }
+        401 | 403 | 408 | 429 | 500..=599 => Outcome::Transient {
+            reason: format!("receiver answered HTTP {status}"),
+            retry_after,
+        },
+        _ => Outcome::Permanent {
+            reason: format!("receiver answered HTTP {status}"),
+        },
+    }
+}
+
+/// A receiver-chosen string, cut to a plain, short form before it reaches a status reason.
+fn short(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_- ".contains(*c))
+        .take(40)
+        .collect()
+}
+
+/// Backoff before retry `attempt` (0-based): exponential from `initial`, capped at `max`, with
+/// full jitter; a server's `Retry-After` wins when it is longer, but never beyond `max`.
+pub fn backoff(
+    attempt: u32,
+    initial: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exp = initial.saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+    let cap = exp.min(max);
+    let mut r = [0u8; 4];
+    let _ = openssl::rand::rand_bytes(&mut r);
+    let jittered = cap.mul_f64(0.5 + f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX) / 2.0);
+    match retry_after {
+        Some(ra) if ra > jittered => ra.min(max),
+        _ => jittered,
+    }
+}
+
+/// The HTTP client for pushes: guarded resolver, no redirects, a timeout per attempt.
+pub fn client(guard: Arc<Guard>, timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver(guard)))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Sends one SET. IP-literal URLs bypass DNS, so the guard checks them here.
+pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+    let Some(url) = stream.delivery.endpoint_url.as_deref() else {
+        return Outcome::Permanent {
+            reason: "push stream without endpoint_url".into(),
+        };
+    };
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(u) => u,
+        Err(_) => {
+            return Outcome::Permanent {
+                reason: "endpoint_url is not a URL".into(),
+            }
+        }
+    };
+    if !guard.permits_url(&parsed) {
+        return Outcome::Permanent {
+            reason: "endpoint_url is an address the hub may not reach".into(),
+        };
+    }
+    let mut req = client
+        .post(parsed)
+        .header(CONTENT_TYPE, SET_MEDIA_TYPE)
+        .header(ACCEPT, "application/json")
+        .body(set.to_owned());
+    // The value as given, and nothing when unset (digest §14.2 #1).
+    if let Some(auth) = &stream.delivery.authorization_header {
+        if let Ok(v) = HeaderValue::from_str(auth) {
+            req = req.header(AUTHORIZATION, v);
+        }
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            // Error bodies are small; read at most 4 KiB of them.
+            let body = if status == 400 {
+                read_capped(resp, 4096).await
+            } else {
+                Vec::new()
+            };
+            classify(status, retry_after, &body)
+        }
+        Err(e) => Outcome::Transient {
+            reason: if e.is_timeout() {
+                "timed out".into()
+            } else if e.is_connect() {
+                "connection failed".into()
+            } else {
+                "request failed".into()
+            },
+            retry_after: None,
+        },
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        out.extend_from_slice(&chunk);
+        if out.len() >= cap {
+            out.truncate(cap);
+            break;
+        }
+    }
+    out
+}
+
+/// Keeps one worker per enabled push stream until `shutdown`.
+#[tracing::instrument(name = "push_supervisor", skip_all)]
+pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut changes = hub.registry.subscribe();
+    let mut workers: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
+    loop {
+        changes.borrow_and_update();
+        let wanted: Vec<Stream> = match hub.registry.streams() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|s| !s.delivery.is_poll() && s.status == StreamStatus::Enabled)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "reading streams failed");
+                Vec::new()
+            }
+        };
+        workers.retain(|id, (stop, task)| {
+            let keep = wanted.iter().any(|s| &s.stream_id == id) && !task.is_finished();
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for s in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = workers.entry(s.stream_id) {
+                let stop = shutdown.child_token();
+                let task = tokio::spawn(worker(hub.clone(), slot.key().clone(), stop.clone()));
+                slot.insert((stop, task));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = changes.changed() => {}
+        }
+    }
+    for (_, (stop, task)) in workers {
+        stop.cancel();
+        let _ = task.await;
+    }
+}
+
+/// Delivers one stream until it is stopped, paused, disabled or deleted.
+#[tracing::instrument(name = "push_worker", skip(hub, stop))]
+async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
+    let mut head = hub.log.subscribe();
+    let mut control = hub.cursors.subscribe_control();
+    let mut changes = hub.registry.subscribe();
+    let mut permanent_in_a_row = 0u32;
+    loop {
+        head.borrow_and_update();
+        control.borrow_and_update();
+        changes.borrow_and_update();
+        let stream = match hub.registry.stream(&stream_id) {
+            Ok(Some(s)) if !s.delivery.is_poll() && s.status == StreamStatus::Enabled => s,
+            _ => return,
+        };
+        let mut cursor = match hub.cursors.get(&stream_id) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "reading cursor failed");
+                return;
+            }
+        };
+        match deliver_pending(&hub, &stream, &mut cursor, &stop, &mut permanent_in_a_row).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(Stop) => return,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = head.changed() => {}
+            _ = control.changed() => {}
+            _ = changes.changed() => {}
+        }
+    }
+}
+
+/// The worker must stop (shut down, or the stream left the enabled state).
+#[derive(Debug)]
+struct Stop;
+
+/// Delivers what is pending now. `Ok(true)` when there may be more right away.
+async fn deliver_pending(
+    hub: &Hub,
+    stream: &Stream,
+    cursor: &mut Cursor,
+    stop: &CancellationToken,
+    permanent_in_a_row: &mut u32,
+) -> Result<bool, Stop> {
+    let budget = stream
+        .latency_budget_ms
+        .unwrap_or(hub.config.delivery.latency_budget_ms);
+    // Control SETs first (verification, stream-updated), then events in log order.
+    let control: Vec<(String, String)> = cursor.control.clone();
+    for (jti, set) in control {
+        deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
+        save(hub, stream, |c| c.control.retain(|(j, _)| *j != jti)).await?;
+    }
+    let (records, more) = pending(
+        &hub.log,
+        stream,
+        hub.config.delivery.default_subjects,
+        cursor,
+        64,
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "reading the log failed");
+        Stop
+    })?;
+    // The scan may have moved the cursor over positions this stream does not want.
+    let through = cursor.through;
+    save(hub, stream, |c| c.through = c.through.max(through)).await?;
+    for record in records {
+        let (_, set) =
+            mint_event(&hub.signer, &hub.config.issuer, stream, &record).map_err(|e| {
+                tracing::error!(error = %e, "signing failed");
+                Stop
+            })?;
+        let delivered = deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
+        if delivered {
+            record_latency("push", &record, budget);
+        }
+        let position = record.position;
+        save(hub, stream, |c| c.mark_done(position)).await?;
+    }
+    Ok(more)
+}
+
+/// Applies `change` to the stored cursor under the stream's lock. Merging into what is stored
+/// (rather than writing our copy) keeps a concurrent status change, such as a disable that
+/// moves the cursor to the head, from being undone.
+async fn save(hub: &Hub, stream: &Stream, change: impl FnOnce(&mut Cursor)) -> Result<(), Stop> {
+    let lock = hub.cursors.lock_for(&stream.stream_id);
+    let _guard = lock.lock().await;
+    let result = async {
+        let mut stored = hub.cursors.get(&stream.stream_id)?;
+        change(&mut stored);
+        let head = hub.log.head();
+        stored.compact(head);
+        hub.cursors.put(&stream.stream_id, &stored).await
+    }
+    .await;
+    result.map_err(|e| {
+        tracing::error!(error = %e, "saving cursor failed");
+        Stop
+    })
+}
+
+/// Pushes one SET until it is delivered (`Ok(true)`), refused for good and dead-lettered
+/// (`Ok(false)`), or the budget runs out, which pauses the stream (`Err(Stop)`).
+async fn deliver_one(
+    hub: &Hub,
+    stream: &Stream,
+    set: &str,
+    stop: &CancellationToken,
+    permanent_in_a_row: &mut u32,
+) -> Result<bool, Stop> {
+    let cfg = &hub.config.delivery;
+    let initial = Duration::from_millis(cfg.retry_initial_backoff_ms);
+    let max = Duration::from_millis(cfg.retry_max_backoff_ms);
+    let mut attempt = 0u32;
+    loop {
+        if stop.is_cancelled() {
+            return Err(Stop);
+        }
+        let outcome = send(&hub.push_client, &hub.push_guard, stream, set).await;
+        let label = match &outcome {
+            Outcome::Delivered => "delivered",
+            Outcome::Transient { .. } => "transient",
+            Outcome::Permanent { .. } => "permanent",
+        };
+        metrics::counter!("ssf_hub_push_attempts_total", "outcome" => label).increment(1);
+        match outcome {
+            Outcome::Delivered => {
+                *permanent_in_a_row = 0;
+                return Ok(true);
+            }
+            Outcome::Permanent { reason } => {
+                *permanent_in_a_row += 1;
+                dead_letter(hub, stream, set, &reason);
+                if *permanent_in_a_row >= cfg.permanent_failure_budget {
+                    pause(
+                        hub,
+                        stream,
+                        &format!("{permanent_in_a_row} SETs refused in a row: {reason}"),
+                    )
+                    .await;
+                    return Err(Stop);
+                }
+                return Ok(false);
+            }
+            Outcome::Transient {
+                reason,
+                retry_after,
+            } => {
+                attempt += 1;
+                if attempt >= cfg.retry_budget {
+                    pause(
+                        hub,
+                        stream,
+                        &format!("delivery failed {attempt} times: {reason}"),
+                    )
+                    .await;
+                    return Err(Stop);
+                }
+                tracing::debug!(stream = %stream.stream_id, attempt, %reason, "push failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(Stop),
+                    _ = tokio::time::sleep(backoff(attempt - 1, initial, max, retry_after)) => {}
+                }
+            }
+        }
+    }
+}
+
+fn dead_letter(hub: &Hub, stream: &Stream, set: &str, reason: &str) {
+    metrics::counter!("ssf_hub_push_dead_letters_total").increment(1);
+    tracing::warn!(stream = %stream.stream_id, %reason, "SET refused for good; dead-lettered");
+    let record = json!({ "at_ms": crate::unix_now_ms(), "reason": reason, "set": set });
+    if let Err(e) = hub.cursors.dead_letter(&stream.stream_id, &record) {
+        tracing::error!(error = %e, "storing a dead letter failed");
+    }
+}
+
+/// Pauses a stream on the hub's own initiative: announces it with a stream-updated SET sent
+/// before the gate closes (queued for re-enable if it cannot be sent), then records the status
+/// with an operator-visible reason (SSF §8.1.2, §8.1.5).
+pub async fn pause(hub: &Hub, stream: &Stream, reason: &str) {
+    tracing::warn!(stream = %stream.stream_id, %reason, "pausing stream");
+    metrics::counter!("ssf_hub_streams_paused_by_hub_total").increment(1);
+    let payload = json!({ "status": "paused", "reason": reason });
+    if let Ok((jti, set)) = mint_control(
+        &hub.signer,
+        &hub.config.issuer,
+        stream,
+        EventKind::StreamUpdated,
+        payload,
+    ) {
+        if send(&hub.push_client, &hub.push_guard, stream, &set).await != Outcome::Delivered {
+            let _ = hub.cursors.push_control(&stream.stream_id, jti, set).await;
+        }
+    }
+    let mut updated = stream.clone();
+    updated.status = StreamStatus::Paused;
+    updated.reason = Some(reason.to_owned());
+    if let Err(e) = hub.registry.put_stream(&updated).await {
+        tracing::error!(error = %e, "recording the pause failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_follow_rfc8935_reactions() {
+        assert_eq!(classify(202, None, b""), Outcome::Delivered);
+        for err in ["invalid_request", "invalid_issuer", "invalid_audience"] {
+            let body = format!(r#"{{"err":"{err}","description":"x"}}"#);
+            assert!(
+                matches!(
+                    classify(400, None, body.as_bytes()),
+                    Outcome::Permanent { .. }
+                ),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            classify(400, None, br#"{"err":"invalid_key"}"#),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(503, None, b""),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(classify(429, Some(Duration::from_secs(3)), b""),
+            Outcome::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(3)));
+        assert!(matches!(
+            classify(404, None, b""),
+            Outcome::Permanent { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let (i, m) = (Duration::from_millis(100), Duration::from_secs(10));
+        for attempt in 0..30 {
+            let d = backoff(attempt, i, m, None);
+            assert!(d <= m);
+            let ceiling = i.saturating_mul(1 << attempt.min(20)).min(m);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
+        assert_eq!(
+            backoff(0, i, m, Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            backoff(0, i, m, Some(Duration::from_secs(3600))),
+            m,
+            "Retry-After is bounded"
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! RFC 8935 push delivery to real receivers on loopback: outages, 5xx, 429 with Retry-After,
+//! permanent refusals that pause the stream, restarts mid-delivery, and the SSRF guard.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const STREAM_UPDATED: &str = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated";
+const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+
+async fn create_push_stream(hub: &TestHub, token: &str, url: &str, auth: Option<&str>) -> Value {
+    let mut delivery = json!({"method": "urn:ietf:rfc:8935", "endpoint_url": url});
+    if let Some(a) = auth {
+        delivery["authorization_header"] = json!(a);
+    }
+    let r = hub
+        .call(
+            "POST",
+            "/ssf/streams",
+            token,
+            Some(json!({"events_requested": [SESSION_REVOKED], "delivery": delivery})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+fn position(r: &Received) -> u64 {
+    r.claims["jti"]
+        .as_str()
+        .and_then(|j| j.rsplit('.').next())
+        .and_then(|p| p.parse().ok())
+        .expect("event jti ends with its position")
+}
+
+fn is_event(r: &Received) -> bool {
+    r.claims["events"].get(SESSION_REVOKED).is_some()
+}
+
+#[tokio::test]
+async fn every_event_arrives_in_order_through_outage_errors_and_throttling() {
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let (_, token) = hub.receiver("gw").await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/rx");
+    let stream = create_push_stream(&hub, &token, &url, Some("Bearer rx-secret")).await;
+
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        let c = session_revoked();
+        sent.push(c["jti"].clone());
+        hub.push("idp", key.sign(&c).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    // The receiver is down: connections are refused and retried with backoff.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Back up, but failing: two 500s, then a 429 with Retry-After, then fine.
+    let rx = TestReceiver::start_on(port, |n, _| match n {
+        0 | 1 => (500, vec![], String::new()),
+        2 => (429, vec![("retry-after", "1".into())], String::new()),
+        _ => (202, vec![], String::new()),
+    })
+    .await;
+    rx.wait_for("six accepted events", |got| {
+        got.iter()
+            .filter(|r| r.answered == 202 && is_event(r))
+            .count()
+            == 6
+    })
+    .await;
+
+    let accepted: Vec<Received> = rx.accepted().into_iter().filter(is_event).collect();
+    let positions: Vec<u64> = accepted.iter().map(position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in log order, none twice: {positions:?}"
+    );
+    let got = rx.received();
+    assert_eq!(got[0].answered, 500);
+    assert_eq!(got[2].answered, 429);
+    assert_eq!(
+        position(&got[0]),
+        position(&got[3]),
+        "the first event is retried until accepted"
+    );
+    for r in &got {
+        assert_eq!(r.authorization.as_deref(), Some("Bearer rx-secret"));
+        assert_eq!(r.content_type.as_deref(), Some("application/secevent+jwt"));
+        assert_eq!(r.claims["aud"], stream["aud"]);
+        assert_eq!(r.claims["iss"], hub.config.issuer);
+    }
+    // Nothing more arrives once all were accepted.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), got.len());
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_refusals_are_not_retried_and_pause_the_stream_with_an_announcement() {
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let (_, token) = hub.receiver("gw").await;
+    // Refuses every event as invalid_audience; accepts the stream-updated announcement.
+    let rx = TestReceiver::start(|_, claims| {
+        if claims["events"].get(STREAM_UPDATED).is_some() {
+            (202, vec![], String::new())
+        } else {
+            (
+                400,
+                vec![("content-type", "application/json".into())],
+                r#"{"err":"invalid_audience","description":"not for us"}"#.into(),
+            )
+        }
+    })
+    .await;
+    let stream = create_push_stream(&hub, &token, &rx.url(), None).await;
+    let id = stream["stream_id"].as_str().expect("id").to_owned();
+    for _ in 0..5 {
+        hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    rx.wait_for("a stream-updated announcement", |got| {
+        got.iter()
+            .any(|r| r.claims["events"].get(STREAM_UPDATED).is_some())
+    })
+    .await;
+    let got = rx.received();
+    let events: Vec<&Received> = got.iter().filter(|r| is_event(r)).collect();
+    assert_eq!(
+        events.len(),
+        3,
+        "permanent_failure_budget (3) refusals, each tried once"
+    );
+    let mut tries = HashMap::new();
+    for e in &events {
+        *tries.entry(position(e)).or_insert(0) += 1;
+    }
+    assert!(
+        tries.values().all(|n| *n == 1),
+        "no blind retry of invalid_audience"
+    );
+    let announcement = got
+        .iter()
+        .find(|r| r.claims["events"].get(STREAM_UPDATED).is_some())
+        .expect("announced");
+    assert_eq!(
+        announcement.claims["events"][STREAM_UPDATED]["status"],
+        "paused"
+    );
+    assert_eq!(
+        announcement.claims["sub_id"],
+        json!({"format": "opaque", "id": id})
+    );
+    assert!(events.iter().all(|e| e.answered == 400));
+
+    let r = hub
+        .call("GET", &format!("/ssf/status?stream_id={id}"), &token, None)
+        .await;
+    let status = r.json();
+    assert_eq!(status["status"], "paused");
+    assert!(
+        status["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("invalid_audience"),
+        "{status}"
+    );
+    assert!(hub
+        .metrics()
+        .await
+        .contains("ssf_hub_push_dead_letters_total"));
+    // Paused: nothing more is sent.
+    let before = rx.received().len();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), before);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_delivery_loses_nothing_and_skips_nothing() {
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let (_, token) = hub.receiver("gw").await;
+    let rx = TestReceiver::start(|_, _| {
+        std::thread::sleep(std::time::Duration::from_millis(15));
+        (202, vec![], String::new())
+    })
+    .await;
+    create_push_stream(&hub, &token, &rx.url(), None).await;
+    let mut sent = Vec::new();
+    for _ in 0..30 {
+        let c = session_revoked();
+        sent.push(c["jti"].as_str().expect("jti").to_owned());
+        hub.push("idp", key.sign(&c).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    rx.wait_for("a few deliveries", |got| got.len() >= 5).await;
+    let hub = hub.restart().await;
+    rx.wait_for("all thirty", |got| {
+        got.iter()
+            .filter(|r| is_event(r))
+            .map(position)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 30
+    })
+    .await;
+    let firsts: Vec<u64> = {
+        let mut seen = std::collections::BTreeSet::new();
+        rx.received()
+            .iter()
+            .filter(|r| is_event(r))
+            .map(position)
+            .filter(|p| seen.insert(*p))
+            .collect()
+    };
+    assert!(
+        firsts.windows(2).all(|w| w[0] < w[1]),
+        "first deliveries in log order: {firsts:?}"
+    );
+    // At-least-once: a SET in flight at the restart may come twice, with the same jti.
+    let total = rx.received().iter().filter(|r| is_event(r)).count();
+    assert!(
+        total <= 31,
+        "at most the one in-flight SET is repeated, got {total}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn verification_is_pushed_with_the_state_echoed() {
+    let hub = TestHub::with_signer(&es256()).await;
+    let (_, token) = hub.receiver("gw").await;
+    let rx = TestReceiver::start(|_, _| (202, vec![], String::new())).await;
+    let stream = create_push_stream(&hub, &token, &rx.url(), None).await;
+    let id = stream["stream_id"].as_str().expect("id");
+    let r = hub
+        .call(
+            "POST",
+            "/ssf/verify",
+            &token,
+            Some(json!({"stream_id": id, "state": "abc-123"})),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    rx.wait_for("the verification SET", |got| !got.is_empty())
+        .await;
+    let got = rx.received();
+    assert_eq!(
+        got[0].claims["events"][VERIFICATION],
+        json!({"state": "abc-123"})
+    );
+    assert_eq!(
+        got[0].claims["sub_id"],
+        json!({"format": "opaque", "id": id})
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn private_push_targets_are_refused_unless_allowed() {
+    let hub = TestHub::start(|_, c| c.delivery.allow_private_targets = vec![]).await;
+    let (_, token) = hub.receiver("gw").await;
+    for url in [
+        "http://127.0.0.1:8080/rx",
+        "http://10.0.0.5/rx",
+        "http://[::1]/rx",
+        "http://169.254.169.254/latest",
+    ] {
+        let r = hub
+            .call(
+                "POST",
+                "/ssf/streams",
+                &token,
+                Some(json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": url}})),
+            )
+            .await;
+        assert_eq!(r.status, 400, "{url}: {}", r.body);
+    }
+    // A host name that resolves to loopback is refused at connect time instead.
+    let rx = TestReceiver::start(|_, _| (202, vec![], String::new())).await;
+    let url = format!("http://localhost:{}/rx", rx.addr.port());
+    let r = hub
+        .call("POST", "/ssf/streams", &token,
+              Some(json!({"events_requested": [SESSION_REVOKED], "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": url}})))
+        .await;
+    assert_eq!(r.status, 201);
+    let id = r.json()["stream_id"].as_str().expect("id").to_owned();
+    let r = hub
+        .call(
+            "POST",
+            "/ssf/verify",
+            &token,
+            Some(json!({"stream_id": id})),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        rx.received().is_empty(),
+        "the hub connected to a loopback address"
+    );
+    hub.stop().await;
+}
