@@ -15,7 +15,7 @@ use crate::config::{Config, LogUrl, Secret};
 use crate::ingest::Source;
 use crate::log::{EventLog, Log, MemoryLog, SledLog};
 use crate::schema::Schemas;
-use crate::sign::{SetSigner, SignAlg};
+use crate::sign::{SetSigner, SignAlg, SignError};
 
 /// Everything request handlers share.
 #[derive(Debug)]
@@ -25,7 +25,9 @@ pub struct Hub {
     pub log: Log,
     pub schemas: Schemas,
     pub admin_token: Secret,
-    pub signer: SetSigner,
+    /// The hub's signing keys; streams sign with `default_alg` unless they choose otherwise.
+    pub keys: crate::keyring::Keyring,
+    pub default_alg: SignAlg,
     pub registry: crate::streams::Registry,
     pub cursors: crate::delivery::Cursors,
     pub push_guard: Arc<crate::delivery::guard::Guard>,
@@ -85,8 +87,15 @@ impl Hub {
             .map_err(StartError::Setup)?;
         let alg =
             SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
-        let signer = SetSigner::load_or_generate(&config.data_dir.join("signing-key.pem"), alg)
-            .map_err(|e| StartError::Setup(format!("hub signing key: {e}")))?;
+        let keys = crate::keyring::Keyring::open(
+            &config.data_dir.join("keys"),
+            Some((&config.data_dir.join("signing-key.pem"), alg)),
+            crate::keyring::Timing {
+                activation_delay_secs: config.signing.activation_delay_secs,
+                retired_grace_secs: config.signing.retired_grace_secs,
+            },
+        )
+        .map_err(|e| StartError::Setup(format!("hub signing keys: {e}")))?;
         let admin_token = match &config.admin_token {
             Some(t) => t.clone(),
             None => load_or_create_token(&config.data_dir.join("admin-token"))?,
@@ -105,13 +114,27 @@ impl Hub {
             log,
             schemas,
             admin_token,
-            signer,
+            keys,
+            default_alg: alg,
             registry,
             cursors,
             push_guard,
             push_client,
             metrics: crate::telemetry::metrics_handle(),
         }))
+    }
+}
+
+impl Hub {
+    /// The key that signs `stream`'s SETs now: its own `signing_alg`, or the hub's.
+    pub fn signer_for(&self, stream: &crate::streams::Stream) -> Result<Arc<SetSigner>, SignError> {
+        let alg = match &stream.signing_alg {
+            Some(name) => SignAlg::parse(name)?,
+            None => self.default_alg,
+        };
+        self.keys
+            .active(alg)
+            .ok_or_else(|| SignError::Alg(format!("no active {} key", alg.name())))
     }
 }
 

@@ -50,6 +50,119 @@ pub enum Command {
     Send(SendArgs),
     /// Print normalized events from a running hub as JSON lines.
     Tail(TailArgs),
+    /// Manage the receivers (gateways, sidecars, SIEMs) of a running hub.
+    Receivers {
+        #[command(subcommand)]
+        action: ReceiversAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Manage the signing keys of a running hub.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiversAction {
+    /// Register a receiver; prints its id and bearer credential (shown only this once).
+    Add {
+        #[arg(long)]
+        name: String,
+        /// The `aud` of the receiver's streams and SETs.
+        #[arg(long)]
+        audience: String,
+    },
+    /// List receivers.
+    List,
+    /// Revoke a receiver's credential.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Publish a new signing key now; the hub signs with it after signing.activation_delay_secs.
+    Rotate {
+        /// ES256 or RS256; the hub's default algorithm when omitted.
+        #[arg(long)]
+        alg: Option<String>,
+    },
+}
+
+/// How operator commands reach a running hub.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Base URL of the hub.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Admin token; by default read from <data-dir>/admin-token.
+    #[arg(
+        long,
+        global = true,
+        env = "SSF_HUB_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// The hub's data directory, to find the generated admin token.
+    #[arg(long, global = true, default_value = "ssf-hub-data")]
+    pub data_dir: PathBuf,
+}
+
+impl AdminArgs {
+    fn token(&self) -> Result<String, String> {
+        match &self.token {
+            Some(t) => Ok(t.clone()),
+            None => {
+                let path = self.data_dir.join("admin-token");
+                Ok(std::fs::read_to_string(&path)
+                    .map_err(|e| format!("no --token and cannot read {}: {e}", path.display()))?
+                    .trim()
+                    .to_owned())
+            }
+        }
+    }
+
+    /// One admin API call; returns the JSON answer (or `null` for an empty one).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let url = format!("{}{path}", self.url.trim_end_matches('/'));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = client
+            .request(method.clone(), &url)
+            .bearer_auth(self.token()?);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "{method} {url} answered HTTP {}: {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,15 +212,8 @@ pub struct SendArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
-    /// Base URL of the hub.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// Admin token; by default read from <data-dir>/admin-token.
-    #[arg(long, env = "SSF_HUB_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The hub's data directory, to find the generated admin token.
-    #[arg(long, default_value = "ssf-hub-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Start after this log position (0 = from the beginning).
     #[arg(long, default_value_t = 0)]
     pub since: u64,
@@ -151,6 +257,54 @@ pub fn run(cli: Cli) -> i32 {
             Command::Keygen { alg, out, kid } => keygen(&alg, &out, kid),
             Command::Send(args) => send(args).await,
             Command::Tail(args) => tail(args).await,
+            Command::Receivers { action, admin } => {
+                let out = match action {
+                    ReceiversAction::Add { name, audience } => {
+                        admin
+                            .call(
+                                reqwest::Method::POST,
+                                "/admin/receivers",
+                                Some(json!({"name": name, "audience": audience})),
+                            )
+                            .await?
+                    }
+                    ReceiversAction::List => {
+                        admin
+                            .call(reqwest::Method::GET, "/admin/receivers", None)
+                            .await?
+                    }
+                    ReceiversAction::Revoke { id } => {
+                        admin
+                            .call(
+                                reqwest::Method::DELETE,
+                                &format!("/admin/receivers/{id}"),
+                                None,
+                            )
+                            .await?
+                    }
+                };
+                if !out.is_null() {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+                    );
+                }
+                Ok(())
+            }
+            Command::Keys {
+                action: KeysAction::Rotate { alg },
+                admin,
+            } => {
+                let body = alg.map(|a| json!({ "alg": a }));
+                let out = admin
+                    .call(reqwest::Method::POST, "/admin/keys/rotate", body)
+                    .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -281,16 +435,7 @@ async fn send(args: SendArgs) -> Result<(), String> {
 }
 
 async fn tail(args: TailArgs) -> Result<(), String> {
-    let token = match &args.token {
-        Some(t) => t.clone(),
-        None => {
-            let path = args.data_dir.join("admin-token");
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("no --token and cannot read {}: {e}", path.display()))?
-                .trim()
-                .to_owned()
-        }
-    };
+    let token = args.admin.token()?;
     let wanted: Vec<String> = args
         .events
         .iter()
@@ -300,7 +445,7 @@ async fn tail(args: TailArgs) -> Result<(), String> {
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
-    let base = args.url.trim_end_matches('/');
+    let base = args.admin.url.trim_end_matches('/');
     let mut since = args.since;
     loop {
         let resp = client

@@ -132,6 +132,8 @@ pub struct JwksConfig {
 #[serde(deny_unknown_fields)]
 pub struct SigningConfig {
     pub alg: String,
+    pub activation_delay_secs: u64,
+    pub retired_grace_secs: u64,
 }
 
 /// One upstream transmitter whose SETs the hub accepts on `POST /ingest/{id}`.

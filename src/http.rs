@@ -117,7 +117,7 @@ async fn list_events(
 
 /// `GET /jwks.json`: the hub's public signing keys.
 async fn get_jwks(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    let jwks: Value = hub.signer.jwks();
+    let jwks: Value = hub.keys.jwks();
     (
         [(header::CONTENT_TYPE, "application/jwk-set+json")],
         jwks.to_string(),

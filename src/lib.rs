@@ -30,6 +30,7 @@ pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod keyring;
 pub mod keys;
 pub mod log;
 pub mod manage;

@@ -50,6 +50,9 @@ pub fn admin_routes() -> Router<Arc<Hub>> {
             "/admin/receivers/{id}",
             axum::routing::delete(revoke_receiver),
         )
+        .route("/admin/keys/rotate", post(rotate_keys))
+        .route("/admin/streams", get(list_all_streams))
+        .route("/admin/streams/{id}/dead-letters", get(list_dead_letters))
 }
 
 /// `issuer` without a trailing slash, the base of every advertised URL.
@@ -132,6 +135,7 @@ fn config_out(hub: &Hub, s: &Stream) -> Value {
         "delivery": delivery,
         "min_verification_interval": hub.config.delivery.min_verification_interval_secs,
         "latency_budget_ms": s.latency_budget_ms.unwrap_or(hub.config.delivery.latency_budget_ms),
+        "signing_alg": s.signing_alg.as_deref().unwrap_or(hub.default_alg.name()),
     });
     if let Some(d) = &s.description {
         out["description"] = json!(d);
@@ -233,6 +237,16 @@ fn parse_description(value: &Value) -> Result<Option<String>, Error> {
     }
 }
 
+fn parse_signing_alg(value: &Value) -> Result<Option<String>, Error> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) if s == "ES256" || s == "RS256" => Ok(Some(s.clone())),
+        _ => Err(Error::Invalid(
+            "`signing_alg` must be ES256 or RS256".into(),
+        )),
+    }
+}
+
 fn parse_budget(value: &Value) -> Result<Option<u64>, Error> {
     match value {
         Value::Null => Ok(None),
@@ -310,6 +324,11 @@ async fn create_stream(
         latency_budget_ms: body
             .get("latency_budget_ms")
             .map(parse_budget)
+            .transpose()?
+            .flatten(),
+        signing_alg: body
+            .get("signing_alg")
+            .map(parse_signing_alg)
             .transpose()?
             .flatten(),
         last_verification_ms: 0,
@@ -404,6 +423,11 @@ async fn modify(
     match body.get("latency_budget_ms") {
         Some(v) => stream.latency_budget_ms = parse_budget(v)?,
         None if replace => stream.latency_budget_ms = None,
+        None => {}
+    }
+    match body.get("signing_alg") {
+        Some(v) => stream.signing_alg = parse_signing_alg(v)?,
+        None if replace => stream.signing_alg = None,
         None => {}
     }
     stream.events_delivered = events_delivered(&stream.events_requested);
@@ -595,7 +619,9 @@ async fn verify_stream(
         None => json!({}),
     };
     let (jti, set) = mint_control(
-        &hub.signer,
+        &*hub
+            .signer_for(&stream)
+            .map_err(|e| Error::Internal(e.to_string()))?,
         &hub.config.issuer,
         &stream,
         EventKind::Verification,
@@ -688,4 +714,75 @@ async fn revoke_receiver(
     } else {
         Err(Error::NotFound)
     }
+}
+
+/// `POST /admin/keys/rotate` `{"alg": "ES256"|"RS256"}`: publishes a new key now; it signs
+/// after `signing.activation_delay_secs`.
+async fn rotate_keys(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    crate::http::require_admin(&hub, &headers)?;
+    let body = if body.is_empty() {
+        Map::new()
+    } else {
+        parse_object(&body)?
+    };
+    let alg = match body.get("alg") {
+        None => hub.default_alg,
+        Some(Value::String(a)) => {
+            crate::sign::SignAlg::parse(a).map_err(|e| Error::Invalid(e.to_string()))?
+        }
+        Some(_) => return Err(Error::Invalid("`alg` must be ES256 or RS256".into())),
+    };
+    let (kid, activate_at) = hub
+        .keys
+        .rotate(alg)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(no_store(
+        StatusCode::OK,
+        json!({ "kid": kid, "alg": alg.name(), "activate_at": activate_at }),
+    ))
+}
+
+/// `GET /admin/streams`: every stream with its owner, status and reason, for operators.
+async fn list_all_streams(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    crate::http::require_admin(&hub, &headers)?;
+    let all: Vec<Value> = hub
+        .registry
+        .streams()?
+        .iter()
+        .map(|s| {
+            let mut v = config_out(&hub, s);
+            v["receiver_id"] = json!(s.receiver_id);
+            v["status"] = json!(s.status);
+            if let Some(r) = &s.reason {
+                v["reason"] = json!(r);
+            }
+            // Receivers' push credentials are theirs; operators do not need to see them.
+            if let Some(d) = v["delivery"].as_object_mut() {
+                d.remove("authorization_header");
+            }
+            v
+        })
+        .collect();
+    Ok(no_store(StatusCode::OK, Value::Array(all)))
+}
+
+/// `GET /admin/streams/{id}/dead-letters`: SETs the stream's receiver refused for good.
+async fn list_dead_letters(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    crate::http::require_admin(&hub, &headers)?;
+    hub.registry.stream(&id)?.ok_or(Error::NotFound)?;
+    Ok(no_store(
+        StatusCode::OK,
+        Value::Array(hub.cursors.dead_letters(&id)?),
+    ))
 }

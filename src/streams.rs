@@ -63,6 +63,9 @@ pub struct Stream {
     /// Per-stream delivery latency budget (hub extension field), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_budget_ms: Option<u64>,
+    /// Per-stream signing algorithm (hub extension field `signing_alg`): ES256 or RS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_alg: Option<String>,
     #[serde(default)]
     pub last_verification_ms: u64,
     pub created_at_ms: u64,

@@ -166,7 +166,12 @@ async fn collect(
             .latency_budget_ms
             .unwrap_or(hub.config.delivery.latency_budget_ms);
         for record in &records {
-            let (jti, set) = mint_event(&hub.signer, &hub.config.issuer, stream, record)?;
+            let (jti, set) = mint_event(
+                &*hub.signer_for(stream)?,
+                &hub.config.issuer,
+                stream,
+                record,
+            )?;
             record_latency("poll", record, budget);
             sets.insert(jti, set);
         }

@@ -294,11 +294,19 @@ async fn deliver_pending(
     let through = cursor.through;
     save(hub, stream, |c| c.through = c.through.max(through)).await?;
     for record in records {
-        let (_, set) =
-            mint_event(&hub.signer, &hub.config.issuer, stream, &record).map_err(|e| {
-                tracing::error!(error = %e, "signing failed");
+        let (_, set) = mint_event(
+            &*hub.signer_for(stream).map_err(|e| {
+                tracing::error!(error = %e, "no signing key");
                 Stop
-            })?;
+            })?,
+            &hub.config.issuer,
+            stream,
+            &record,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "signing failed");
+            Stop
+        })?;
         let delivered = deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
         if delivered {
             record_latency("push", &record, budget);
@@ -412,8 +420,12 @@ pub async fn pause(hub: &Hub, stream: &Stream, reason: &str) {
     tracing::warn!(stream = %stream.stream_id, %reason, "pausing stream");
     metrics::counter!("ssf_hub_streams_paused_by_hub_total").increment(1);
     let payload = json!({ "status": "paused", "reason": reason });
+    let Ok(signer) = hub.signer_for(stream) else {
+        tracing::error!("no signing key for the stream-updated announcement");
+        return;
+    };
     if let Ok((jti, set)) = mint_control(
-        &hub.signer,
+        &signer,
         &hub.config.issuer,
         stream,
         EventKind::StreamUpdated,

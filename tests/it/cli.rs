@@ -97,6 +97,53 @@ fn quickstart_keygen_send_tail() {
         d,
     );
     assert!(ok && out.is_empty(), "the event filter applies: {out}");
+
+    // Operators register receivers and rotate keys from the same CLI.
+    let base = hub.base();
+    let (ok, out, err) = run_cli(
+        &[
+            "receivers",
+            "add",
+            "--name",
+            "gw",
+            "--audience",
+            "https://gw.example.test",
+            "--url",
+            &base,
+        ],
+        d,
+    );
+    assert!(ok, "receivers add: {err}");
+    let receiver: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let receiver_token = receiver["token"].as_str().expect("token").to_owned();
+    let (ok, out, _) = run_cli(&["receivers", "list", "--url", &base], d);
+    assert!(ok && out.contains("https://gw.example.test") && !out.contains(&receiver_token));
+    let (ok, out, err) = run_cli(&["keys", "rotate", "--alg", "RS256", "--url", &base], d);
+    assert!(ok, "keys rotate: {err}");
+    assert!(out.contains("\"alg\": \"RS256\""), "{out}");
+    let id = receiver["receiver_id"].as_str().expect("id");
+    let (ok, _, err) = run_cli(&["receivers", "revoke", id, "--url", &base], d);
+    assert!(ok, "receivers revoke: {err}");
+
+    // Debug logs were on the whole time; none of them carries a SET, subject or secret.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = hub.log_text();
+    assert!(log.contains("SET accepted"), "debug logging was on: {log}");
+    assert!(log.contains("SET refused"), "refusals are logged: {log}");
+    let admin = std::fs::read_to_string(d.join("ssf-hub-data/admin-token")).expect("token");
+    let set = lines[0]["set"].as_str().expect("set");
+    for secret in [
+        "ana@corp.example.test",
+        admin.trim(),
+        set,
+        &set[..40],
+        &receiver_token,
+    ] {
+        assert!(
+            !log.contains(secret),
+            "a log line carries a secret or an identifier"
+        );
+    }
     hub.kill9();
 }
 

@@ -161,3 +161,81 @@ async fn every_acknowledged_set_survives_kill_9_exactly_once_in_order() {
     );
     hub.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_delivery_resumes_after_kill_9_with_no_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = es256();
+    let config = write_config(dir.path(), &key);
+    let mut text = std::fs::read_to_string(&config).expect("read");
+    text = text.replace(
+        "[[sources]]",
+        "[delivery]\nallow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20\n\n[[sources]]",
+    );
+    std::fs::write(&config, text).expect("write");
+    let rx = TestReceiver::start(|_, _| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        (202, vec![], String::new())
+    })
+    .await;
+    let hub = HubProcess::start(&config, dir.path());
+    let client = reqwest::Client::new();
+    let receiver: Value = client
+        .post(format!("{}/admin/receivers", hub.base()))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"name": "gw", "audience": "https://gw.example.test"}))
+        .send()
+        .await
+        .expect("receiver")
+        .json()
+        .await
+        .expect("json");
+    let token = receiver["token"].as_str().expect("token").to_owned();
+    let r = client
+        .post(format!("{}/ssf/streams", hub.base()))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"events_requested": [SESSION_REVOKED],
+            "delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": rx.url()}}))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(r.status(), 201);
+    for _ in 0..40 {
+        let r = client
+            .post(format!("{}/ingest/idp", hub.base()))
+            .header("content-type", "application/secevent+jwt")
+            .body(key.sign(&session_revoked()).expect("sign"))
+            .send()
+            .await
+            .expect("ingest");
+        assert_eq!(r.status(), 202);
+    }
+    rx.wait_for("some deliveries", |got| got.len() >= 8).await;
+    hub.kill9();
+    let delivered_before = rx.received().len();
+    assert!(delivered_before < 40, "the crash came mid-delivery");
+    let _hub = HubProcess::start(&config, dir.path());
+    let positions = |got: &[Received]| -> Vec<u64> {
+        got.iter()
+            .filter_map(|r| r.claims["jti"].as_str()?.rsplit('.').next()?.parse().ok())
+            .collect()
+    };
+    rx.wait_for("all forty events", |got| {
+        positions(got)
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 40
+    })
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    let firsts: Vec<u64> = positions(&rx.received())
+        .into_iter()
+        .filter(|p| seen.insert(*p))
+        .collect();
+    assert_eq!(
+        firsts,
+        (1..=40).collect::<Vec<u64>>(),
+        "every position once, first in order"
+    );
+}

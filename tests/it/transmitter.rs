@@ -851,3 +851,116 @@ async fn poll_requests_are_validated() {
     );
     hub.stop().await;
 }
+
+/// Verifies a compact SET with a JWKS, as a receiver with a key cache would: returns the `kid`,
+/// or `None` when the JWKS has no key for it.
+fn verify_with_jwks(jwks: &Value, set: &str) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value = serde_json::from_slice(&b64.decode(set.split('.').next()?).ok()?).ok()?;
+    let kid = header["kid"].as_str()?.to_owned();
+    let jwk = jwks["keys"]
+        .as_array()?
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())?;
+    let jwk = josekit::jwk::Jwk::from_map(jwk.as_object()?.clone()).ok()?;
+    let alg = ssf_hub::verify::Alg::parse(header["alg"].as_str()?)?;
+    let (input, sig) = set.rsplit_once('.')?;
+    alg.verifier(&jwk)?
+        .verify(input.as_bytes(), &b64.decode(sig).ok()?)
+        .expect("a SET signed with a published kid must verify");
+    Some(kid)
+}
+
+#[tokio::test]
+async fn key_rotation_never_breaks_a_receiver_that_refreshes_on_unknown_kid() {
+    let key = es256();
+    let hub = TestHub::start(|dir, c| {
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
+        c.sources = vec![s];
+        c.signing.activation_delay_secs = 1;
+    })
+    .await;
+    let (_, token) = hub.receiver("gw").await;
+    let stream = create_poll_stream(&hub, &token, &[SESSION_REVOKED]).await;
+    let fetch_jwks = || async { hub.call("GET", "/jwks.json", "", None).await.json() };
+    let mut cached = fetch_jwks().await;
+    let mut refreshes = 0;
+    let mut kids = Vec::new();
+    let mut early_sets = Vec::new();
+    for round in 0..3 {
+        if round == 1 {
+            let r = hub
+                .client
+                .post(format!("{}/admin/keys/rotate", hub.base))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .expect("rotate");
+            assert_eq!(r.status(), 200);
+        }
+        if round == 2 {
+            // Past the activation delay: the new key signs now.
+            tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        }
+        hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+            .await
+            .assert_accepted();
+        let r = poll(&hub, &token, &stream, json!({"returnImmediately": true})).await;
+        let sets = sets_of(&r);
+        assert_eq!(sets.len(), 1);
+        let (jti, set) = sets.into_iter().next().expect("one");
+        let kid = match verify_with_jwks(&cached, &set) {
+            Some(kid) => kid,
+            None => {
+                refreshes += 1;
+                cached = fetch_jwks().await;
+                verify_with_jwks(&cached, &set).expect("after one refresh the kid is published")
+            }
+        };
+        kids.push(kid);
+        early_sets.push(set);
+        poll(
+            &hub,
+            &token,
+            &stream,
+            json!({"returnImmediately": true, "maxEvents": 0, "ack": [jti]}),
+        )
+        .await;
+    }
+    assert_eq!(
+        kids[0], kids[1],
+        "a rotated-in key does not sign before its activation"
+    );
+    assert_ne!(kids[1], kids[2], "after activation the new key signs");
+    assert!(refreshes <= 1);
+    // SETs signed before the rotation still verify against the current JWKS (grace period).
+    let now = fetch_jwks().await;
+    assert!(verify_with_jwks(&now, &early_sets[0]).is_some());
+    // Streams may ask for RS256 (the CAEP interoperability profile's algorithm).
+    let r = hub
+        .call(
+            "PATCH",
+            "/ssf/streams",
+            &token,
+            Some(json!({"stream_id": stream["stream_id"], "signing_alg": "RS256"})),
+        )
+        .await;
+    assert_eq!(r.json()["signing_alg"], "RS256");
+    hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    let r = poll(&hub, &token, &stream, json!({"returnImmediately": true})).await;
+    let set = sets_of(&r).into_values().next().expect("one");
+    let claims = verify_outbound(&hub, &set, stream["aud"].as_str().expect("aud")).await;
+    assert_eq!(claims["aud"], stream["aud"]);
+    let header = decode_claims(
+        &set.split('.')
+            .next()
+            .map(|h| format!("x.{h}.y"))
+            .expect("header"),
+    );
+    assert_eq!(header["alg"], "RS256");
+    hub.stop().await;
+}
