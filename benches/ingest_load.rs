@@ -1024,6 +1024,8 @@ fn main() {
     let bare_all = bare_all_start.max(bare_all_end);
 
     // Stop the hub, then check every answer was 202.
+    // `Running::stop` waits for the last reference to the hub to go.
+    drop(hub);
     let stopped = hub_rt.block_on(running.stop());
     let accepted = outcomes.accepted.load(Ordering::Relaxed);
     let non_202 = outcomes.non_202.load(Ordering::Relaxed);
