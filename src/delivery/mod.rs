@@ -7,7 +7,7 @@ pub mod guard;
 pub mod poll;
 pub mod push;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -99,9 +99,22 @@ impl Cursors {
         })
     }
 
+    /// Stores a cursor and makes it durable before returning (acks, status changes).
     pub async fn put(&self, stream_id: &str, cursor: &Cursor) -> Result<(), RegistryError> {
+        self.stage(stream_id, cursor)?;
+        self.flush().await
+    }
+
+    /// Stores a cursor without waiting for the disk. Push delivery stages after every SET and
+    /// flushes once per batch: a crash in between redelivers a few SETs with their same `jti`,
+    /// which at-least-once allows, instead of paying a flush per SET.
+    pub fn stage(&self, stream_id: &str, cursor: &Cursor) -> Result<(), RegistryError> {
         self.tree
             .insert(stream_id.as_bytes(), serde_json::to_vec(cursor)?)?;
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<(), RegistryError> {
         self.db.flush_async().await?;
         Ok(())
     }
@@ -161,19 +174,48 @@ impl Cursors {
     }
 }
 
+/// Recently read log records, decoded once and shared by every stream's delivery: with many
+/// streams following the head, each record is read and parsed once instead of once per stream.
+#[derive(Debug, Default)]
+pub struct Recent {
+    records: Mutex<BTreeMap<Position, Arc<Record>>>,
+}
+
+/// Records kept decoded; about the last few seconds at high rates.
+const RECENT_CAPACITY: usize = 8192;
+
+impl Recent {
+    fn get(&self, position: Position) -> Option<Arc<Record>> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&position)
+            .cloned()
+    }
+
+    fn insert(&self, record: Arc<Record>) {
+        let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(record.position, record);
+        while map.len() > RECENT_CAPACITY {
+            map.pop_first();
+        }
+    }
+}
+
 /// Records pending for `stream` after its cursor, oldest first, at most `limit`. Advances the
 /// cursor over positions that are done or do not concern the stream. Returns the records and
 /// whether more pending records may follow.
 pub async fn pending(
     log: &Log,
+    recent: &Recent,
     stream: &Stream,
     default_subjects: DefaultSubjects,
     cursor: &mut Cursor,
     limit: usize,
-) -> Result<(Vec<Record>, bool), crate::log::LogError> {
+) -> Result<(Vec<Arc<Record>>, bool), crate::log::LogError> {
     const PAGE: usize = 256;
     let head = log.head();
-    let mut out = Vec::new();
+    let mut out: Vec<Arc<Record>> = Vec::new();
     let mut after = cursor.through;
     let mut irrelevant = BTreeSet::new();
     while after < head {
@@ -184,11 +226,17 @@ pub async fn pending(
             if cursor.is_done(entry.position) {
                 continue;
             }
-            let record = match serde_json::from_slice::<Record>(&entry.record) {
-                Ok(mut r) => {
+            let record = match recent.get(entry.position) {
+                Some(r) => Ok(r),
+                None => serde_json::from_slice::<Record>(&entry.record).map(|mut r| {
                     r.position = entry.position;
+                    let r = Arc::new(r);
+                    recent.insert(r.clone());
                     r
-                }
+                }),
+            };
+            let record = match record {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!(position = entry.position, error = %e, "undecodable log record skipped");
                     irrelevant.insert(entry.position);

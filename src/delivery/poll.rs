@@ -156,6 +156,7 @@ async fn collect(
     if stream.status == StreamStatus::Enabled && room > 0 {
         let (records, more) = pending(
             &hub.log,
+            &hub.recent,
             stream,
             hub.config.delivery.default_subjects,
             cursor,

@@ -280,6 +280,7 @@ async fn deliver_pending(
     }
     let (records, more) = pending(
         &hub.log,
+        &hub.recent,
         stream,
         hub.config.delivery.default_subjects,
         cursor,
@@ -314,6 +315,10 @@ async fn deliver_pending(
         let position = record.position;
         save(hub, stream, |c| c.mark_done(position)).await?;
     }
+    hub.cursors.flush().await.map_err(|e| {
+        tracing::error!(error = %e, "flushing cursors failed");
+        Stop
+    })?;
     Ok(more)
 }
 
@@ -328,7 +333,7 @@ async fn save(hub: &Hub, stream: &Stream, change: impl FnOnce(&mut Cursor)) -> R
         change(&mut stored);
         let head = hub.log.head();
         stored.compact(head);
-        hub.cursors.put(&stream.stream_id, &stored).await
+        hub.cursors.stage(&stream.stream_id, &stored)
     }
     .await;
     result.map_err(|e| {
