@@ -110,3 +110,49 @@ fn sets_signed_by_the_hub_verify_in_jwcrypto() {
         .is_err());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_python_receiver_discovers_verifies_and_polls() {
+    let port = free_port();
+    let key = es256();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let hub = TestHub::start(|dir, c| {
+        c.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+        c.issuer = issuer.clone();
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
+        c.sources = vec![s];
+    })
+    .await;
+    let (_, token) = hub.receiver("py-gw").await;
+    let args = vec!["setup".to_owned(), issuer.clone(), token.clone()];
+    let out = tokio::task::spawn_blocking(move || run_python("ssf_receiver.py", &args))
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("the Python receiver failed to set up: {e}"));
+    let setup: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(setup["verified"], true);
+    let stream_id = setup["stream_id"].as_str().expect("stream").to_owned();
+
+    for _ in 0..3 {
+        hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    let args = vec!["poll".to_owned(), issuer, token, stream_id, "3".to_owned()];
+    let out = tokio::task::spawn_blocking(move || run_python("ssf_receiver.py", &args))
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("the Python receiver failed to poll: {e}"));
+    let polled: Value = serde_json::from_str(&out).expect("json");
+    let received = polled["received"].as_array().expect("received");
+    assert_eq!(received.len(), 3);
+    for r in received {
+        assert_eq!(r["event"], SESSION_REVOKED);
+        assert_eq!(
+            r["sub_id"],
+            json!({"format": "email", "email": "ana@corp.example.test"})
+        );
+    }
+    hub.stop().await;
+}

@@ -538,3 +538,18 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Runs a Python script from `tests/interop/` with `args`; stdout on success, stderr on failure.
+pub fn run_python(script: &str, args: &[String]) -> Result<String, String> {
+    let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python3 runs (the test command installs tests/requirements.txt)");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
