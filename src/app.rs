@@ -31,6 +31,7 @@ pub struct Hub {
     pub registry: crate::streams::Registry,
     pub cursors: crate::delivery::Cursors,
     pub recent: crate::delivery::Recent,
+    pub revocations: crate::revocation::Revocations,
     pub push_guard: Arc<crate::delivery::guard::Guard>,
     pub push_client: reqwest::Client,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -76,8 +77,16 @@ impl Hub {
             .map_err(|e| StartError::Setup(format!("opening the state database: {e}")))?;
         let registry = crate::streams::Registry::open(state.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;
-        let cursors =
-            crate::delivery::Cursors::open(state).map_err(|e| StartError::Setup(e.to_string()))?;
+        let cursors = crate::delivery::Cursors::open(state.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let (revocations, restored_in) = crate::revocation::timed_open(state)
+            .map_err(|e| StartError::Setup(format!("revocation state: {e}")))?;
+        tracing::info!(
+            subjects = revocations.subject_count(),
+            position = revocations.position(),
+            ms = restored_in.as_millis() as u64,
+            "revocation state restored"
+        );
         let log = Log::start(backend);
         let schemas = Schemas::compile().map_err(StartError::Setup)?;
         let sources = config
@@ -120,6 +129,7 @@ impl Hub {
             registry,
             cursors,
             recent: Default::default(),
+            revocations,
             push_guard,
             push_client,
             metrics: crate::telemetry::metrics_handle(),
@@ -191,6 +201,7 @@ pub async fn run(
         });
     }
     tasks.spawn(crate::delivery::push::run(hub.clone(), shutdown.clone()));
+    tasks.spawn(crate::revocation::run(hub.clone(), shutdown.clone()));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, sources = hub.sources.len(), "ssf-hub listening");
     let app = crate::http::router(hub.clone());

@@ -36,6 +36,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route(&format!("{issuer_path}/jwks.json"), get(get_jwks))
         .merge(transmitter)
         .merge(crate::manage::admin_routes())
+        .merge(crate::revocation::routes())
         .route("/ingest/{source_id}", post(crate::ingest::ingest_set))
         .route("/events", get(list_events))
         .route("/metrics", get(get_metrics))

@@ -11,6 +11,7 @@ mod interop;
 mod jwks;
 mod log_conformance;
 mod push;
+mod revocation;
 mod schemas;
 mod support;
 mod transmitter;

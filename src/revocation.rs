@@ -1,0 +1,358 @@
+//! Revocation service: keeps the `state` fold current with the log, persists subject states and
+//! deltas in the hub's state database (so start-up replays only what is new), and serves the
+//! delta feed, the snapshot and the decision API over HTTP.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Query as QueryParams, State as AxumState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Hub;
+use crate::error::Error;
+use crate::normalize::Record;
+use crate::set::Subject;
+use crate::state::{Delta, Query, State, SubjectState};
+use crate::streams::RegistryError;
+
+/// The fold and its storage.
+#[derive(Debug)]
+pub struct Revocations {
+    state: RwLock<State>,
+    db: sled::Db,
+    subjects: sled::Tree,
+    deltas: sled::Tree,
+    meta: sled::Tree,
+    /// The last folded position; wakes delta followers.
+    folded: tokio::sync::watch::Sender<u64>,
+}
+
+const POSITION_KEY: &[u8] = b"revocation_position";
+
+impl Revocations {
+    /// Loads the persisted subject states and the position they reflect.
+    pub fn open(db: sled::Db) -> Result<Revocations, RegistryError> {
+        let subjects = db.open_tree("revocation_subjects")?;
+        let deltas = db.open_tree("revocation_deltas")?;
+        let meta = db.open_tree("revocation_meta")?;
+        let mut state = State::default();
+        for kv in subjects.iter() {
+            let (k, v) = kv?;
+            let s: SubjectState = serde_json::from_slice(&v)?;
+            state.restore(String::from_utf8_lossy(&k).into_owned(), s);
+        }
+        state.position = meta
+            .get(POSITION_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let folded = tokio::sync::watch::channel(state.position).0;
+        Ok(Revocations {
+            state: RwLock::new(state),
+            db,
+            subjects,
+            deltas,
+            meta,
+            folded,
+        })
+    }
+
+    pub fn position(&self) -> u64 {
+        self.read().position
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.folded.subscribe()
+    }
+
+    pub fn subject_count(&self) -> usize {
+        self.read().subjects.len()
+    }
+
+    /// Folds records in log order; stores each delta and changed subject before moving on.
+    pub fn fold(&self, records: &[Record]) -> Result<Vec<Delta>, RegistryError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for record in records {
+            if record.position <= state.position {
+                continue;
+            }
+            if let Some(delta) = state.apply_record(record) {
+                self.deltas
+                    .insert(delta.position.to_be_bytes(), serde_json::to_vec(&delta)?)?;
+                if let Some(s) = state.subjects.get(&delta.subject_key) {
+                    self.subjects
+                        .insert(delta.subject_key.as_bytes(), serde_json::to_vec(&**s)?)?;
+                }
+                metrics::counter!("ssf_hub_revocation_deltas_total", "action" => delta.action.label())
+                    .increment(1);
+                out.push(delta);
+            }
+        }
+        self.meta
+            .insert(POSITION_KEY, &state.position.to_be_bytes())?;
+        metrics::gauge!("ssf_hub_revocation_subjects").set(state.subjects.len() as f64);
+        self.folded.send_replace(state.position);
+        Ok(out)
+    }
+
+    /// Deltas after `since`, at most `limit`.
+    pub fn deltas_after(&self, since: u64, limit: usize) -> Result<Vec<Value>, RegistryError> {
+        let Some(from) = since.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.deltas
+            .range(from.to_be_bytes()..)
+            .take(limit)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect()
+    }
+
+    pub fn decide(&self, query: &Query) -> crate::state::Decision {
+        self.read().decide(query)
+    }
+}
+
+/// Keeps the fold current until `shutdown`: woken by the log head, persisted in batches.
+#[tracing::instrument(name = "revocation_fold", skip_all)]
+pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut head = hub.log.subscribe();
+    loop {
+        head.borrow_and_update();
+        loop {
+            let after = hub.revocations.position();
+            let entries = match hub.log.read(after, 1000).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the log failed");
+                    break;
+                }
+            };
+            if entries.is_empty() {
+                break;
+            }
+            let records: Vec<Record> = entries
+                .into_iter()
+                .filter_map(|e| {
+                    serde_json::from_slice::<Record>(&e.record)
+                        .ok()
+                        .map(|mut r| {
+                            r.position = e.position;
+                            r
+                        })
+                })
+                .collect();
+            if let Err(e) = hub.revocations.fold(&records) {
+                tracing::error!(error = %e, "storing revocation state failed");
+                break;
+            }
+        }
+        let _ = hub.revocations.db.flush_async().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = head.changed() => {}
+        }
+    }
+}
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/revocations", get(list_deltas))
+        .route("/revocations/snapshot", get(get_snapshot))
+        .route("/revocations/check", post(check_token))
+}
+
+/// The admin token or any receiver's credential.
+fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
+    if crate::http::require_admin(hub, headers).is_ok() {
+        return Ok(());
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(Error::MissingCredential)?;
+    hub.registry
+        .authenticate(token.trim())?
+        .map(|_| ())
+        .ok_or(Error::InvalidToken)
+}
+
+#[derive(Debug, Deserialize)]
+struct DeltaParams {
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    500
+}
+
+/// `GET /revocations?since=P&limit=N`: deltas after `P` with the position to continue from.
+async fn list_deltas(
+    AxumState(hub): AxumState<Arc<Hub>>,
+    headers: HeaderMap,
+    params: Result<QueryParams<DeltaParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
+    authorize(&hub, &headers)?;
+    let QueryParams(p) =
+        params.map_err(|_| Error::BadQuery("since and limit must be non-negative integers"))?;
+    let position = hub.revocations.position();
+    let deltas = hub
+        .revocations
+        .deltas_after(p.since, p.limit.clamp(1, 5000))?;
+    // Continue after the last delta returned, or (when the page is short) after everything
+    // folded so far, which skips positions that produced no delta.
+    let next = if deltas.len() < p.limit.clamp(1, 5000) {
+        position.max(p.since)
+    } else {
+        deltas
+            .last()
+            .and_then(|d| d["position"].as_u64())
+            .unwrap_or(p.since)
+    };
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({ "deltas": deltas, "next": next, "position": position })),
+    )
+        .into_response())
+}
+
+/// `GET /revocations/snapshot`: every subject's state and the position it reflects, streamed.
+/// Follow with `GET /revocations?since=<position>` for a gap-free view.
+async fn get_snapshot(
+    AxumState(hub): AxumState<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    authorize(&hub, &headers)?;
+    let (position, subjects): (u64, Vec<(String, Arc<SubjectState>)>) = {
+        let state = hub.revocations.read();
+        // Arc clones: cheap, and consistent with `position` because they are taken under the lock.
+        (
+            state.position,
+            state
+                .subjects
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    };
+    let head = Bytes::from(format!("{{\"position\":{position},\"subjects\":["));
+    let chunks = subjects.chunks(1000).enumerate().map(|(i, chunk)| {
+        let mut buf = Vec::with_capacity(chunk.len() * 256);
+        for (j, (key, s)) in chunk.iter().enumerate() {
+            if i > 0 || j > 0 {
+                buf.push(b',');
+            }
+            let item = json!({ "subject_key": key, "state": &**s });
+            let _ = serde_json::to_writer(&mut buf, &item);
+        }
+        Ok::<_, std::io::Error>(Bytes::from(buf))
+    });
+    let parts: Vec<Result<Bytes, std::io::Error>> = std::iter::once(Ok(head))
+        .chain(chunks)
+        .chain(std::iter::once(Ok(Bytes::from_static(b"]}"))))
+        .collect();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(parts));
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `POST /revocations/check`: is this token still good?
+///
+/// Body: `{"subjects": {"user": <RFC 9493 id>, "session": ..., "device": ..., "tenant": ...},
+/// "iss": ..., "sub": ..., "session_id": ..., "device_id": ..., "iat": ...}`; every member is
+/// optional. `iss`+`sub` become a `user` `iss_sub` identifier, `session_id`/`device_id` opaque
+/// `session`/`device` identifiers.
+async fn check_token(
+    AxumState(hub): AxumState<Arc<Hub>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    authorize(&hub, &headers)?;
+    let started = Instant::now();
+    let query = parse_check(&body)?;
+    let decision = hub.revocations.decide(&query);
+    metrics::histogram!("ssf_hub_decision_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("ssf_hub_decisions_total", "allow" => if decision.allow { "true" } else { "false" })
+        .increment(1);
+    Ok(Json(decision).into_response())
+}
+
+fn parse_check(body: &[u8]) -> Result<Query, Error> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| Error::Invalid("the body must be JSON".into()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::Invalid("the body must be a JSON object".into()))?;
+    let mut parts = Vec::new();
+    if let Some(subjects) = obj.get("subjects") {
+        let subjects = subjects.as_object().ok_or_else(|| {
+            Error::Invalid("`subjects` must be an object of role to identifier".into())
+        })?;
+        for (role, id) in subjects {
+            let mut id = id.clone();
+            Subject::upgrade_legacy(&mut id);
+            let s = Subject::parse(&id)
+                .map_err(|e| Error::Invalid(format!("`subjects.{}`: {e}", short(role))))?;
+            parts.push((role.clone(), s));
+        }
+    }
+    let string = |k: &str| obj.get(k).and_then(Value::as_str);
+    if let (Some(iss), Some(sub)) = (string("iss"), string("sub")) {
+        let s = Subject::parse(&json!({"format": "iss_sub", "iss": iss, "sub": sub}))
+            .map_err(|e| Error::Invalid(format!("`iss`/`sub`: {e}")))?;
+        parts.push(("user".into(), s));
+    }
+    for (field, role) in [("session_id", "session"), ("device_id", "device")] {
+        if let Some(id) = string(field) {
+            let s = Subject::parse(&json!({"format": "opaque", "id": id}))
+                .map_err(|e| Error::Invalid(format!("`{field}`: {e}")))?;
+            parts.push((role.into(), s));
+        }
+    }
+    if parts.is_empty() {
+        return Err(Error::Invalid("name at least one subject".into()));
+    }
+    let iat = match obj.get("iat") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| Error::Invalid("`iat` must be a NumericDate".into()))?,
+        ),
+    };
+    Ok(Query { parts, iat })
+}
+
+fn short(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(32)
+        .collect()
+}
+
+/// How long start-up took to restore the persisted state, for the start-time figure.
+pub fn timed_open(db: sled::Db) -> Result<(Revocations, Duration), RegistryError> {
+    let started = Instant::now();
+    let r = Revocations::open(db)?;
+    Ok((r, started.elapsed()))
+}

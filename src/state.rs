@@ -1,0 +1,426 @@
+//! Stage 5a: the revocation view. Folds normalized records into an access state per canonical
+//! subject and turns every change into a revocation delta; answers access decisions from memory.
+//! Pure data and functions: persistence and HTTP live in `revocation`.
+//!
+//! Every facet of a subject's state is last-writer-wins on `(event time, log position)`, where
+//! event time is `event_timestamp` or, when the event has none, the SET's `iat`. A stale event
+//! therefore never undoes a newer one, out-of-order arrival converges, and applying the same
+//! record twice changes nothing (so replaying a log prefix is harmless).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::normalize::Record;
+use crate::set::events::{ChangeType, ComplianceStatus, Event, RiskLevel};
+use crate::set::Subject;
+
+/// When a facet was last set: event time first, log position to break ties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamp {
+    pub at: u64,
+    pub position: u64,
+}
+
+/// Account status from RISC account-disabled / account-purged / account-enabled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Account {
+    Enabled,
+    Disabled { reason: Option<String> },
+    Purged,
+}
+
+/// Identifier status from RISC identifier-changed / identifier-recycled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Identifier {
+    Changed { new_value: Option<String> },
+    Recycled,
+}
+
+/// One facet's new value: what a delta carries and what state stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Tokens and sessions issued before `before` (unix seconds) are no longer good.
+    RevokeTokensBefore { before: u64 },
+    /// Deny everything for this subject (account disabled or purged).
+    Deny { account: Account },
+    /// The account is enabled again.
+    Restore,
+    /// The device is not compliant: deny it.
+    RestrictDevice,
+    /// The device is compliant again.
+    UnrestrictDevice,
+    /// Assurance level changed (raise or lower per `direction` when known).
+    SetAssurance {
+        namespace: String,
+        level: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direction: Option<String>,
+    },
+    /// Risk level changed.
+    SetRisk { principal: String, level: RiskLevel },
+    /// Token claims changed (informational for decisions).
+    SetClaims { claims: Map<String, Value> },
+    /// The identifier changed hands or value: tokens issued before are no longer good.
+    IdentifierChanged { identifier: Identifier },
+}
+
+impl Action {
+    /// Short name for metrics labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::RevokeTokensBefore { .. } => "revoke_tokens_before",
+            Action::Deny { .. } => "deny",
+            Action::Restore => "restore",
+            Action::RestrictDevice => "restrict_device",
+            Action::UnrestrictDevice => "unrestrict_device",
+            Action::SetAssurance { .. } => "set_assurance",
+            Action::SetRisk { .. } => "set_risk",
+            Action::SetClaims { .. } => "set_claims",
+            Action::IdentifierChanged { .. } => "identifier_changed",
+        }
+    }
+}
+
+/// Why a delta happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    pub event_type: String,
+    pub source: String,
+    pub jti: String,
+}
+
+/// A change to one subject's state, in log order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    pub position: u64,
+    pub subject: Subject,
+    pub subject_key: String,
+    #[serde(flatten)]
+    pub action: Action,
+    /// When the change takes effect (event time), unix seconds.
+    pub effective_at: u64,
+    pub cause: Cause,
+}
+
+/// The access state of one subject. Each facet is `(value, stamp)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectState {
+    pub subject: Subject,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_before: Option<(u64, Stamp)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<(Account, Stamp)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_compliant: Option<(bool, Stamp)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assurance: Option<((String, String), Stamp)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<((String, RiskLevel), Stamp)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<(Map<String, Value>, Stamp)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<(Identifier, Stamp)>,
+}
+
+impl SubjectState {
+    fn new(subject: Subject) -> SubjectState {
+        SubjectState {
+            subject,
+            revoked_before: None,
+            account: None,
+            device_compliant: None,
+            assurance: None,
+            risk: None,
+            claims: None,
+            identifier: None,
+        }
+    }
+
+    /// Applies `action` stamped `stamp`; returns whether anything changed.
+    fn apply(&mut self, action: &Action, stamp: Stamp) -> bool {
+        fn lww<T: PartialEq>(slot: &mut Option<(T, Stamp)>, value: T, stamp: Stamp) -> bool {
+            match slot {
+                Some((old, s)) if *s > stamp || (*s == stamp && *old == value) => false,
+                _ => {
+                    *slot = Some((value, stamp));
+                    true
+                }
+            }
+        }
+        match action {
+            // Revocation horizons only move forward: the latest cut-off wins whatever the
+            // arrival order, so this one is a maximum rather than last-writer-wins.
+            Action::RevokeTokensBefore { before } => match &self.revoked_before {
+                Some((t, _)) if *t >= *before => false,
+                _ => {
+                    self.revoked_before = Some((*before, stamp));
+                    true
+                }
+            },
+            Action::Deny { account } => lww(&mut self.account, account.clone(), stamp),
+            Action::Restore => lww(&mut self.account, Account::Enabled, stamp),
+            Action::RestrictDevice => lww(&mut self.device_compliant, false, stamp),
+            Action::UnrestrictDevice => lww(&mut self.device_compliant, true, stamp),
+            Action::SetAssurance {
+                namespace, level, ..
+            } => lww(
+                &mut self.assurance,
+                (namespace.clone(), level.clone()),
+                stamp,
+            ),
+            Action::SetRisk { principal, level } => {
+                lww(&mut self.risk, (principal.clone(), *level), stamp)
+            }
+            Action::SetClaims { claims } => lww(&mut self.claims, claims.clone(), stamp),
+            Action::IdentifierChanged { identifier } => {
+                lww(&mut self.identifier, identifier.clone(), stamp)
+            }
+        }
+    }
+}
+
+/// The rule per event type, written next to the code that applies it. Events not listed change
+/// nothing (session-established, session-presented, opt-in/out, recovery-*, verification,
+/// stream-updated, unknown types) and yield no delta.
+pub fn action_for(record: &Record) -> Option<Action> {
+    use Event as E;
+    let event = record.event()?;
+    let at = event_time(record);
+    Some(match event {
+        // CAEP session-revoked, RISC sessions-revoked: sessions (and their tokens) from before
+        // the revocation are over; with a complex subject, only those matching the combination.
+        E::SessionRevoked(_) | E::SessionsRevoked(_) => Action::RevokeTokensBefore { before: at },
+        // A credential updated, revoked or deleted invalidates tokens issued before the change;
+        // a newly created credential invalidates nothing.
+        E::CredentialChange(c) => match c.change_type {
+            ChangeType::Create => return None,
+            ChangeType::Update | ChangeType::Revoke | ChangeType::Delete => {
+                Action::RevokeTokensBefore { before: at }
+            }
+        },
+        // Compromise and a forced credential change: nothing issued before may stand.
+        E::CredentialCompromise(_) | E::AccountCredentialChangeRequired(_) => {
+            Action::RevokeTokensBefore { before: at }
+        }
+        E::AccountDisabled(d) => Action::Deny {
+            account: Account::Disabled {
+                reason: d.reason.map(|r| {
+                    serde_json::to_value(r)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                }),
+            },
+        },
+        E::AccountPurged(_) => Action::Deny {
+            account: Account::Purged,
+        },
+        E::AccountEnabled(_) => Action::Restore,
+        E::DeviceComplianceChange(d) => match d.current_status {
+            ComplianceStatus::NotCompliant => Action::RestrictDevice,
+            ComplianceStatus::Compliant => Action::UnrestrictDevice,
+        },
+        E::AssuranceLevelChange(a) => Action::SetAssurance {
+            namespace: a.namespace.0,
+            level: a.current_level.0,
+            direction: a
+                .change_direction
+                .and_then(|d| serde_json::to_value(d).ok())
+                .and_then(|v| v.as_str().map(String::from)),
+        },
+        E::RiskLevelChange(r) => Action::SetRisk {
+            principal: r.principal.0,
+            level: r.current_level,
+        },
+        E::TokenClaimsChange(t) => Action::SetClaims { claims: t.claims },
+        // The identifier in the subject carries the old value; whoever held tokens for it
+        // before the change no longer may.
+        E::IdentifierChanged(i) => Action::IdentifierChanged {
+            identifier: Identifier::Changed {
+                new_value: i.new_value,
+            },
+        },
+        E::IdentifierRecycled(_) => Action::IdentifierChanged {
+            identifier: Identifier::Recycled,
+        },
+        E::SessionEstablished(_)
+        | E::SessionPresented(_)
+        | E::OptIn(_)
+        | E::OptOutInitiated(_)
+        | E::OptOutCancelled(_)
+        | E::OptOutEffective(_)
+        | E::RecoveryActivated(_)
+        | E::RecoveryInformationChanged(_)
+        | E::Verification(_)
+        | E::StreamUpdated(_) => return None,
+    })
+}
+
+/// `event_timestamp`, or `iat` when the event carries none.
+pub fn event_time(record: &Record) -> u64 {
+    record
+        .event_timestamp
+        .unwrap_or_else(|| u64::try_from(record.iat).unwrap_or(0))
+}
+
+/// The materialized state of every subject, with an index from each simple member of a complex
+/// subject to the complex subjects containing it (for decisions).
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub subjects: HashMap<String, Arc<SubjectState>>,
+    members: HashMap<String, HashSet<String>>,
+    /// Last log position folded in.
+    pub position: u64,
+}
+
+impl State {
+    /// Folds one record (at `record.position`) in; returns the delta if the state changed.
+    pub fn apply_record(&mut self, record: &Record) -> Option<Delta> {
+        self.position = self.position.max(record.position);
+        let action = action_for(record)?;
+        let delta = Delta {
+            position: record.position,
+            subject: record.subject.clone(),
+            subject_key: record.subject_key.clone(),
+            effective_at: event_time(record),
+            action,
+            cause: Cause {
+                event_type: record.event_type.clone(),
+                source: record.source.clone(),
+                jti: record.jti.clone(),
+            },
+        };
+        self.apply_delta(&delta).then_some(delta)
+    }
+
+    /// Applies a delta (as a sidecar following the delta feed would); returns whether it changed
+    /// anything.
+    pub fn apply_delta(&mut self, delta: &Delta) -> bool {
+        self.position = self.position.max(delta.position);
+        let stamp = Stamp {
+            at: delta.effective_at,
+            position: delta.position,
+        };
+        let key = delta.subject_key.clone();
+        if !self.subjects.contains_key(&key) {
+            self.index(&delta.subject, &key);
+        }
+        let entry = self
+            .subjects
+            .entry(key)
+            .or_insert_with(|| Arc::new(SubjectState::new(delta.subject.clone())));
+        Arc::make_mut(entry).apply(&delta.action, stamp)
+    }
+
+    /// Inserts a stored subject state (restoring a snapshot).
+    pub fn restore(&mut self, key: String, state: SubjectState) {
+        self.index(&state.subject, &key);
+        self.subjects.insert(key, Arc::new(state));
+    }
+
+    fn index(&mut self, subject: &Subject, key: &str) {
+        if subject.is_complex() {
+            for (name, member) in subject.as_map().iter().filter(|(k, _)| *k != "format") {
+                if let Ok(m) = Subject::parse(member) {
+                    let _ = name;
+                    self.members
+                        .entry(m.canonical_key())
+                        .or_default()
+                        .insert(key.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Subject states relevant to `query`: the query's own identifiers, and every complex
+    /// subject that matches the query's combination (SSF §8.1.3.1 semantics).
+    fn relevant(&self, query: &Query) -> Vec<Arc<SubjectState>> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut members: BTreeMap<&str, String> = BTreeMap::new();
+        for (role, subject) in &query.parts {
+            let k = subject.canonical_key();
+            members.insert(role.as_str(), k.clone());
+            keys.push(k.clone());
+            if let Some(complex) = self.members.get(&k) {
+                keys.extend(complex.iter().cloned());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys.iter()
+            .filter_map(|k| self.subjects.get(k))
+            .filter(|s| {
+                !s.subject.is_complex()
+                    || s.subject
+                        .as_map()
+                        .iter()
+                        .filter(|(name, _)| *name != "format")
+                        .all(|(name, member)| {
+                            match (members.get(name.as_str()), Subject::parse(member)) {
+                                (Some(q), Ok(m)) => *q == m.canonical_key(),
+                                // A member the query does not mention is a wildcard.
+                                (None, _) => true,
+                                (Some(_), Err(_)) => false,
+                            }
+                        })
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Decides whether a token is still good.
+    pub fn decide(&self, query: &Query) -> Decision {
+        let deny = |reason: &str| Decision {
+            allow: false,
+            reason: reason.to_owned(),
+            position: self.position,
+        };
+        for s in self.relevant(query) {
+            match &s.account {
+                Some((Account::Disabled { .. }, _)) => return deny("account_disabled"),
+                Some((Account::Purged, _)) => return deny("account_purged"),
+                _ => {}
+            }
+            if s.device_compliant.as_ref().is_some_and(|(ok, _)| !ok) {
+                return deny("device_not_compliant");
+            }
+            if let Some((before, _)) = s.revoked_before {
+                // A token without a known issue time cannot be shown to be newer.
+                if query.iat.is_none_or(|iat| iat < before) {
+                    return deny("revoked");
+                }
+            }
+            if let Some((_, stamp)) = &s.identifier {
+                if query.iat.is_none_or(|iat| iat < stamp.at) {
+                    return deny("identifier_changed");
+                }
+            }
+        }
+        Decision {
+            allow: true,
+            reason: "ok".into(),
+            position: self.position,
+        }
+    }
+}
+
+/// What a sidecar knows about a token, as identifiers by role (`user`, `session`, `device`,
+/// `tenant`, ...) and the token's `iat`.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub parts: Vec<(String, Subject)>,
+    pub iat: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub allow: bool,
+    pub reason: String,
+    pub position: u64,
+}
