@@ -32,6 +32,9 @@ pub struct Hub {
     pub cursors: crate::delivery::Cursors,
     pub recent: crate::delivery::Recent,
     pub revocations: crate::revocation::Revocations,
+    pub feeds: crate::feed::Feeds,
+    /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
+    pub closing: CancellationToken,
     pub push_guard: Arc<crate::delivery::guard::Guard>,
     pub push_client: reqwest::Client,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -118,6 +121,7 @@ impl Hub {
             push_guard.clone(),
             Duration::from_millis(config.delivery.push_timeout_ms),
         );
+        let feeds = crate::feed::Feeds::new(config.feed.ring_capacity);
         Ok(Arc::new(Hub {
             config,
             sources,
@@ -130,6 +134,8 @@ impl Hub {
             cursors,
             recent: Default::default(),
             revocations,
+            feeds,
+            closing: CancellationToken::new(),
             push_guard,
             push_client,
             metrics: crate::telemetry::metrics_handle(),
@@ -202,6 +208,15 @@ pub async fn run(
     }
     tasks.spawn(crate::delivery::push::run(hub.clone(), shutdown.clone()));
     tasks.spawn(crate::revocation::run(hub.clone(), shutdown.clone()));
+    tasks.spawn(crate::feed::run(hub.clone(), shutdown.clone()));
+    {
+        // Upgraded connections are outside axum's graceful shutdown; tell them to finish.
+        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            shutdown.cancelled().await;
+            hub.closing.cancel();
+        });
+    }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, sources = hub.sources.len(), "ssf-hub listening");
     let app = crate::http::router(hub.clone());

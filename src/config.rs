@@ -81,8 +81,16 @@ pub struct Config {
     pub jwks: JwksConfig,
     pub signing: SigningConfig,
     pub delivery: DeliveryConfig,
+    pub feed: FeedConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+}
+
+/// Websocket feeds (`/feed`, `/revocations/ws`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    pub ring_capacity: usize,
 }
 
 /// How the hub, as a transmitter, serves its streams.
@@ -268,6 +276,12 @@ impl Config {
         }
         if let Err(e) = crate::delivery::guard::Guard::new(&d.allow_private_targets) {
             return Err(invalid("delivery.allow_private_targets", e));
+        }
+        if !(16..=1 << 20).contains(&self.feed.ring_capacity) {
+            return Err(invalid(
+                "feed.ring_capacity",
+                "must be between 16 and 1048576",
+            ));
         }
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));

@@ -37,6 +37,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .merge(transmitter)
         .merge(crate::manage::admin_routes())
         .merge(crate::revocation::routes())
+        .merge(crate::feed::routes())
         .route("/ingest/{source_id}", post(crate::ingest::ingest_set))
         .route("/events", get(list_events))
         .route("/metrics", get(get_metrics))

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod ingest;
 pub mod keyring;

@@ -152,9 +152,16 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                         })
                 })
                 .collect();
-            if let Err(e) = hub.revocations.fold(&records) {
-                tracing::error!(error = %e, "storing revocation state failed");
-                break;
+            match hub.revocations.fold(&records) {
+                Ok(deltas) => {
+                    for d in &deltas {
+                        let _ = hub.feeds.deltas.send(Arc::new(crate::feed::delta_item(d)));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "storing revocation state failed");
+                    break;
+                }
             }
         }
         let _ = hub.revocations.db.flush_async().await;
@@ -173,7 +180,7 @@ pub fn routes() -> Router<Arc<Hub>> {
 }
 
 /// The admin token or any receiver's credential.
-fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
+pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
     if crate::http::require_admin(hub, headers).is_ok() {
         return Ok(());
     }

@@ -144,9 +144,16 @@ impl SubjectState {
 
     /// Applies `action` stamped `stamp`; returns whether anything changed.
     fn apply(&mut self, action: &Action, stamp: Stamp) -> bool {
+        // Last writer wins on the stamp. A newer event that restates the current value moves
+        // the stamp (so an event older than it cannot win later) but changes nothing a
+        // decision depends on, so it is not a change and yields no delta.
         fn lww<T: PartialEq>(slot: &mut Option<(T, Stamp)>, value: T, stamp: Stamp) -> bool {
             match slot {
-                Some((old, s)) if *s > stamp || (*s == stamp && *old == value) => false,
+                Some((_, s)) if *s >= stamp => false,
+                Some((old, s)) if *old == value => {
+                    *s = stamp;
+                    false
+                }
                 _ => {
                     *slot = Some((value, stamp));
                     true

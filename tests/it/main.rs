@@ -5,6 +5,7 @@
 
 mod cli;
 mod durability;
+mod feed;
 mod hostile;
 mod ingest;
 mod interop;

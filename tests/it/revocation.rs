@@ -351,6 +351,23 @@ fn arb_records() -> impl Strategy<Value = Vec<Record>> {
     )
 }
 
+/// Each subject's facets without their stamps.
+fn view(state: &State) -> std::collections::BTreeMap<String, Value> {
+    state
+        .subjects
+        .iter()
+        .map(|(k, s)| {
+            let mut v = serde_json::to_value(&**s).expect("json");
+            for facet in v.as_object_mut().expect("object").values_mut() {
+                if let Some(pair) = facet.as_array().filter(|a| a.len() == 2).cloned() {
+                    *facet = pair[0].clone();
+                }
+            }
+            (k.clone(), v)
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, .. ProptestConfig::default() })]
 
@@ -378,7 +395,9 @@ proptest! {
         for d in deltas.iter().filter(|d| d.position > after) {
             snapshot.apply_delta(d);
         }
-        prop_assert_eq!(&snapshot.subjects, &full.subjects);
+        // Equal as access state: a newer event restating a value moves only its stamp, which
+        // (being no change) travels in no delta.
+        prop_assert_eq!(view(&snapshot), view(&full));
     }
 }
 

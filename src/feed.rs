@@ -1,0 +1,397 @@
+//! Live websocket feeds (a hub extension; websockets are not part of SSF): `GET /feed` streams
+//! normalized events to SOC tools, `GET /revocations/ws` streams revocation deltas to sidecars.
+//! Both replay from `since=POSITION`, then follow live without a gap or a duplicate. A slow
+//! client never slows ingest or other clients: live frames go through a bounded broadcast ring,
+//! and a client that falls behind it gets a `cut_off` frame naming its last position and is
+//! closed, so it can reconnect with `since` and lose nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Hub;
+use crate::error::Error;
+use crate::normalize::Record;
+use crate::set::EventKind;
+
+/// One item on a live feed: its log position, what filters look at, and its JSON.
+#[derive(Debug)]
+pub struct Item {
+    pub position: u64,
+    pub event_type: String,
+    pub source: String,
+    pub subject_key: String,
+    pub json: Value,
+}
+
+/// Most items coalesced into one frame: under load a frame carries many events, so per-frame
+/// socket costs do not cap the event rate.
+const MAX_BATCH: usize = 256;
+
+/// The live rings, fed by `run` (events) and the revocation fold (deltas).
+#[derive(Debug)]
+pub struct Feeds {
+    pub events: broadcast::Sender<Arc<Item>>,
+    pub deltas: broadcast::Sender<Arc<Item>>,
+}
+
+impl Feeds {
+    /// Rings of `capacity` items each (`feed.ring_capacity`).
+    pub fn new(capacity: usize) -> Feeds {
+        Feeds {
+            events: broadcast::channel(capacity.max(1)).0,
+            deltas: broadcast::channel(capacity.max(1)).0,
+        }
+    }
+}
+
+pub fn event_item(record: &Record) -> Item {
+    Item {
+        position: record.position,
+        event_type: record.event_type.clone(),
+        source: record.source.clone(),
+        subject_key: record.subject_key.clone(),
+        // The raw SET stays in the log for audit; the feed carries the normalized event.
+        json: {
+            let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("set");
+            }
+            v
+        },
+    }
+}
+
+pub fn delta_item(delta: &crate::state::Delta) -> Item {
+    Item {
+        position: delta.position,
+        event_type: delta.cause.event_type.clone(),
+        source: delta.cause.source.clone(),
+        subject_key: delta.subject_key.clone(),
+        json: serde_json::to_value(delta).unwrap_or(Value::Null),
+    }
+}
+
+/// Publishes every new log record on the events ring until `shutdown`.
+#[tracing::instrument(name = "feed_pump", skip_all)]
+pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let mut head = hub.log.subscribe();
+    let mut after = hub.log.head();
+    loop {
+        head.borrow_and_update();
+        loop {
+            let entries = match hub.log.read(after, 1000).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the log failed");
+                    break;
+                }
+            };
+            let Some(last) = entries.last().map(|e| e.position) else {
+                break;
+            };
+            for e in entries {
+                if let Ok(mut r) = serde_json::from_slice::<Record>(&e.record) {
+                    r.position = e.position;
+                    // No receivers is not an error: nobody is watching right now.
+                    let _ = hub.feeds.events.send(Arc::new(event_item(&r)));
+                }
+            }
+            after = last;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = head.changed() => {}
+        }
+    }
+}
+
+pub fn routes() -> Router<Arc<Hub>> {
+    Router::new()
+        .route("/feed", get(get_feed))
+        .route("/revocations/ws", get(get_revocations_ws))
+}
+
+/// Filters of `GET /feed`.
+#[derive(Debug, Default, Deserialize)]
+pub struct FeedParams {
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// Comma-separated event types (short names like `caep/session-revoked` or URIs).
+    #[serde(default)]
+    pub types: Option<String>,
+    /// Comma-separated source ids.
+    #[serde(default)]
+    pub sources: Option<String>,
+    /// Only this canonical subject key.
+    #[serde(default)]
+    pub subject_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    types: Vec<String>,
+    sources: Vec<String>,
+    subject_key: Option<String>,
+}
+
+impl Filter {
+    fn from(p: &FeedParams) -> Result<Filter, Error> {
+        let split = |s: &Option<String>| -> Vec<String> {
+            s.as_deref()
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|x| !x.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let types = split(&p.types)
+            .iter()
+            .map(|t| {
+                EventKind::parse_name(t)
+                    .map(EventKind::uri)
+                    .or_else(|| t.contains("://").then(|| t.clone()))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("unknown event type in `types`: {}", short(t)))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Filter {
+            types,
+            sources: split(&p.sources),
+            subject_key: p.subject_key.clone(),
+        })
+    }
+
+    fn wants(&self, item: &Item) -> bool {
+        (self.types.is_empty() || self.types.contains(&item.event_type))
+            && (self.sources.is_empty() || self.sources.contains(&item.source))
+            && self
+                .subject_key
+                .as_ref()
+                .is_none_or(|k| *k == item.subject_key)
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
+/// `GET /feed?since=&types=&sources=&subject_key=` (admin token).
+async fn get_feed(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(params): Query<FeedParams>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, Error> {
+    crate::http::require_admin(&hub, &headers)?;
+    let filter = Filter::from(&params)?;
+    let since = params.since.unwrap_or_else(|| hub.log.head());
+    let live = hub.feeds.events.subscribe();
+    Ok(ws.on_upgrade(move |socket| async move {
+        metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").increment(1.0);
+        follow(socket, hub.clone(), since, filter, live, Source::Events).await;
+        metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").decrement(1.0);
+    }))
+}
+
+/// `GET /revocations/ws?since=` (receiver or admin token).
+async fn get_revocations_ws(
+    State(hub): State<Arc<Hub>>,
+    headers: HeaderMap,
+    Query(params): Query<FeedParams>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, Error> {
+    crate::revocation::authorize(&hub, &headers)?;
+    let filter = Filter::from(&params)?;
+    let since = params.since.unwrap_or_else(|| hub.revocations.position());
+    let live = hub.feeds.deltas.subscribe();
+    Ok(ws.on_upgrade(move |socket| async move {
+        metrics::gauge!("ssf_hub_ws_clients", "feed" => "revocations").increment(1.0);
+        follow(socket, hub.clone(), since, filter, live, Source::Deltas).await;
+        metrics::gauge!("ssf_hub_ws_clients", "feed" => "revocations").decrement(1.0);
+    }))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Events,
+    Deltas,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Events => "events",
+            Source::Deltas => "revocations",
+        }
+    }
+
+    /// Stored items after `after`, for replay.
+    async fn replay(self, hub: &Hub, after: u64) -> Result<Vec<Item>, String> {
+        match self {
+            Source::Events => {
+                let entries = hub.log.read(after, 1000).await.map_err(|e| e.to_string())?;
+                Ok(entries
+                    .into_iter()
+                    .filter_map(|e| {
+                        let mut r: Record = serde_json::from_slice(&e.record).ok()?;
+                        r.position = e.position;
+                        Some(event_item(&r))
+                    })
+                    .collect())
+            }
+            Source::Deltas => {
+                let deltas = hub
+                    .revocations
+                    .deltas_after(after, 1000)
+                    .map_err(|e| e.to_string())?;
+                Ok(deltas
+                    .iter()
+                    .filter_map(|v| serde_json::from_value::<crate::state::Delta>(v.clone()).ok())
+                    .map(|d| delta_item(&d))
+                    .collect())
+            }
+        }
+    }
+
+    fn head(self, hub: &Hub) -> u64 {
+        match self {
+            Source::Events => hub.log.head(),
+            Source::Deltas => hub.revocations.position(),
+        }
+    }
+}
+
+/// Sends one frame; `false` if the client is gone.
+async fn send(socket: &mut WebSocket, frame: Value, feed: &'static str) -> bool {
+    metrics::counter!("ssf_hub_ws_frames_total", "feed" => feed).increment(1);
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .is_ok()
+}
+
+fn batch_frame(items: &[&Item]) -> Value {
+    json!({
+        "type": "events",
+        "position": items.last().map(|i| i.position).unwrap_or(0),
+        "items": items.iter().map(|i| &i.json).collect::<Vec<_>>(),
+    })
+}
+
+/// Replays from `since`, then forwards live items, coalescing whatever is waiting into one
+/// frame. `live` was subscribed before the replay started, so nothing falls between the two;
+/// items at or below the last position sent are skipped, so nothing is sent twice.
+async fn follow(
+    mut socket: WebSocket,
+    hub: Arc<Hub>,
+    since: u64,
+    filter: Filter,
+    mut live: broadcast::Receiver<Arc<Item>>,
+    source: Source,
+) {
+    let feed = source.label();
+    let mut sent = since;
+    // Replay what is stored, page by page, until caught up with what the ring will carry.
+    loop {
+        let items = match source.replay(&hub, sent).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "feed replay failed");
+                return;
+            }
+        };
+        let Some(last) = items.last().map(|i| i.position) else {
+            break;
+        };
+        let wanted: Vec<&Item> = items.iter().filter(|i| filter.wants(i)).collect();
+        if !wanted.is_empty() && !send(&mut socket, batch_frame(&wanted), feed).await {
+            return;
+        }
+        sent = last;
+        if sent >= source.head(&hub) {
+            break;
+        }
+    }
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            received = live.recv() => {
+                let mut batch = Vec::new();
+                let mut lagged = false;
+                match received {
+                    Ok(item) => batch.push(item),
+                    Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                while !lagged && batch.len() < MAX_BATCH {
+                    match live.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                        Err(_) => break,
+                    }
+                }
+                let fresh: Vec<&Item> = batch
+                    .iter()
+                    .map(|i| &**i)
+                    .filter(|i| i.position > sent)
+                    .collect();
+                if lagged {
+                    // What was already received in this batch still goes out, in order, so
+                    // the cut-off position is exact.
+                    let wanted: Vec<&Item> = fresh.iter().copied().filter(|i| filter.wants(i)).collect();
+                    if !wanted.is_empty() && !send(&mut socket, batch_frame(&wanted), feed).await {
+                        return;
+                    }
+                    if let Some(last) = fresh.last() {
+                        sent = last.position;
+                    }
+                    metrics::counter!("ssf_hub_ws_cut_off_total", "feed" => feed).increment(1);
+                    let _ = send(&mut socket, json!({"type": "cut_off", "position": sent,
+                        "reason": "the client fell behind; reconnect with since=position"}), feed).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+                let wanted: Vec<&Item> = fresh.iter().copied().filter(|i| filter.wants(i)).collect();
+                if !wanted.is_empty() && !send(&mut socket, batch_frame(&wanted), feed).await {
+                    return;
+                }
+                if let Some(last) = fresh.last() {
+                    sent = last.position;
+                }
+            }
+            _ = hub.closing.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                // Clients only talk to close or answer pings.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
