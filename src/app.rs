@@ -159,6 +159,12 @@ impl Hub {
 fn load_or_create_token(path: &Path) -> Result<Secret, StartError> {
     if path.exists() {
         let token = std::fs::read_to_string(path)?.trim().to_owned();
+        if token.len() < 16 {
+            return Err(StartError::Setup(format!(
+                "{} holds a token shorter than 16 characters",
+                path.display()
+            )));
+        }
         return Ok(Secret::new(token));
     }
     let token = format!(

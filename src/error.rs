@@ -40,6 +40,8 @@ pub enum Error {
     Invalid(String),
     #[error("too many requests; slow down")]
     TooManyRequests,
+    #[error("{0}")]
+    Refused(String),
     #[error("state storage failure")]
     Registry(#[from] crate::streams::RegistryError),
     #[error("internal error")]
@@ -65,6 +67,7 @@ impl Error {
             Error::NotFound => "not_found",
             Error::Invalid(_) => "bad_request",
             Error::TooManyRequests => "too_many_requests",
+            Error::Refused(_) => "forbidden",
             Error::Registry(_) | Error::Internal(_) => "internal",
         }
     }
@@ -150,6 +153,7 @@ impl IntoResponse for Error {
             Error::Invalid(_) => {
                 http_error(StatusCode::BAD_REQUEST, "invalid_request", description)
             }
+            Error::Refused(_) => http_error(StatusCode::FORBIDDEN, "forbidden", description),
             Error::TooManyRequests => http_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::app::Hub;
+use crate::delivery::Cursor;
 use crate::error::Error;
-use crate::outbound::mint_control;
 use crate::set::events::StreamStatus;
 use crate::set::{EventKind, Subject, DELIVERY_POLL, DELIVERY_PUSH};
 use crate::streams::{events_delivered, events_supported, Delivery, Receiver, Stream};
@@ -37,7 +37,15 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/ssf/subjects:remove", post(remove_subject))
         .route("/ssf/verify", post(verify_stream))
         .route("/ssf/poll/{stream_id}", post(poll_stream))
+        // Management and poll bodies are small; nothing needs axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
+
+/// Largest management, poll or admin request body.
+const MAX_BODY: usize = 256 * 1024;
+
+/// Streams one receiver may have.
+pub const MAX_STREAMS_PER_RECEIVER: usize = 100;
 
 /// Admin routes (admin bearer token).
 pub fn admin_routes() -> Router<Arc<Hub>> {
@@ -53,6 +61,7 @@ pub fn admin_routes() -> Router<Arc<Hub>> {
         .route("/admin/keys/rotate", post(rotate_keys))
         .route("/admin/streams", get(list_all_streams))
         .route("/admin/streams/{id}/dead-letters", get(list_dead_letters))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 /// `issuer` without a trailing slash, the base of every advertised URL.
@@ -218,6 +227,9 @@ fn parse_delivery(hub: &Hub, stream_id: &str, value: &Value) -> Result<Delivery,
 
 fn parse_events_requested(value: &Value) -> Result<Vec<String>, Error> {
     match value {
+        Value::Array(items) if items.len() > 64 => Err(Error::Invalid(
+            "`events_requested` lists more event types than exist".into(),
+        )),
         Value::Array(items) if items.iter().all(Value::is_string) => Ok(items
             .iter()
             .filter_map(|v| v.as_str().map(String::from))
@@ -296,6 +308,11 @@ async fn create_stream(
     } else {
         parse_object(&body)?
     };
+    if hub.registry.streams_of(&receiver.id)?.len() >= MAX_STREAMS_PER_RECEIVER {
+        return Err(Error::Refused(format!(
+            "a receiver may have at most {MAX_STREAMS_PER_RECEIVER} streams"
+        )));
+    }
     let stream_id = crate::streams::new_stream_id();
     let events_requested = match body.get("events_requested") {
         Some(v) => parse_events_requested(v)?,
@@ -335,10 +352,7 @@ async fn create_stream(
         created_at_ms: crate::unix_now_ms(),
     };
     // A new stream starts at the current head: it receives what happens from now on.
-    let cursor = crate::delivery::Cursor {
-        through: hub.log.head(),
-        ..Default::default()
-    };
+    let cursor = Cursor::at(hub.log.head());
     hub.cursors.put(&stream_id, &cursor).await?;
     hub.registry.put_stream(&stream).await?;
     tracing::info!(stream = %stream_id, receiver = %receiver.id, method = %stream.delivery.method, "stream created");
@@ -401,6 +415,9 @@ async fn modify(
     let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let stream_id = stream_id_of(&body)?;
+    // One change at a time per stream: read-modify-write must not lose a concurrent update.
+    let lock = hub.cursors.lock_for(&stream_id);
+    let _guard = lock.lock().await;
     let mut stream = owned(&hub, &receiver, &stream_id)?;
     check_transmitter_fields(&hub, &stream, &body)?;
     match body.get("events_requested") {
@@ -445,8 +462,11 @@ async fn delete_stream(
     let id = q
         .stream_id
         .ok_or_else(|| Error::Invalid("`stream_id` query parameter is required".into()))?;
+    let lock = hub.cursors.lock_for(&id);
+    let guard = lock.lock().await;
     owned(&hub, &receiver, &id)?;
     hub.registry.delete_stream(&id).await?;
+    drop(guard);
     hub.cursors.remove(&id).await?;
     tracing::info!(stream = %id, "stream deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -485,6 +505,8 @@ async fn update_status(
     let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let id = stream_id_of(&body)?;
+    let lock = hub.cursors.lock_for(&id);
+    let _guard = lock.lock().await;
     let mut stream = owned(&hub, &receiver, &id)?;
     let status: StreamStatus = body
         .get("status")
@@ -498,39 +520,54 @@ async fn update_status(
     let previous = stream.status;
     stream.status = status;
     stream.reason = reason;
-    {
-        let lock = hub.cursors.lock_for(&id);
-        let _guard = lock.lock().await;
-        let mut cursor = hub.cursors.get(&id)?;
-        let head = hub.log.head();
-        match (previous, status) {
-            // A disabled stream holds nothing: what happened meanwhile is skipped.
-            (_, StreamStatus::Disabled) | (StreamStatus::Disabled, _) => {
-                cursor.through = head;
-                cursor.done_above.clear();
-            }
-            // Re-enabling a paused stream delivers what was held, up to the documented bound.
-            (StreamStatus::Paused, StreamStatus::Enabled) => {
-                let max = hub.config.delivery.paused_hold_max_events;
-                if head.saturating_sub(cursor.through) > max {
-                    cursor.through = head - max;
-                    cursor.done_above.retain(|p| *p > head - max);
-                }
-            }
-            _ => {}
-        }
-        hub.cursors.put(&id, &cursor).await?;
-    }
+    set_cursor_for_status(&hub, &id, previous, status).await?;
     hub.registry.put_stream(&stream).await?;
     tracing::info!(stream = %id, status = ?status, "stream status changed by its receiver");
     Ok(no_store(StatusCode::OK, status_out(&stream)))
 }
+
+/// Moves a stream's cursor for a status change (the caller holds the stream's lock).
+async fn set_cursor_for_status(
+    hub: &Hub,
+    id: &str,
+    previous: StreamStatus,
+    status: StreamStatus,
+) -> Result<(), Error> {
+    let head = hub.log.head();
+    let mut cursor = hub.cursors.get(id)?.unwrap_or_else(|| Cursor::at(head));
+    match (previous, status) {
+        // A disabled stream holds nothing: what happened meanwhile is skipped.
+        (_, StreamStatus::Disabled) | (StreamStatus::Disabled, _) => {
+            cursor.through = head;
+            cursor.done_above.clear();
+            cursor.outstanding.clear();
+        }
+        // Re-enabling a paused stream delivers what was held, up to the documented bound.
+        (StreamStatus::Paused, StreamStatus::Enabled) => {
+            let max = hub.config.delivery.paused_hold_max_events;
+            if head.saturating_sub(cursor.through) > max {
+                cursor.through = head - max;
+                cursor.done_above.retain(|p| *p > head - max);
+                cursor.outstanding.retain(|p| *p > head - max);
+            }
+        }
+        _ => {}
+    }
+    hub.cursors.put(id, &cursor).await?;
+    Ok(())
+}
+
+/// Largest subject identifier a receiver may add or remove, in bytes of JSON.
+const MAX_SUBJECT_BYTES: usize = 4096;
 
 fn parse_subject(body: &Map<String, Value>) -> Result<Subject, Error> {
     let mut value = body
         .get("subject")
         .cloned()
         .ok_or_else(|| Error::Invalid("`subject` is required".into()))?;
+    if value.to_string().len() > MAX_SUBJECT_BYTES {
+        return Err(Error::Invalid("`subject` is too large".into()));
+    }
     Subject::upgrade_legacy(&mut value);
     Subject::parse(&value).map_err(|e| Error::Invalid(format!("`subject`: {e}")))
 }
@@ -569,6 +606,8 @@ async fn change_subjects(
             return Err(Error::Invalid("`verified` must be a boolean".into()));
         }
     }
+    let lock = hub.cursors.lock_for(&id);
+    let _guard = lock.lock().await;
     let mut stream = owned(&hub, &receiver, &id)?;
     let key = subject.canonical_key();
     stream.subjects.retain(|s| s.canonical_key() != key);
@@ -602,12 +641,18 @@ async fn verify_stream(
     let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let id = stream_id_of(&body)?;
-    let mut stream = owned(&hub, &receiver, &id)?;
     let state = match body.get("state") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        // The state is echoed in a SET; a few hundred bytes are plenty for a nonce.
+        Some(Value::String(s)) if s.len() <= 1024 => Some(s.clone()),
+        Some(Value::String(_)) => {
+            return Err(Error::Invalid("`state` is longer than 1024 bytes".into()))
+        }
         Some(_) => return Err(Error::Invalid("`state` must be a string".into())),
     };
+    let lock = hub.cursors.lock_for(&id);
+    let _guard = lock.lock().await;
+    let mut stream = owned(&hub, &receiver, &id)?;
     let now = crate::unix_now_ms();
     let interval_ms = hub.config.delivery.min_verification_interval_secs * 1000;
     if stream.last_verification_ms > 0 && now < stream.last_verification_ms + interval_ms {
@@ -618,18 +663,12 @@ async fn verify_stream(
         Some(s) => json!({ "state": s }),
         None => json!({}),
     };
-    let (jti, set) = mint_control(
-        &*hub
-            .signer_for(&stream)
-            .map_err(|e| Error::Internal(e.to_string()))?,
-        &hub.config.issuer,
-        &stream,
-        EventKind::Verification,
-        payload,
-    )
-    .map_err(|e| Error::Internal(e.to_string()))?;
+    let event = crate::outbound::control(&stream, EventKind::Verification, payload);
+    if !hub.cursors.push_control(&id, event).await? {
+        // MAX_CONTROL events already wait for a receiver that does not collect them.
+        return Err(Error::TooManyRequests);
+    }
     hub.registry.put_stream(&stream).await?;
-    hub.cursors.push_control(&id, jti, set).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -648,7 +687,10 @@ async fn poll_stream(
     let req = crate::delivery::poll::parse_request(&body).map_err(|e| Error::Invalid(e.into()))?;
     let resp = crate::delivery::poll::poll(&hub, &stream, req)
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| match e {
+            crate::delivery::poll::PollError::Gone => Error::NotFound,
+            e => Error::Internal(e.to_string()),
+        })?;
     Ok(no_store(
         StatusCode::OK,
         serde_json::to_value(resp).map_err(|e| Error::Internal(e.to_string()))?,
@@ -709,6 +751,18 @@ async fn revoke_receiver(
 ) -> Result<Response, Error> {
     crate::http::require_admin(&hub, &headers)?;
     if hub.registry.revoke_receiver(&id).await? {
+        // A revoked receiver gets nothing more: its streams are disabled (they hold nothing),
+        // which stops push delivery to its endpoints at once.
+        for mut stream in hub.registry.streams_of(&id)? {
+            let lock = hub.cursors.lock_for(&stream.stream_id);
+            let _guard = lock.lock().await;
+            let previous = stream.status;
+            stream.status = StreamStatus::Disabled;
+            stream.reason = Some("receiver credential revoked".into());
+            set_cursor_for_status(&hub, &stream.stream_id, previous, StreamStatus::Disabled)
+                .await?;
+            hub.registry.put_stream(&stream).await?;
+        }
         tracing::info!(receiver = %id, "receiver credential revoked");
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -182,7 +182,10 @@ fn single_event(
         }
     }
     match (known, first_unknown) {
-        (Some((kind, uri, payload)), _) => Ok((uri, Some(kind), payload)),
+        // Aliases must all be spellings of one known type; an unknown member beside a known
+        // one is a second event.
+        (Some(_), Some(_)) => Err(NormalizeError::SeveralEvents),
+        (Some((kind, uri, payload)), None) => Ok((uri, Some(kind), payload)),
         (None, Some((uri, payload))) if count == 1 => Ok((uri, None, payload)),
         (None, Some(_)) => Err(NormalizeError::SeveralEvents),
         (None, None) => Err(NormalizeError::NoEvents),

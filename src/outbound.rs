@@ -56,27 +56,33 @@ pub fn mint_event(
     Ok((jti.clone(), signer.sign(&claims)?))
 }
 
-/// A verification or stream-updated SET for `stream` (SSF §8.1.4.1, §8.1.5): `sub_id` is the
-/// opaque stream id.
+/// A verification or stream-updated event for `stream`, to be queued and signed when sent.
+pub fn control(stream: &Stream, kind: EventKind, payload: Value) -> crate::delivery::Control {
+    crate::delivery::Control {
+        jti: format!("{}.c-{}", stream.stream_id, uuid::Uuid::new_v4().simple()),
+        event_type: kind,
+        payload,
+    }
+}
+
+/// Signs a control event (SSF §8.1.4.1, §8.1.5): `sub_id` is the opaque stream id.
 pub fn mint_control(
     signer: &SetSigner,
     issuer: &str,
     stream: &Stream,
-    kind: EventKind,
-    payload: Value,
-) -> Result<(String, String), SignError> {
-    let jti = format!("{}.c-{}", stream.stream_id, uuid::Uuid::new_v4().simple());
+    control: &crate::delivery::Control,
+) -> Result<String, SignError> {
     let sub_id = json!({"format": "opaque", "id": stream.stream_id});
     let claims = envelope(
         issuer,
         stream,
-        &jti,
-        jti.clone(),
+        &control.jti,
+        control.jti.clone(),
         sub_id,
-        &kind.uri(),
-        payload,
+        &control.event_type.uri(),
+        control.payload.clone(),
     );
-    Ok((jti.clone(), signer.sign(&claims)?))
+    signer.sign(&claims)
 }
 
 fn envelope(

@@ -154,10 +154,18 @@ pub fn subjects_match(a: &Subject, b: &Subject) -> bool {
 
 /// A fresh credential: 32 random bytes, base64url, with a prefix that secret scanners can spot.
 pub fn new_token() -> String {
-    let mut bytes = [0u8; 32];
-    // openssl's CSPRNG, already linked for JOSE.
-    let _ = openssl::rand::rand_bytes(&mut bytes);
-    format!("ssfhub_{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("ssfhub_{}", URL_SAFE_NO_PAD.encode(random::<32>()))
+}
+
+/// `N` bytes from the operating system's CSPRNG. UUIDv4 draws on getrandom and panics if the
+/// OS has no randomness, which fails closed rather than handing out a predictable secret.
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    for chunk in out.chunks_mut(16) {
+        let r = uuid::Uuid::new_v4();
+        chunk.copy_from_slice(&r.as_bytes()[..chunk.len()]);
+    }
+    out
 }
 
 pub fn token_hash(token: &str) -> String {
@@ -169,9 +177,7 @@ pub fn token_hash(token: &str) -> String {
 
 /// A stream id: 16 random bytes, base64url (RFC 3986 unreserved characters only).
 pub fn new_stream_id() -> String {
-    let mut bytes = [0u8; 16];
-    let _ = openssl::rand::rand_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    URL_SAFE_NO_PAD.encode(random::<16>())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,15 @@ impl Cidr {
                 (ip, if ip.is_ipv4() { 32 } else { 128 })
             }
         };
+        // An IPv4-mapped IPv6 range is the IPv4 range it maps (matching compares them as IPv4).
+        if let IpAddr::V6(v6) = ip {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return (96..=128).contains(&len).then(|| Cidr {
+                    net: IpAddr::V4(v4),
+                    len: len - 96,
+                });
+            }
+        }
         let max = if ip.is_ipv4() { 32 } else { 128 };
         (len <= max).then_some(Cidr { net: ip, len })
     }
@@ -70,8 +79,12 @@ const DENIED: &[&str] = &[
     "198.18.0.0/15",
     "224.0.0.0/4",
     "240.0.0.0/4",
-    "::/128",
+    "::/96",
     "::1/128",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "2001::/32",
+    "2002::/16",
     "fc00::/7",
     "fe80::/10",
     "ff00::/8",
@@ -107,7 +120,10 @@ impl Guard {
     }
 
     pub fn permits(&self, ip: IpAddr) -> bool {
-        self.allowed.iter().any(|c| c.contains(ip)) || !self.denied.iter().any(|c| c.contains(ip))
+        if self.allowed.iter().any(|c| c.contains(ip)) {
+            return true;
+        }
+        !self.denied.iter().any(|c| c.contains(ip))
     }
 }
 
@@ -143,6 +159,10 @@ mod tests {
     #[test]
     fn private_and_special_ranges_are_refused_unless_allowed() {
         let g = Guard::new(&[]).expect("guard");
+        assert!(!g.permits(ip("64:ff9b::a00:5")), "NAT64 to 10.0.0.5");
+        assert!(!g.permits(ip("2002:a00:5::1")), "6to4");
+        assert!(Cidr::parse("::ffff:10.0.0.0/104").is_some_and(|c| c.contains(ip("10.1.2.3"))));
+        assert!(Cidr::parse("::ffff:10.0.0.0/64").is_none());
         for bad in [
             "127.0.0.1",
             "10.1.2.3",

@@ -16,22 +16,48 @@ use crate::log::{Log, Position};
 use crate::normalize::Record;
 use crate::streams::{DefaultSubjects, RegistryError, Stream};
 
+/// A control event (verification, stream-updated) waiting for delivery. It is signed when it
+/// is sent, not when queued, so a long wait cannot outlive the signing key's publication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Control {
+    pub jti: String,
+    pub event_type: crate::set::EventKind,
+    pub payload: serde_json::Value,
+}
+
+/// Most control events one stream may have waiting; verification requests beyond it get 429.
+pub const MAX_CONTROL: usize = 100;
+
 /// What has been done on one stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Cursor {
-    /// Every log position up to and including this one is delivered or not for this stream.
+    /// Every log position up to and including this one is delivered, handed out (see
+    /// `outstanding`), or not for this stream.
     pub through: Position,
-    /// Positions after `through` that are delivered (acknowledged out of order).
+    /// Positions after `through` that are delivered (push confirms them one at a time).
     #[serde(default)]
     pub done_above: BTreeSet<Position>,
-    /// Control SETs (verification, stream-updated) waiting for delivery: (jti, compact SET).
+    /// Poll: positions handed out but not acknowledged yet; offered again until acknowledged.
     #[serde(default)]
-    pub control: Vec<(String, String)>,
+    pub outstanding: BTreeSet<Position>,
+    /// Control events waiting for delivery.
+    #[serde(default)]
+    pub control: Vec<Control>,
 }
 
 impl Cursor {
+    /// A fresh cursor that starts after `head`.
+    pub fn at(head: Position) -> Cursor {
+        Cursor {
+            through: head,
+            ..Cursor::default()
+        }
+    }
+
     pub fn is_done(&self, position: Position) -> bool {
-        position <= self.through || self.done_above.contains(&position)
+        position <= self.through
+            || self.done_above.contains(&position)
+            || self.outstanding.contains(&position)
     }
 
     pub fn mark_done(&mut self, position: Position) {
@@ -50,7 +76,8 @@ impl Cursor {
     fn advance(&mut self, mut skippable: impl FnMut(Position) -> bool, head: Position) {
         while self.through < head {
             let next = self.through + 1;
-            if self.done_above.remove(&next) || skippable(next) {
+            if self.done_above.remove(&next) || self.outstanding.contains(&next) || skippable(next)
+            {
                 self.through = next;
             } else {
                 break;
@@ -92,11 +119,14 @@ impl Cursors {
             .clone()
     }
 
-    pub fn get(&self, stream_id: &str) -> Result<Cursor, RegistryError> {
-        Ok(match self.tree.get(stream_id.as_bytes())? {
-            Some(v) => serde_json::from_slice(&v)?,
-            None => Cursor::default(),
-        })
+    /// The stream's cursor; `None` once the stream is deleted (there is no default: a cursor
+    /// at 0 would hand out the whole log's history).
+    pub fn get(&self, stream_id: &str) -> Result<Option<Cursor>, RegistryError> {
+        self.tree
+            .get(stream_id.as_bytes())?
+            .map(|v| serde_json::from_slice(&v))
+            .transpose()
+            .map_err(Into::into)
     }
 
     /// Stores a cursor and makes it durable before returning (acks, status changes).
@@ -129,20 +159,23 @@ impl Cursors {
         Ok(())
     }
 
-    /// Queues a control SET for `stream_id` and wakes its long polls.
+    /// Queues a control event for `stream_id` (whose lock the caller holds) and wakes its
+    /// long polls. `Ok(false)` when the stream is gone or already has `MAX_CONTROL` waiting.
     pub async fn push_control(
         &self,
         stream_id: &str,
-        jti: String,
-        set: String,
-    ) -> Result<(), RegistryError> {
-        let lock = self.lock_for(stream_id);
-        let _guard = lock.lock().await;
-        let mut cursor = self.get(stream_id)?;
-        cursor.control.push((jti, set));
+        control: Control,
+    ) -> Result<bool, RegistryError> {
+        let Some(mut cursor) = self.get(stream_id)? else {
+            return Ok(false);
+        };
+        if cursor.control.len() >= MAX_CONTROL {
+            return Ok(false);
+        }
+        cursor.control.push(control);
         self.put(stream_id, &cursor).await?;
         self.control.send_modify(|n| *n += 1);
-        Ok(())
+        Ok(true)
     }
 
     /// Keeps a SET a receiver refused for good, for the operator to inspect.

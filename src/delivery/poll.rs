@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{pending, record_latency, Cursor};
 use crate::app::Hub;
-use crate::outbound::{mint_event, position_of};
+use crate::outbound::{mint_control, mint_event, position_of};
 use crate::set::events::StreamStatus;
 use crate::streams::Stream;
 
@@ -51,12 +51,19 @@ pub enum PollError {
     Log(#[from] crate::log::LogError),
     #[error("signing failed: {0}")]
     Sign(#[from] crate::sign::SignError),
+    #[error("the stream no longer exists")]
+    Gone,
 }
 
 /// Most SETs one poll response carries when the receiver sets no `maxEvents`.
 pub const DEFAULT_MAX_EVENTS: usize = 100;
 
-/// Serves one poll request for `stream` (already authorized).
+/// Most `ack` plus `setErrs` entries one request may carry: a receiver never holds more than
+/// `maxEvents` (at most 1000) unacknowledged SETs per response.
+pub const MAX_RELEASES: usize = 2000;
+
+/// Serves one poll request for `stream` (already authorized). The stream and its cursor are
+/// read again on every wake, so a pause, an update or a delete during a long poll counts.
 pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollResponse, PollError> {
     let cursors = &hub.cursors;
     let limit = req
@@ -66,17 +73,24 @@ pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollRe
     let deadline = tokio::time::Instant::now() + timeout;
     let mut head = hub.log.subscribe();
     let mut control = cursors.subscribe_control();
+    let mut changes = hub.registry.subscribe();
     let mut first = true;
     loop {
-        // Mark the watches seen before looking, so an append after the look still wakes us.
+        // Mark the watches seen before looking, so a change after the look still wakes us.
         head.borrow_and_update();
         control.borrow_and_update();
+        changes.borrow_and_update();
         let lock = cursors.lock_for(&stream.stream_id);
         let guard = lock.lock().await;
-        let mut cursor = cursors.get(&stream.stream_id)?;
+        let stream = hub
+            .registry
+            .owned_stream(&stream.receiver_id, &stream.stream_id)?
+            .filter(|s| s.delivery.is_poll())
+            .ok_or(PollError::Gone)?;
+        let mut cursor = cursors.get(&stream.stream_id)?.ok_or(PollError::Gone)?;
         let before = cursor.clone();
         if first {
-            apply_acks(&mut cursor, stream, &req);
+            apply_acks(&mut cursor, &stream, &req);
             first = false;
         }
         let response = if limit == 0 {
@@ -85,7 +99,7 @@ pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollRe
                 more_available: false,
             }
         } else {
-            collect(hub, stream, &mut cursor, limit).await?
+            collect(hub, &stream, &mut cursor, limit).await?
         };
         if cursor != before {
             cursors.put(&stream.stream_id, &cursor).await?;
@@ -98,6 +112,7 @@ pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollRe
         tokio::select! {
             _ = head.changed() => {}
             _ = control.changed() => {}
+            _ = changes.changed() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(response),
         }
     }
@@ -110,7 +125,17 @@ fn apply_acks(cursor: &mut Cursor, stream: &Stream, req: &PollRequest) {
         .map(|jti| (jti.as_str(), None))
         .chain(req.set_errs.iter().map(|(jti, e)| (jti.as_str(), Some(e))));
     for (jti, err) in released {
-        if let Some(e) = err {
+        let known = match position_of(&stream.stream_id, jti) {
+            // Only what was handed out can be released: an ack for a position not yet
+            // delivered must not suppress it when it arrives.
+            Some(p) => cursor.outstanding.remove(&p),
+            None => {
+                let n = cursor.control.len();
+                cursor.control.retain(|c| c.jti != jti);
+                n != cursor.control.len()
+            }
+        };
+        if let (Some(e), true) = (err, known) {
             // setErrs are reported, not redelivered (RFC 8936 §2.4): a SET that failed
             // validation will fail again.
             const CODES: [&str; 7] = [
@@ -131,57 +156,85 @@ fn apply_acks(cursor: &mut Cursor, stream: &Stream, req: &PollRequest) {
             tracing::warn!(stream = %stream.stream_id, jti, err = code, "receiver reported a SET error");
             metrics::counter!("ssf_hub_poll_set_errors_total", "err" => code).increment(1);
         }
-        match position_of(&stream.stream_id, jti) {
-            Some(p) => cursor.mark_done(p),
-            // Unknown jtis are ignored (RFC 8936 §2.4 lets the receiver re-ack freely).
-            None => cursor.control.retain(|(j, _)| j != jti),
-        }
     }
 }
 
+/// Control events first, then SETs handed out before and not yet acknowledged, then new ones.
 async fn collect(
     hub: &Hub,
     stream: &Stream,
     cursor: &mut Cursor,
     limit: usize,
 ) -> Result<PollResponse, PollError> {
+    let signer = hub.signer_for(stream)?;
     let mut sets = BTreeMap::new();
-    for (jti, set) in cursor.control.iter().take(limit) {
-        sets.insert(jti.clone(), set.clone());
+    for c in cursor.control.iter().take(limit) {
+        let set = mint_control(&signer, &hub.config.issuer, stream, c)?;
+        sets.insert(c.jti.clone(), set);
     }
-    let room = limit - sets.len();
     let mut more_available = cursor.control.len() > sets.len();
     // Paused streams hold their events (the cursor stays); disabled streams were moved to the
     // head when disabled; neither delivers.
-    if stream.status == StreamStatus::Enabled && room > 0 {
-        let (records, more) = pending(
-            &hub.log,
-            &hub.recent,
-            stream,
-            hub.config.delivery.default_subjects,
-            cursor,
-            room,
-        )
-        .await?;
-        let budget = stream
-            .latency_budget_ms
-            .unwrap_or(hub.config.delivery.latency_budget_ms);
-        for record in &records {
-            let (jti, set) = mint_event(
-                &*hub.signer_for(stream)?,
-                &hub.config.issuer,
-                stream,
-                record,
-            )?;
-            record_latency("poll", record, budget);
-            sets.insert(jti, set);
-        }
-        more_available |= more;
+    if stream.status != StreamStatus::Enabled {
+        return Ok(PollResponse {
+            sets,
+            more_available,
+        });
     }
+    let budget = stream
+        .latency_budget_ms
+        .unwrap_or(hub.config.delivery.latency_budget_ms);
+    let again: Vec<u64> = cursor.outstanding.iter().copied().collect();
+    for position in again {
+        if sets.len() == limit {
+            more_available = true;
+            break;
+        }
+        let Some(record) = record_at(hub, position).await? else {
+            cursor.outstanding.remove(&position);
+            continue;
+        };
+        let (jti, set) = mint_event(&signer, &hub.config.issuer, stream, &record)?;
+        sets.insert(jti, set);
+    }
+    let room = limit - sets.len();
+    // With no room left, a zero-sized look still tells whether more is waiting.
+    let (records, more) = pending(
+        &hub.log,
+        &hub.recent,
+        stream,
+        hub.config.delivery.default_subjects,
+        cursor,
+        room,
+    )
+    .await?;
+    for record in &records {
+        let (jti, set) = mint_event(&signer, &hub.config.issuer, stream, record)?;
+        record_latency("poll", record, budget);
+        cursor.outstanding.insert(record.position);
+        sets.insert(jti, set);
+    }
+    cursor.compact(hub.log.head());
     Ok(PollResponse {
         sets,
-        more_available,
+        more_available: more_available || more,
     })
+}
+
+/// The record at `position`, from the shared cache or the log.
+async fn record_at(
+    hub: &Hub,
+    position: u64,
+) -> Result<Option<std::sync::Arc<crate::normalize::Record>>, PollError> {
+    let entries = hub.log.read(position.saturating_sub(1), 1).await?;
+    Ok(entries
+        .into_iter()
+        .find(|e| e.position == position)
+        .and_then(|e| {
+            let mut r: crate::normalize::Record = serde_json::from_slice(&e.record).ok()?;
+            r.position = e.position;
+            Some(std::sync::Arc::new(r))
+        }))
 }
 
 /// Parses a poll body. Anything but a JSON object of the RFC 8936 members is a 400.
@@ -193,5 +246,10 @@ pub fn parse_request(body: &[u8]) -> Result<PollRequest, &'static str> {
     if !value.is_object() {
         return Err("the poll request must be a JSON object");
     }
-    serde_json::from_value(value).map_err(|_| "the poll request has a member of the wrong type")
+    let req: PollRequest = serde_json::from_value(value)
+        .map_err(|_| "the poll request has a member of the wrong type")?;
+    if req.ack.len() + req.set_errs.len() > MAX_RELEASES {
+        return Err("the poll request acknowledges more SETs than were handed out");
+    }
+    Ok(req)
 }

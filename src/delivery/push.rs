@@ -98,6 +98,8 @@ pub fn backoff(
 pub fn client(guard: Arc<Guard>, timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver(guard)))
+        // A proxy would resolve and connect on our behalf, out of the guard's sight.
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
@@ -178,7 +180,9 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
     out
 }
 
-/// Keeps one worker per enabled push stream until `shutdown`.
+/// Keeps one worker per enabled push stream until `shutdown`. A stream never has two: a
+/// replaced worker is awaited before its successor starts, so order holds across restarts of
+/// the worker.
 #[tracing::instrument(name = "push_supervisor", skip_all)]
 pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut changes = hub.registry.subscribe();
@@ -196,13 +200,19 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                 Vec::new()
             }
         };
-        workers.retain(|id, (stop, task)| {
-            let keep = wanted.iter().any(|s| &s.stream_id == id) && !task.is_finished();
-            if !keep {
+        let stale: Vec<String> = workers
+            .iter()
+            .filter(|(id, (_, task))| {
+                task.is_finished() || !wanted.iter().any(|s| &s.stream_id == *id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some((stop, task)) = workers.remove(&id) {
                 stop.cancel();
+                let _ = task.await;
             }
-            keep
-        });
+        }
         for s in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = workers.entry(s.stream_id) {
                 let stop = shutdown.child_token();
@@ -221,6 +231,14 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     }
 }
 
+/// The stream as stored now, if it is still an enabled push stream.
+fn current(hub: &Hub, stream_id: &str) -> Option<Stream> {
+    match hub.registry.stream(stream_id) {
+        Ok(Some(s)) if !s.delivery.is_poll() && s.status == StreamStatus::Enabled => Some(s),
+        _ => None,
+    }
+}
+
 /// Delivers one stream until it is stopped, paused, disabled or deleted.
 #[tracing::instrument(name = "push_worker", skip(hub, stop))]
 async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
@@ -232,12 +250,12 @@ async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
         head.borrow_and_update();
         control.borrow_and_update();
         changes.borrow_and_update();
-        let stream = match hub.registry.stream(&stream_id) {
-            Ok(Some(s)) if !s.delivery.is_poll() && s.status == StreamStatus::Enabled => s,
-            _ => return,
+        let Some(stream) = current(&hub, &stream_id) else {
+            return;
         };
         let mut cursor = match hub.cursors.get(&stream_id) {
-            Ok(c) => c,
+            Ok(Some(c)) => c,
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "reading cursor failed");
                 return;
@@ -261,7 +279,15 @@ async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
 #[derive(Debug)]
 struct Stop;
 
-/// Delivers what is pending now. `Ok(true)` when there may be more right away.
+fn fail<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Stop {
+    move |e| {
+        tracing::error!(error = %e, "{what}");
+        Stop
+    }
+}
+
+/// Delivers what is pending now. `Ok(true)` when there may be more right away (or the stream's
+/// configuration changed, so the caller should start over with the new one).
 async fn deliver_pending(
     hub: &Hub,
     stream: &Stream,
@@ -272,11 +298,13 @@ async fn deliver_pending(
     let budget = stream
         .latency_budget_ms
         .unwrap_or(hub.config.delivery.latency_budget_ms);
+    let signer = hub.signer_for(stream).map_err(fail("no signing key"))?;
     // Control SETs first (verification, stream-updated), then events in log order.
-    let control: Vec<(String, String)> = cursor.control.clone();
-    for (jti, set) in control {
+    for c in cursor.control.clone() {
+        let set = mint_control(&signer, &hub.config.issuer, stream, &c)
+            .map_err(fail("signing failed"))?;
         deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
-        save(hub, stream, |c| c.control.retain(|(j, _)| *j != jti)).await?;
+        save(hub, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
     }
     let (records, more) = pending(
         &hub.log,
@@ -287,27 +315,20 @@ async fn deliver_pending(
         64,
     )
     .await
-    .map_err(|e| {
-        tracing::error!(error = %e, "reading the log failed");
-        Stop
-    })?;
+    .map_err(fail("reading the log failed"))?;
     // The scan may have moved the cursor over positions this stream does not want.
     let through = cursor.through;
     save(hub, stream, |c| c.through = c.through.max(through)).await?;
+    let mut changed = false;
     for record in records {
-        let (_, set) = mint_event(
-            &*hub.signer_for(stream).map_err(|e| {
-                tracing::error!(error = %e, "no signing key");
-                Stop
-            })?,
-            &hub.config.issuer,
-            stream,
-            &record,
-        )
-        .map_err(|e| {
-            tracing::error!(error = %e, "signing failed");
-            Stop
-        })?;
+        // A PATCH (new URL, credential, subjects) or a status change applies from the next
+        // SET on, not after the batch.
+        if current(hub, &stream.stream_id).as_ref() != Some(stream) {
+            changed = true;
+            break;
+        }
+        let (_, set) = mint_event(&signer, &hub.config.issuer, stream, &record)
+            .map_err(fail("signing failed"))?;
         let delivered = deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
         if delivered {
             record_latency("push", &record, budget);
@@ -315,31 +336,29 @@ async fn deliver_pending(
         let position = record.position;
         save(hub, stream, |c| c.mark_done(position)).await?;
     }
-    hub.cursors.flush().await.map_err(|e| {
-        tracing::error!(error = %e, "flushing cursors failed");
-        Stop
-    })?;
-    Ok(more)
+    hub.cursors
+        .flush()
+        .await
+        .map_err(fail("flushing cursors failed"))?;
+    Ok(more || changed)
 }
 
 /// Applies `change` to the stored cursor under the stream's lock. Merging into what is stored
 /// (rather than writing our copy) keeps a concurrent status change, such as a disable that
-/// moves the cursor to the head, from being undone.
+/// moves the cursor to the head, from being undone. Stops when the stream is gone.
 async fn save(hub: &Hub, stream: &Stream, change: impl FnOnce(&mut Cursor)) -> Result<(), Stop> {
     let lock = hub.cursors.lock_for(&stream.stream_id);
     let _guard = lock.lock().await;
-    let result = async {
-        let mut stored = hub.cursors.get(&stream.stream_id)?;
-        change(&mut stored);
-        let head = hub.log.head();
-        stored.compact(head);
-        hub.cursors.stage(&stream.stream_id, &stored)
-    }
-    .await;
-    result.map_err(|e| {
-        tracing::error!(error = %e, "saving cursor failed");
-        Stop
-    })
+    let mut stored = hub
+        .cursors
+        .get(&stream.stream_id)
+        .map_err(fail("reading cursor failed"))?
+        .ok_or(Stop)?;
+    change(&mut stored);
+    stored.compact(hub.log.head());
+    hub.cursors
+        .stage(&stream.stream_id, &stored)
+        .map_err(fail("saving cursor failed"))
 }
 
 /// Pushes one SET until it is delivered (`Ok(true)`), refused for good and dead-lettered
@@ -420,27 +439,36 @@ fn dead_letter(hub: &Hub, stream: &Stream, set: &str, reason: &str) {
 
 /// Pauses a stream on the hub's own initiative: announces it with a stream-updated SET sent
 /// before the gate closes (queued for re-enable if it cannot be sent), then records the status
-/// with an operator-visible reason (SSF §8.1.2, §8.1.5).
+/// with an operator-visible reason (SSF §8.1.2, §8.1.5). Does nothing if, meanwhile, the stream
+/// was deleted or its status changed.
 pub async fn pause(hub: &Hub, stream: &Stream, reason: &str) {
-    tracing::warn!(stream = %stream.stream_id, %reason, "pausing stream");
-    metrics::counter!("ssf_hub_streams_paused_by_hub_total").increment(1);
-    let payload = json!({ "status": "paused", "reason": reason });
-    let Ok(signer) = hub.signer_for(stream) else {
-        tracing::error!("no signing key for the stream-updated announcement");
+    let lock = hub.cursors.lock_for(&stream.stream_id);
+    let _guard = lock.lock().await;
+    let Some(mut updated) = current(hub, &stream.stream_id) else {
         return;
     };
-    if let Ok((jti, set)) = mint_control(
-        &signer,
-        &hub.config.issuer,
-        stream,
+    tracing::warn!(stream = %stream.stream_id, %reason, "pausing stream");
+    metrics::counter!("ssf_hub_streams_paused_by_hub_total").increment(1);
+    let announcement = crate::outbound::control(
+        &updated,
         EventKind::StreamUpdated,
-        payload,
-    ) {
-        if send(&hub.push_client, &hub.push_guard, stream, &set).await != Outcome::Delivered {
-            let _ = hub.cursors.push_control(&stream.stream_id, jti, set).await;
-        }
+        json!({ "status": "paused", "reason": reason }),
+    );
+    let sent = match hub.signer_for(&updated) {
+        Ok(signer) => match mint_control(&signer, &hub.config.issuer, &updated, &announcement) {
+            Ok(set) => {
+                send(&hub.push_client, &hub.push_guard, &updated, &set).await == Outcome::Delivered
+            }
+            Err(_) => false,
+        },
+        Err(_) => false,
+    };
+    if !sent {
+        let _ = hub
+            .cursors
+            .push_control(&updated.stream_id, announcement)
+            .await;
     }
-    let mut updated = stream.clone();
     updated.status = StreamStatus::Paused;
     updated.reason = Some(reason.to_owned());
     if let Err(e) = hub.registry.put_stream(&updated).await {

@@ -150,8 +150,13 @@ impl Log {
         }
     }
 
+    /// Up to `limit` durable records after `after`. Records a batch has written but not yet
+    /// made durable are not returned: nothing downstream may act on what a crash could undo.
     pub async fn read(&self, after: Position, limit: usize) -> Result<Vec<Entry>, LogError> {
-        self.backend.read(after, limit).await
+        let head = self.head();
+        let mut entries = self.backend.read(after, limit).await?;
+        entries.retain(|e| e.position <= head);
+        Ok(entries)
     }
 
     /// Position of the last durable record.

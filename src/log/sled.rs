@@ -57,7 +57,12 @@ impl SledLog {
 impl Inner {
     fn append_blocking(&self, batch: &[Append]) -> Result<Vec<Appended>, LogError> {
         let now = crate::unix_now();
-        let start = self.head.load(Ordering::Acquire);
+        // From what is stored, not from `head`: after a failed flush, committed records sit
+        // above `head`, and their positions must not be handed out again.
+        let start = match self.events.last()? {
+            Some((k, _)) => from_be(&k)?,
+            None => 0,
+        };
         let outcomes = (&self.events, &self.keys, &self.expiry).transaction(
             |(events, keys, expiry): &(TransactionalTree, TransactionalTree, TransactionalTree)| {
                 let mut next = start;

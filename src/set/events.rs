@@ -126,6 +126,20 @@ impl EventKind {
     }
 }
 
+/// On the wire and in storage an event kind is its 1.0 URI.
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.uri())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let uri = String::deserialize(d)?;
+        EventKind::from_uri(&uri).ok_or_else(|| serde::de::Error::custom("unknown event type"))
+    }
+}
+
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())

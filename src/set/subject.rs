@@ -272,12 +272,37 @@ fn is_format_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:/+-".contains(&b))
 }
 
+/// The members a known simple format defines; `None` for complex and proprietary formats,
+/// whose members are all significant.
+fn defined_members(format: &str) -> Option<&'static [&'static str]> {
+    Some(match format {
+        "account" | "uri" => &["uri"],
+        "email" => &["email"],
+        "iss_sub" => &["iss", "sub"],
+        "opaque" => &["id"],
+        "phone_number" => &["phone_number"],
+        "did" => &["url"],
+        "aliases" => &["identifiers"],
+        "jwt_id" => &["iss", "jti"],
+        "saml_assertion_id" => &["issuer", "assertion_id"],
+        "ip-addresses" => &["ip-addresses"],
+        _ => return None,
+    })
+}
+
 fn write_canonical(value: &Value, lower: bool, out: &mut String) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
+            let format = map.get("format").and_then(Value::as_str);
+            // Extra members of a known format do not identify anything (RFC 9493 §3 forbids
+            // them; we tolerate them on receipt), so they must not make two identifiers differ.
+            let defined = format.and_then(defined_members);
+            let mut keys: Vec<&String> = map
+                .keys()
+                .filter(|k| *k == "format" || defined.is_none_or(|d| d.contains(&k.as_str())))
+                .collect();
             keys.sort();
-            let is_email = map.get("format").and_then(Value::as_str) == Some("email");
+            let is_email = format == Some("email");
             out.push('{');
             for (i, k) in keys.into_iter().enumerate() {
                 if i > 0 {
@@ -346,6 +371,13 @@ mod tests {
             c.canonical_key(),
             d.canonical_key(),
             "opaque ids are case-sensitive"
+        );
+        let extra =
+            Subject::parse(&json!({"format": "opaque", "id": "t", "note": "x"})).expect("valid");
+        assert_eq!(
+            extra.canonical_key(),
+            c.canonical_key(),
+            "undeclared members do not count"
         );
     }
 }

@@ -268,6 +268,8 @@ async fn private_push_targets_are_refused_unless_allowed() {
     let hub = TestHub::start(|_, c| c.delivery.allow_private_targets = vec![]).await;
     let (_, token) = hub.receiver("gw").await;
     for url in [
+        "http://[64:ff9b::a00:5]/rx",
+        "http://[::ffff:127.0.0.1]/rx",
         "http://127.0.0.1:8080/rx",
         "http://10.0.0.5/rx",
         "http://[::1]/rx",
@@ -306,5 +308,54 @@ async fn private_push_targets_are_refused_unless_allowed() {
         rx.received().is_empty(),
         "the hub connected to a loopback address"
     );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_receiver_gets_no_more_pushes() {
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let (receiver_id, token) = hub.receiver("gw").await;
+    let rx = TestReceiver::start(|_, _| (202, vec![], String::new())).await;
+    let stream = create_push_stream(&hub, &token, &rx.url(), None).await;
+    hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    rx.wait_for("the first event", |got| got.len() == 1).await;
+    let r = hub
+        .client
+        .delete(format!("{}/admin/receivers/{receiver_id}", hub.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        rx.received().len(),
+        1,
+        "nothing is pushed after the revocation"
+    );
+    let all: Value = hub
+        .client
+        .get(format!("{}/admin/streams", hub.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("streams")
+        .json()
+        .await
+        .expect("json");
+    let s = all
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|s| s["stream_id"] == stream["stream_id"])
+        .expect("listed");
+    assert_eq!(s["status"], "disabled");
+    assert!(s["delivery"].get("authorization_header").is_none());
     hub.stop().await;
 }

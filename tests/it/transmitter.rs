@@ -964,3 +964,146 @@ async fn key_rotation_never_breaks_a_receiver_that_refreshes_on_unknown_kid() {
     assert_eq!(header["alg"], "RS256");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_stream_cannot_be_polled_into_history() {
+    let (hub, key) = hub_with_source().await;
+    // History the stream must never see.
+    for _ in 0..3 {
+        hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    let (_, token) = hub.receiver("gw").await;
+    let stream = create_poll_stream(&hub, &token, &[SESSION_REVOKED]).await;
+    let id = stream["stream_id"].as_str().expect("id").to_owned();
+    let hub = std::sync::Arc::new(hub);
+    let waiter = {
+        let (hub, token, id) = (hub.clone(), token.clone(), id.clone());
+        tokio::spawn(async move {
+            hub.call("POST", &format!("/ssf/poll/{id}"), &token, Some(json!({})))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = hub
+        .call(
+            "DELETE",
+            &format!("/ssf/streams?stream_id={id}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    let r = waiter.await.expect("poll");
+    assert_eq!(
+        r.status, 404,
+        "the long poll of a deleted stream ends, without SETs: {}",
+        r.body
+    );
+    let r = hub
+        .call(
+            "POST",
+            &format!("/ssf/poll/{id}"),
+            &token,
+            Some(json!({"returnImmediately": true})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    std::sync::Arc::into_inner(hub).expect("owner").stop().await;
+}
+
+#[tokio::test]
+async fn acks_release_only_what_was_handed_out() {
+    let (hub, key) = hub_with_source().await;
+    let (_, token) = hub.receiver("gw").await;
+    let stream = create_poll_stream(&hub, &token, &[SESSION_REVOKED]).await;
+    let id = stream["stream_id"].as_str().expect("id");
+    // Acknowledging the next position before it exists must not suppress it.
+    let future = format!("{id}.{}", hub.running.hub.log.head() + 1);
+    poll(
+        &hub,
+        &token,
+        &stream,
+        json!({"returnImmediately": true, "ack": [future]}),
+    )
+    .await;
+    hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    let r = poll(&hub, &token, &stream, json!({"returnImmediately": true})).await;
+    assert_eq!(sets_of(&r).len(), 1);
+    // A flood of acks is refused outright.
+    let flood: Vec<String> = (0..2001).map(|i| format!("{id}.{i}")).collect();
+    let path = format!("/ssf/poll/{id}");
+    assert_eq!(
+        hub.call("POST", &path, &token, Some(json!({"ack": flood})))
+            .await
+            .status,
+        400
+    );
+    // Control events that fill a response still report what else waits.
+    let r = hub
+        .call(
+            "POST",
+            "/ssf/verify",
+            &token,
+            Some(json!({"stream_id": id})),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = poll(
+        &hub,
+        &token,
+        &stream,
+        json!({"returnImmediately": true, "maxEvents": 1}),
+    )
+    .await;
+    assert_eq!(sets_of(&r).len(), 1);
+    assert_eq!(r["moreAvailable"], true);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_subject_changes_are_all_kept() {
+    let (hub, key) = hub_with_source().await;
+    let (_, token) = hub.receiver("gw").await;
+    let stream = create_poll_stream(&hub, &token, &[SESSION_REVOKED]).await;
+    let id = stream["stream_id"].as_str().expect("id").to_owned();
+    let hub = std::sync::Arc::new(hub);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (hub, token, id) = (hub.clone(), token.clone(), id.clone());
+        tasks.spawn(async move {
+            let subject = json!({"format": "email", "email": format!("user{i}@corp.example.test")});
+            hub.call(
+                "POST",
+                "/ssf/subjects:remove",
+                &token,
+                Some(json!({"stream_id": id, "subject": subject})),
+            )
+            .await
+            .status
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.expect("task"), 204);
+    }
+    // Every removed subject stays removed: none of their events arrives.
+    for i in 0..8 {
+        let mut c = session_revoked();
+        c["sub_id"] = json!({"format": "email", "email": format!("user{i}@corp.example.test")});
+        hub.push("idp", key.sign(&c).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    let r = poll(&hub, &token, &stream, json!({"returnImmediately": true})).await;
+    assert_eq!(sets_of(&r).len(), 1, "only Ana's event: {r}");
+    std::sync::Arc::into_inner(hub).expect("owner").stop().await;
+}
