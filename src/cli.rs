@@ -226,6 +226,12 @@ pub struct TailArgs {
     /// Only events from this source id.
     #[arg(long)]
     pub source: Option<String>,
+    /// Only events about this canonical subject key (the `subject_key` of a record).
+    #[arg(long)]
+    pub subject_key: Option<String>,
+    /// Print revocation deltas (GET /revocations) instead of events.
+    #[arg(long)]
+    pub revocations: bool,
 }
 
 /// Runs a parsed command; returns the process exit code.
@@ -446,39 +452,50 @@ async fn tail(args: TailArgs) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let base = args.admin.url.trim_end_matches('/');
+    let (path, items) = if args.revocations {
+        ("revocations", "deltas")
+    } else {
+        ("events", "events")
+    };
     let mut since = args.since;
     loop {
         let resp = client
-            .get(format!("{base}/events"))
+            .get(format!("{base}/{path}"))
             .query(&[("since", since.to_string()), ("limit", "500".into())])
             .bearer_auth(&token)
             .send()
             .await
-            .map_err(|e| format!("GET {base}/events: {e}"))?;
+            .map_err(|e| format!("GET {base}/{path}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!(
-                "GET {base}/events answered HTTP {}",
+                "GET {base}/{path} answered HTTP {}",
                 resp.status().as_u16()
             ));
         }
         let page: Value = serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
-        for event in &events {
+        let list = page[items].as_array().cloned().unwrap_or_default();
+        for item in &list {
+            // Events carry their type and source at the top; deltas in their cause.
+            let field = |name: &str| item[name].as_str().or_else(|| item["cause"][name].as_str());
             let type_ok = wanted.is_empty()
-                || event["event_type"]
-                    .as_str()
-                    .is_some_and(|t| wanted.iter().any(|w| w == t));
+                || field("event_type").is_some_and(|t| wanted.iter().any(|w| w == t));
             let source_ok = args
                 .source
                 .as_deref()
-                .is_none_or(|s| event["source"].as_str() == Some(s));
-            if type_ok && source_ok {
-                println!("{event}");
+                .is_none_or(|s| field("source") == Some(s));
+            let subject_ok = args
+                .subject_key
+                .as_deref()
+                .is_none_or(|k| item["subject_key"].as_str() == Some(k));
+            if type_ok && source_ok && subject_ok {
+                println!("{item}");
             }
         }
-        since = page["next"].as_u64().unwrap_or(since);
-        if events.is_empty() {
+        let next = page["next"].as_u64().unwrap_or(since);
+        let moved = next != since;
+        since = next;
+        if !moved {
             if !args.follow {
                 return Ok(());
             }

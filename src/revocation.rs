@@ -177,6 +177,71 @@ pub fn routes() -> Router<Arc<Hub>> {
         .route("/revocations", get(list_deltas))
         .route("/revocations/snapshot", get(get_snapshot))
         .route("/revocations/check", post(check_token))
+        .route("/revocations/ext-authz", axum::routing::any(ext_authz))
+        .route(
+            "/revocations/ext-authz/{*path}",
+            axum::routing::any(ext_authz),
+        )
+}
+
+/// Header carrying the hub credential on ext_authz calls (the request's own `Authorization`
+/// header belongs to the end user and is forwarded untouched by Envoy).
+pub const EXT_AUTHZ_TOKEN_HEADER: &str = "x-ssf-hub-token";
+
+/// `ANY /revocations/ext-authz[/...]`: an Envoy `ext_authz` HTTP service. Envoy's `jwt_authn`
+/// filter has verified the end user's token and forwards its claims, base64url JSON, in
+/// `x-jwt-payload`; `iss`+`sub` name the user, `sid` the session, `iat` the issue time, and an
+/// optional `x-device-id` header the device. Answers 200 to allow, 403 to deny, with the reason
+/// in `x-ssf-hub-decision`.
+async fn ext_authz(
+    AxumState(hub): AxumState<Arc<Hub>>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let token = headers
+        .get(EXT_AUTHZ_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Error::MissingCredential)?;
+    let admin = hub.admin_token.matches(token.as_bytes());
+    if !admin && hub.registry.authenticate(token)?.is_none() {
+        return Err(Error::InvalidToken);
+    }
+    let started = Instant::now();
+    let claims: Value = headers
+        .get("x-jwt-payload")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(v.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| Error::Invalid("`x-jwt-payload` must carry the token's claims".into()))?;
+    let mut body = json!({ "iss": claims["iss"], "sub": claims["sub"], "iat": claims["iat"] });
+    if let Some(sid) = claims.get("sid").and_then(Value::as_str) {
+        body["session_id"] = json!(sid);
+    }
+    if let Some(device) = headers.get("x-device-id").and_then(|v| v.to_str().ok()) {
+        body["device_id"] = json!(device);
+    }
+    let query = parse_check(body.to_string().as_bytes())?;
+    let decision = hub.revocations.decide(&query);
+    metrics::histogram!("ssf_hub_decision_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("ssf_hub_decisions_total", "allow" => if decision.allow { "true" } else { "false" })
+        .increment(1);
+    let status = if decision.allow {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    Ok((
+        status,
+        [
+            ("x-ssf-hub-decision", decision.reason),
+            ("x-ssf-hub-position", decision.position.to_string()),
+        ],
+    )
+        .into_response())
 }
 
 /// The admin token or any receiver's credential.

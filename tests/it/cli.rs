@@ -125,6 +125,21 @@ fn quickstart_keygen_send_tail() {
     let (ok, _, err) = run_cli(&["receivers", "revoke", id, "--url", &base], d);
     assert!(ok, "receivers revoke: {err}");
 
+    // The session revocation became a revocation delta (the fold runs just behind the log).
+    let mut deltas = String::new();
+    for _ in 0..100 {
+        let (ok, out, err) = run_cli(&["tail", "--revocations", "--url", &base], d);
+        assert!(ok, "tail --revocations: {err}");
+        deltas = out;
+        if !deltas.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let delta: serde_json::Value = serde_json::from_str(deltas.trim()).expect("one JSON line");
+    assert_eq!(delta["action"], "revoke_tokens_before");
+    assert_eq!(delta["cause"]["source"], "demo");
+
     // Debug logs were on the whole time; none of them carries a SET, subject or secret.
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = hub.log_text();

@@ -538,3 +538,59 @@ async fn the_http_apis_serve_deltas_snapshots_and_decisions_and_survive_restart(
         .contains("ssf_hub_revocation_deltas_total"));
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn the_envoy_ext_authz_endpoint_allows_and_denies_as_envoy_expects() {
+    use base64::Engine as _;
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let (_, token) = hub.receiver("envoy").await;
+    let mut c = claims(SESSION_REVOKED, json!({"event_timestamp": 1000}));
+    c["sub_id"] = json!({"format": "complex", "user": {"format": "iss_sub", "iss": ISS, "sub": "u-7"},
+                         "session": {"format": "opaque", "id": "s-1"}});
+    hub.push("idp", key.sign(&c).expect("sign"))
+        .await
+        .assert_accepted();
+    for _ in 0..200 {
+        if hub.running.hub.revocations.position() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // What Envoy's jwt_authn filter forwards: the verified token's claims, base64url JSON.
+    let payload =
+        |claims: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    let ask = |claims: Value| {
+        let (hub, token) = (&hub, &token);
+        async move {
+            hub.client
+                .get(format!("{}/revocations/ext-authz/orders/42", hub.base))
+                .header("x-ssf-hub-token", token)
+                .header("authorization", "Bearer end-user-token-untouched")
+                .header("x-jwt-payload", payload(claims))
+                .send()
+                .await
+                .expect("ext_authz")
+        }
+    };
+    let r = ask(json!({"iss": ISS, "sub": "u-7", "sid": "s-1", "iat": 999})).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-ssf-hub-decision"], "revoked");
+    let r = ask(json!({"iss": ISS, "sub": "u-7", "sid": "s-2", "iat": 999})).await;
+    assert_eq!(r.status(), 200, "another session of the same user is fine");
+    let r = ask(json!({"iss": ISS, "sub": "u-7", "sid": "s-1", "iat": 1001})).await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a token issued after the revocation is fine"
+    );
+    let r = hub
+        .client
+        .get(format!("{}/revocations/ext-authz", hub.base))
+        .header("x-jwt-payload", payload(json!({"iss": ISS, "sub": "u-7"})))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 401, "the hub credential is required");
+    hub.stop().await;
+}
