@@ -59,16 +59,20 @@ async fn request_id(req: Request, next: Next) -> Response {
     resp
 }
 
+/// The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1; tokens in query
+/// parameters are never accepted).
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(Error::MissingCredential)
+}
+
 /// Checks `Authorization: Bearer <admin_token>` in constant time.
 pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(Error::MissingCredential)?;
-    let token = value
-        .as_bytes()
-        .strip_prefix(b"Bearer ")
-        .ok_or(Error::MissingCredential)?;
-    if hub.admin_token.matches(token) {
+    if hub.admin_token.matches(bearer(headers)?.as_bytes()) {
         Ok(())
     } else {
         Err(Error::WrongCredential)

@@ -88,16 +88,10 @@ pub(crate) async fn get_configuration(State(hub): State<Arc<Hub>>) -> Response {
     Json(body).into_response()
 }
 
-/// The receiver behind `Authorization: Bearer <credential>` (RFC 6750; never a query token).
-fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Receiver, Error> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(Error::MissingCredential)?;
-    hub.registry
-        .authenticate(token.trim())?
-        .ok_or(Error::InvalidToken)
+/// The receiver behind `Authorization: Bearer <credential>`.
+pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Receiver, Error> {
+    let token = crate::http::bearer(headers)?;
+    hub.registry.authenticate(token)?.ok_or(Error::InvalidToken)
 }
 
 fn owned(hub: &Hub, receiver: &Receiver, stream_id: &str) -> Result<Stream, Error> {

@@ -249,15 +249,7 @@ pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
     if crate::http::require_admin(hub, headers).is_ok() {
         return Ok(());
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(Error::MissingCredential)?;
-    hub.registry
-        .authenticate(token.trim())?
-        .map(|_| ())
-        .ok_or(Error::InvalidToken)
+    crate::manage::authorize(hub, headers).map(|_| ())
 }
 
 #[derive(Debug, Deserialize)]
