@@ -89,7 +89,19 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut after = hub.log.head();
     loop {
         head.borrow_and_update();
+        // Nobody watching: nothing to publish (a client that connects later replays from the log).
+        if hub.feeds.events.receiver_count() == 0 {
+            after = hub.log.head();
+        }
         loop {
+            let cached = hub.recent.run_after(after, hub.log.head());
+            if let Some(last) = cached.last().map(|r| r.position) {
+                for r in &cached {
+                    let _ = hub.feeds.events.send(Arc::new(event_item(r)));
+                }
+                after = last;
+                continue;
+            }
             let entries = match hub.log.read(after, 1000).await {
                 Ok(e) => e,
                 Err(e) => {

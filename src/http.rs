@@ -49,7 +49,13 @@ pub fn router(hub: Arc<Hub>) -> Router {
 /// Gives every request an id, in its tracing span and in the `x-request-id` response header,
 /// so a client's report can be matched to the hub's log lines.
 async fn request_id(req: Request, next: Next) -> Response {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    // Unique within the process and cheap: a counter, not a random UUID per request.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = format!(
+        "{:x}-{:x}",
+        process_epoch(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
@@ -68,6 +74,12 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or(Error::MissingCredential)
+}
+
+/// When this process started (ms), so request ids differ across restarts.
+fn process_epoch() -> u64 {
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(crate::unix_now_ms)
 }
 
 /// Checks `Authorization: Bearer <admin_token>` in constant time.

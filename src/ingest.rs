@@ -182,6 +182,12 @@ async fn accept(
     let appended = hub.log.append(append).await?;
     telemetry::record_append(started.elapsed());
     tracing::debug!(jti = %record.jti, iss = %record.iss, "appended");
+    if let Appended::New(position) = appended {
+        // Hand the decoded record to the log's followers (delivery, revocation fold, feeds).
+        let mut record = record;
+        record.position = position;
+        hub.recent.insert(std::sync::Arc::new(record));
+    }
     Ok(appended)
 }
 

@@ -26,7 +26,6 @@ use crate::streams::RegistryError;
 #[derive(Debug)]
 pub struct Revocations {
     state: RwLock<State>,
-    db: sled::Db,
     subjects: sled::Tree,
     deltas: sled::Tree,
     meta: sled::Tree,
@@ -55,7 +54,6 @@ impl Revocations {
         let folded = tokio::sync::watch::channel(state.position).0;
         Ok(Revocations {
             state: RwLock::new(state),
-            db,
             subjects,
             deltas,
             meta,
@@ -80,7 +78,10 @@ impl Revocations {
     }
 
     /// Folds records in log order; stores each delta and changed subject before moving on.
-    pub fn fold(&self, records: &[Record]) -> Result<Vec<Delta>, RegistryError> {
+    pub fn fold<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<Vec<Delta>, RegistryError> {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for record in records {
@@ -131,6 +132,21 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
         head.borrow_and_update();
         loop {
             let after = hub.revocations.position();
+            let cached = hub.recent.run_after(after, hub.log.head());
+            if !cached.is_empty() {
+                match hub.revocations.fold(cached.iter().map(|r| &**r)) {
+                    Ok(deltas) => {
+                        for d in &deltas {
+                            let _ = hub.feeds.deltas.send(Arc::new(crate::feed::delta_item(d)));
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing revocation state failed");
+                        break;
+                    }
+                }
+            }
             let entries = match hub.log.read(after, 1000).await {
                 Ok(e) => e,
                 Err(e) => {
@@ -164,7 +180,8 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                 }
             }
         }
-        let _ = hub.revocations.db.flush_async().await;
+        // No flush here: the state is derived, and a crash replays from the stored position
+        // (folding is idempotent), so sled's own periodic flush is enough.
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = head.changed() => {}
