@@ -2,8 +2,9 @@
 //!
 //! Phases, all in one process and one run, so the limits and the results are comparable:
 //! - (a) machine limits: bare josekit ES256 verification on one core and on every core at once
-//!   (one thread per core, rates summed), and the loopback HTTP round trip of `GET /healthz` on
-//!   the same hub (one client, then many).
+//!   (one thread per core, rates summed; measured again at the end, the higher value is used),
+//!   the loopback HTTP round trip of `GET /healthz` on the same hub (one client, then many), and
+//!   the cost of a 4 KiB append + `fdatasync` in the data directory.
 //! - (b) maximum sustained push ingest: a closed loop of `SSF_LOAD_CLIENTS` (64) keep-alive
 //!   clients posting pre-signed ~1 KB ES256 SETs to `POST /ingest/{source}` for `SSF_LOAD_SECS`
 //!   (10) seconds after a 1 s warm-up; rate, its ratio to the all-core bare verify rate, and
@@ -18,6 +19,12 @@
 //!
 //! Every answer must be 202; any other status or a transport error is counted, reported, and
 //! makes the process exit non-zero. A markdown summary table is printed at the end.
+//!
+//! The machine may be shared: before each phase the bench waits (`SSF_LOAD_QUIET_WAIT_SECS`,
+//! 120) until other processes use under 5% of the CPU, and after it prints how much they and the
+//! hypervisor took (`NOISY` above 5%). Per phase it also prints CPU seconds per thread group, the
+//! hub's own commit/verify histograms, and disk bytes written. `SSF_LOAD_LOG=memory` swaps in the
+//! in-memory log for attribution. See BENCHMARKS.md.
 //!
 //! Run: `cargo bench --bench ingest_load` (a few minutes);
 //!      `SSF_LOAD_EVENTS=1000000 cargo bench --bench ingest_load` for the 1M memory point.
@@ -133,17 +140,22 @@ impl Sets {
 // ---------------------------------------------------------------------------------------------
 // Measurement helpers
 
-/// Resident set size of this process, in KiB.
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` field in KiB (`VmRSS`, `RssAnon`, `RssFile`).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident set size of this process, in KiB.
+fn rss_kib() -> u64 {
+    status_kib("VmRSS")
 }
 
 fn mib(kib: u64) -> f64 {
@@ -216,6 +228,9 @@ struct MachineCpu {
     total: u64,
     steal: u64,
     own: u64,
+    /// Bytes written to whole disks by everyone (`/proc/diskstats`) and by this process.
+    disk_written: u64,
+    own_written: u64,
 }
 
 impl MachineCpu {
@@ -241,11 +256,33 @@ impl MachineCpu {
                 Some(v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?)
             })
             .unwrap_or(0);
+        let disk_written = std::fs::read_to_string("/proc/diskstats")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let name = *f.get(2)?;
+                let whole = !name.ends_with(|c: char| c.is_ascii_digit())
+                    && !name.starts_with("loop")
+                    && !name.starts_with("ram");
+                whole.then(|| f.get(9)?.parse::<u64>().ok().map(|s| s * 512))?
+            })
+            .sum();
+        let own_written = std::fs::read_to_string("/proc/self/io")
+            .ok()
+            .and_then(|io| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix("write_bytes:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
         MachineCpu {
             busy,
             total,
             steal: get(7),
             own,
+            disk_written,
+            own_written,
         }
     }
 
@@ -264,22 +301,26 @@ impl MachineCpu {
 
     fn note(&self, before: &MachineCpu) -> String {
         let (own, others, steal) = self.since(before);
+        let disk = self.disk_written.saturating_sub(before.disk_written) as f64 / 1048576.0;
+        let own_disk = self.own_written.saturating_sub(before.own_written) as f64 / 1048576.0;
         let warn = if others > 5.0 || steal > 2.0 {
             "  <-- NOISY: other load on the machine"
         } else {
             ""
         };
-        format!("[machine: this process {own:.0}%, others {others:.0}%, steal {steal:.0}%]{warn}")
+        format!(
+            "[machine: CPU this process {own:.0}%, others {others:.0}%, steal {steal:.0}%; disk: {disk:.0} MiB written to the device, {own_disk:.0} MiB written by this process]{warn}"
+        )
     }
 }
 
-/// Waits (at most `max`) until other processes use under 5% of the machine over half a second,
+/// Waits (at most `max`) until other processes use under 5% of the machine over three seconds,
 /// so a phase does not start in the middle of somebody else's build.
 fn wait_quiet(max: Duration) {
     let start = Instant::now();
     loop {
         let m = MachineCpu::now();
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(3));
         let (_, others, steal) = MachineCpu::now().since(&m);
         if others + steal < 5.0 {
             break;
@@ -289,7 +330,7 @@ fn wait_quiet(max: Duration) {
             return;
         }
     }
-    if start.elapsed() > Duration::from_secs(1) {
+    if start.elapsed() > Duration::from_secs(4) {
         println!(
             "  (waited {:.0} s for other load on the machine to stop)",
             start.elapsed().as_secs_f64()
@@ -428,7 +469,7 @@ async fn closed_loop(
         let (client, url, feed, outcomes) =
             (client.clone(), url.clone(), feed.clone(), outcomes.clone());
         tasks.spawn(async move {
-            let mut lat = Vec::with_capacity(1 << 16);
+            let mut lat = Vec::with_capacity(if deadline.is_some() { 1 << 14 } else { 0 });
             let mut completed = 0u64;
             let mut exhausted = false;
             loop {
@@ -443,7 +484,11 @@ async fn closed_loop(
                 let ok = post(&client, &url, body, &outcomes).await;
                 let t1 = Instant::now();
                 if ok && t0 >= measure_from && deadline.is_none_or(|d| t1 <= d) {
-                    lat.push(t1 - t0);
+                    // Without a deadline (the growth phase) only the count is kept, so the load
+                    // generator's memory does not grow with the log.
+                    if deadline.is_some() {
+                        lat.push(t1 - t0);
+                    }
                     completed += 1;
                 }
             }
@@ -560,6 +605,8 @@ struct OpenLoop {
     lat: Pcts,
     achieved_rate: f64,
     max_dispatch_lag: Duration,
+    /// Scheduled send times (seconds into the measured window) of the answers slower than 2 ms.
+    slow_at: Vec<f64>,
 }
 
 /// Sends at a fixed `rate` for `warmup + duration`, scheduled by a dedicated thread; latency is
@@ -614,10 +661,16 @@ fn open_loop(
         .filter(|(i, ok, _)| *ok && *i >= n_warm)
         .map(|(_, _, d)| *d)
         .collect();
+    let slow_at = results
+        .iter()
+        .filter(|(i, ok, d)| *ok && *i >= n_warm && *d > Duration::from_millis(2))
+        .map(|(i, _, _)| (i - n_warm) as f64 * interval.as_secs_f64())
+        .collect();
     OpenLoop {
         lat: pcts(measured),
         achieved_rate: n as f64 / elapsed.as_secs_f64(),
         max_dispatch_lag: max_lag,
+        slow_at,
     }
 }
 
@@ -626,6 +679,7 @@ struct Sample {
     at: Duration,
     head: u64,
     rss_kib: u64,
+    anon_kib: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -798,6 +852,7 @@ fn main() {
                         at: run_start.elapsed(),
                         head: hub.log.head(),
                         rss_kib: rss_kib(),
+                        anon_kib: status_kib("RssAnon"),
                     };
                     samples.lock().unwrap_or_else(|p| p.into_inner()).push(s);
                     std::thread::sleep(Duration::from_millis(250));
@@ -895,6 +950,28 @@ fn main() {
         ms(c.lat.max),
         ms(c.max_dispatch_lag)
     );
+    if !c.slow_at.is_empty() {
+        // Slow answers come in bursts; print when each burst started (and how many it held), to
+        // match them with periodic work (sled's 500 ms flusher, the file system's journal).
+        let mut bursts: Vec<(f64, usize)> = Vec::new();
+        for &t in &c.slow_at {
+            match bursts.last_mut() {
+                Some((start, n)) if t - *start < 0.05 => *n += 1,
+                _ => bursts.push((t, 1)),
+            }
+        }
+        let shown: Vec<String> = bursts
+            .iter()
+            .take(40)
+            .map(|(t, n)| format!("{t:.2}s x{n}"))
+            .collect();
+        println!(
+            "  answers over 2 ms: {} in {} bursts, at {}",
+            c.slow_at.len(),
+            bursts.len(),
+            shown.join(", ")
+        );
+    }
     let c_wall = tc.elapsed();
     print_cpu("(c)", &c_cpu, c_wall, cores);
     println!("  {c_machine}");
@@ -997,11 +1074,12 @@ fn main() {
     println!("RSS by log size (sampled every 250 ms; hub and load generator share the process):");
     for (m, s, rate) in &milestones {
         println!(
-            "  {:>9} events (sample at {:>9}, t={:>6.1} s): RSS {:>7.1} MiB   segment rate {:>6.0}/s",
+            "  {:>9} events (sample at {:>9}, t={:>6.1} s): RSS {:>7.1} MiB (anonymous {:>7.1} MiB)   segment rate {:>6.0}/s",
             m,
             s.head,
             s.at.as_secs_f64(),
             mib(s.rss_kib),
+            mib(s.anon_kib),
             rate
         );
     }
@@ -1094,12 +1172,15 @@ fn main() {
     if let (Some(first), Some(last)) = (milestones.first(), milestones.last()) {
         if last.0 > first.0 {
             let growth = mib(last.1.rss_kib) - mib(first.1.rss_kib);
+            let per_event = growth * 1048576.0 / (last.1.head - first.1.head) as f64;
+            // "Flat": under 10 bytes per event (10 MB per million), i.e. noise.
             println!(
-                "| RSS growth {}k -> {}k events | {:+.1} MiB | flat | {:.1} bytes/event | - |",
+                "| RSS growth {}k -> {}k events | {:+.1} MiB | flat (< 10 bytes/event) | {:.1} bytes/event | {} |",
                 first.0 / 1000,
                 last.0 / 1000,
                 growth,
-                growth * 1048576.0 / (last.1.head - first.1.head) as f64
+                per_event,
+                goal(per_event < 10.0)
             );
         }
     }

@@ -269,12 +269,21 @@ fn criterion_median(group: &str, name: &str) -> Option<f64> {
 }
 
 fn main() {
-    // Wait (up to 2 minutes) for other work on the machine to stop before measuring.
-    for _ in 0..240 {
-        let t = cpu_ticks();
-        std::thread::sleep(Duration::from_millis(500));
-        if others_since(t) < 5.0 {
-            break;
+    // A real benchmark run (`cargo bench`) passes `--bench`; `cargo test --benches`, `--list` and
+    // `--profile-time` get criterion's own behaviour only, without the waiting and the ratio loop.
+    let args: Vec<String> = std::env::args().collect();
+    let benching = args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--list" || a.starts_with("--profile-time"));
+    if benching {
+        // Wait (up to 2 minutes) for other work on the machine to stop before measuring.
+        for _ in 0..240 {
+            let t = cpu_ticks();
+            std::thread::sleep(Duration::from_millis(500));
+            if others_since(t) < 5.0 {
+                break;
+            }
         }
     }
     let run_start = cpu_ticks();
@@ -345,13 +354,6 @@ fn main() {
     }
     c.final_summary();
 
-    // The interleaved ratio loop runs only in a real benchmark run (`cargo bench`), not under
-    // `cargo test --benches`, `--list` or `--profile-time`.
-    let args: Vec<String> = std::env::args().collect();
-    let benching = args.iter().any(|a| a == "--bench")
-        && !args
-            .iter()
-            .any(|a| a == "--list" || a.starts_with("--profile-time"));
     if !benching {
         return;
     }
