@@ -242,7 +242,8 @@ impl Registry {
     ) -> Result<(Receiver, String), RegistryError> {
         let token = new_token();
         let receiver = Receiver {
-            id: new_stream_id(),
+            // A letter first, so the id never starts with '-' (it is a CLI argument too).
+            id: format!("r{}", new_stream_id()),
             name: name.to_owned(),
             audience: audience.to_owned(),
             token_sha256: token_hash(&token),
