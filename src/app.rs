@@ -227,6 +227,14 @@ pub async fn run(
     tracing::info!(%addr, sources = hub.sources.len(), "ssf-hub listening");
     let app = crate::http::router(hub.clone());
     let stop = shutdown.clone();
+    // Deltas, feed frames and 202s are small writes that must leave at once: without
+    // TCP_NODELAY, Nagle's algorithm holds one behind an unacknowledged predecessor (delayed ACK
+    // on the peer) and adds up to 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
