@@ -78,9 +78,10 @@ impl Hub {
             .cache_capacity(16 << 20)
             .open()
             .map_err(|e| StartError::Setup(format!("opening the state database: {e}")))?;
-        let registry = crate::streams::Registry::open(state.clone())
+        let flusher = crate::durable::Flusher::new(state.clone());
+        let registry = crate::streams::Registry::open(state.clone(), flusher.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;
-        let cursors = crate::delivery::Cursors::open(state.clone())
+        let cursors = crate::delivery::Cursors::open(state.clone(), flusher)
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let (revocations, restored_in) = crate::revocation::timed_open(state)
             .map_err(|e| StartError::Setup(format!("revocation state: {e}")))?;

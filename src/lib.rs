@@ -27,6 +27,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod durable;
 pub mod error;
 pub mod feed;
 pub mod http;

@@ -202,7 +202,7 @@ impl From<serde_json::Error> for RegistryError {
 /// stream means the stream survives a crash.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    db: sled::Db,
+    flusher: crate::durable::Flusher,
     receivers: sled::Tree,
     tokens: sled::Tree,
     streams: sled::Tree,
@@ -210,12 +210,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn open(db: sled::Db) -> Result<Registry, RegistryError> {
+    pub fn open(db: sled::Db, flusher: crate::durable::Flusher) -> Result<Registry, RegistryError> {
         Ok(Registry {
             receivers: db.open_tree("receivers")?,
             tokens: db.open_tree("receiver_tokens")?,
             streams: db.open_tree("streams")?,
-            db,
+            flusher,
             changes: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
@@ -230,7 +230,7 @@ impl Registry {
     }
 
     async fn flush(&self) -> Result<(), RegistryError> {
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 

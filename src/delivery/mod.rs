@@ -97,16 +97,18 @@ pub struct Cursors {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Wakes long polls when a control SET is queued.
     control: Arc<tokio::sync::watch::Sender<u64>>,
+    flusher: crate::durable::Flusher,
 }
 
 impl Cursors {
-    pub fn open(db: sled::Db) -> Result<Cursors, RegistryError> {
+    pub fn open(db: sled::Db, flusher: crate::durable::Flusher) -> Result<Cursors, RegistryError> {
         Ok(Cursors {
             tree: db.open_tree("cursors")?,
             dead_letters: db.open_tree("dead_letters")?,
             db,
             locks: Default::default(),
             control: Arc::new(tokio::sync::watch::channel(0).0),
+            flusher,
         })
     }
 
@@ -144,9 +146,9 @@ impl Cursors {
         Ok(())
     }
 
+    /// Makes every cursor staged before this call durable.
     pub async fn flush(&self) -> Result<(), RegistryError> {
-        self.db.flush_async().await?;
-        Ok(())
+        Ok(self.flusher.flush().await?)
     }
 
     pub async fn remove(&self, stream_id: &str) -> Result<(), RegistryError> {
@@ -155,7 +157,7 @@ impl Cursors {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(stream_id);
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 

@@ -299,6 +299,7 @@ async fn deliver_pending(
         .latency_budget_ms
         .unwrap_or(hub.config.delivery.latency_budget_ms);
     let signer = hub.signer_for(stream).map_err(fail("no signing key"))?;
+    let mut dirty = !cursor.control.is_empty();
     // Control SETs first (verification, stream-updated), then events in log order.
     for c in cursor.control.clone() {
         let set = mint_control(&signer, &hub.config.issuer, stream, &c)
@@ -306,6 +307,7 @@ async fn deliver_pending(
         deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
         save(hub, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
     }
+    let scanned_from = cursor.through;
     let (records, more) = pending(
         &hub.log,
         &hub.recent,
@@ -318,7 +320,10 @@ async fn deliver_pending(
     .map_err(fail("reading the log failed"))?;
     // The scan may have moved the cursor over positions this stream does not want.
     let through = cursor.through;
-    save(hub, stream, |c| c.through = c.through.max(through)).await?;
+    if through > scanned_from {
+        save(hub, stream, |c| c.through = c.through.max(through)).await?;
+        dirty = true;
+    }
     let mut changed = false;
     for record in records {
         // A PATCH (new URL, credential, subjects) or a status change applies from the next
@@ -335,11 +340,15 @@ async fn deliver_pending(
         }
         let position = record.position;
         save(hub, stream, |c| c.mark_done(position)).await?;
+        dirty = true;
     }
-    hub.cursors
-        .flush()
-        .await
-        .map_err(fail("flushing cursors failed"))?;
+    // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
+    if dirty {
+        hub.cursors
+            .flush()
+            .await
+            .map_err(fail("flushing cursors failed"))?;
+    }
     Ok(more || changed)
 }
 

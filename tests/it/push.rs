@@ -359,3 +359,44 @@ async fn a_revoked_receiver_gets_no_more_pushes() {
     assert!(s["delivery"].get("authorization_header").is_none());
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn many_push_streams_each_get_every_event_once_in_order() {
+    // Fan-out: every stream wakes on every append and on every stream created; none of that
+    // may stall the hub or lose, repeat or reorder a SET.
+    const STREAMS: usize = 40;
+    const EVENTS: usize = 10;
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let (_, token) = hub.receiver("gw").await;
+    let rx = TestReceiver::start(|_, _| (202, vec![], String::new())).await;
+    for _ in 0..STREAMS {
+        create_push_stream(&hub, &token, &rx.url(), None).await;
+    }
+    for _ in 0..EVENTS {
+        hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    rx.wait_for("every event on every stream", |got| {
+        got.iter().filter(|r| is_event(r)).count() >= STREAMS * EVENTS
+    })
+    .await;
+    let mut by_stream: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in rx.accepted().iter().filter(|r| is_event(r)) {
+        let jti = r.claims["jti"].as_str().expect("jti");
+        let stream = jti.rsplit_once('.').expect("stream.position").0.to_owned();
+        by_stream.entry(stream).or_default().push(position(r));
+    }
+    assert_eq!(by_stream.len(), STREAMS, "every stream delivered");
+    let first = by_stream.values().next().expect("a stream").clone();
+    assert_eq!(first.len(), EVENTS);
+    for (stream, positions) in &by_stream {
+        assert_eq!(
+            positions, &first,
+            "stream {stream}: every event once, in log order"
+        );
+    }
+    assert!(first.windows(2).all(|w| w[0] < w[1]));
+    hub.stop().await;
+}
