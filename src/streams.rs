@@ -225,6 +225,12 @@ impl Registry {
         self.changes.subscribe()
     }
 
+    /// Counts stream changes; a worker that read it before loading a stream knows the stream
+    /// is unchanged while it stays the same.
+    pub fn version(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }

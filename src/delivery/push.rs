@@ -250,6 +250,7 @@ async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
         head.borrow_and_update();
         control.borrow_and_update();
         changes.borrow_and_update();
+        let version = hub.registry.version();
         let Some(stream) = current(&hub, &stream_id) else {
             return;
         };
@@ -261,7 +262,12 @@ async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
                 return;
             }
         };
-        match deliver_pending(&hub, &stream, &mut cursor, &stop, &mut permanent_in_a_row).await {
+        let mut at = Batch {
+            stream: &stream,
+            version,
+            permanent_in_a_row: &mut permanent_in_a_row,
+        };
+        match deliver_pending(&hub, &mut at, &mut cursor, &stop).await {
             Ok(true) => continue,
             Ok(false) => {}
             Err(Stop) => return,
@@ -286,15 +292,32 @@ fn fail<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Stop {
     }
 }
 
+/// One stream as a worker delivers it: its configuration as loaded, and the registry version
+/// read before loading it.
+struct Batch<'a> {
+    stream: &'a Stream,
+    version: u64,
+    permanent_in_a_row: &'a mut u32,
+}
+
+impl Batch<'_> {
+    /// Whether the stream's configuration (URL, credential, subjects, status) may have changed
+    /// since it was loaded: cheap unless the registry changed at all.
+    fn changed(&self, hub: &Hub) -> bool {
+        hub.registry.version() != self.version
+            && current(hub, &self.stream.stream_id).as_ref() != Some(self.stream)
+    }
+}
+
 /// Delivers what is pending now. `Ok(true)` when there may be more right away (or the stream's
 /// configuration changed, so the caller should start over with the new one).
 async fn deliver_pending(
     hub: &Hub,
-    stream: &Stream,
+    at: &mut Batch<'_>,
     cursor: &mut Cursor,
     stop: &CancellationToken,
-    permanent_in_a_row: &mut u32,
 ) -> Result<bool, Stop> {
+    let stream = at.stream;
     let budget = stream
         .latency_budget_ms
         .unwrap_or(hub.config.delivery.latency_budget_ms);
@@ -304,7 +327,7 @@ async fn deliver_pending(
     for c in cursor.control.clone() {
         let set = mint_control(&signer, &hub.config.issuer, stream, &c)
             .map_err(fail("signing failed"))?;
-        deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
+        deliver_one(hub, stream, &set, stop, at.permanent_in_a_row).await?;
         save(hub, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
     }
     let scanned_from = cursor.through;
@@ -325,21 +348,40 @@ async fn deliver_pending(
         dirty = true;
     }
     let mut changed = false;
+    // Positions done in this batch (delivered, or refused for good and dead-lettered), saved
+    // once at the end: the flush is per batch anyway, and a crash redelivers them with the
+    // same `jti`, which at-least-once allows.
+    let mut done = Vec::with_capacity(records.len());
+    let mut outcome = Ok(());
     for record in records {
         // A PATCH (new URL, credential, subjects) or a status change applies from the next
         // SET on, not after the batch.
-        if current(hub, &stream.stream_id).as_ref() != Some(stream) {
+        if at.changed(hub) {
             changed = true;
             break;
         }
-        let (_, set) = mint_event(&signer, &hub.config.issuer, stream, &record)
-            .map_err(fail("signing failed"))?;
-        let delivered = deliver_one(hub, stream, &set, stop, permanent_in_a_row).await?;
-        if delivered {
-            record_latency("push", &record, budget);
+        let set = match mint_event(&signer, &hub.config.issuer, stream, &record) {
+            Ok((_, set)) => set,
+            Err(e) => {
+                outcome = Err(fail("signing failed")(e));
+                break;
+            }
+        };
+        match deliver_one(hub, stream, &set, stop, at.permanent_in_a_row).await {
+            Ok(delivered) => {
+                if delivered {
+                    record_latency("push", &record, budget);
+                }
+                done.push(record.position);
+            }
+            Err(stop) => {
+                outcome = Err(stop);
+                break;
+            }
         }
-        let position = record.position;
-        save(hub, stream, |c| c.mark_done(position)).await?;
+    }
+    if !done.is_empty() {
+        save(hub, stream, |c| done.iter().for_each(|p| c.mark_done(*p))).await?;
         dirty = true;
     }
     // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
@@ -349,6 +391,7 @@ async fn deliver_pending(
             .await
             .map_err(fail("flushing cursors failed"))?;
     }
+    outcome?;
     Ok(more || changed)
 }
 
