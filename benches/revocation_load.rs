@@ -2027,17 +2027,23 @@ async fn run_d(cli: &Handle, target: DTarget<'_>, clients: usize, rate: f64, sec
             }
             DTarget::Bare => {
                 let (addr, tx, accept) = bare_coalescing_server().await;
+                // Jobs run concurrently; like the hub's log, positions are handed out and
+                // published in one order (otherwise clients see them out of order).
+                let seq = Arc::new(Mutex::new(0u64));
                 let job: Job = Arc::new(move |i| {
                     // The same normalized item the hub's feed would carry, serialized once.
-                    let pos = i + 1;
                     let mut r = record(
                         &subject(&format!("bare-{i}")),
                         BASE_TS + 40_000 + i,
                         format!("bare-{i}"),
                     );
+                    let mut last = seq.lock().expect("seq");
+                    *last += 1;
+                    let pos = *last;
                     r.position = pos;
                     let text = ssf_hub::feed::event_item(&r).json.to_string();
                     let _ = tx.send(Arc::new((pos, text)));
+                    drop(last);
                     Box::pin(async move { Ok(pos) })
                 });
                 (
