@@ -61,8 +61,10 @@ impl Revocations {
         })
     }
 
+    /// The last position folded and stored: every delta up to it can be read back. (The
+    /// in-memory state may be a batch ahead while that batch is being stored.)
     pub fn position(&self) -> u64 {
-        self.read().position
+        *self.folded.borrow()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -77,33 +79,45 @@ impl Revocations {
         self.read().subjects.len()
     }
 
-    /// Folds records in log order; stores each delta and changed subject before moving on.
+    /// Folds records in log order, then stores the deltas, the changed subjects and the new
+    /// position. The write lock is held only for the in-memory fold, so decisions never wait
+    /// for storage; readers of stored deltas (replay) are announced the position only after.
     pub fn fold<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Record>,
     ) -> Result<Vec<Delta>, RegistryError> {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        for record in records {
-            if record.position <= state.position {
-                continue;
-            }
-            if let Some(delta) = state.apply_record(record) {
-                self.deltas
-                    .insert(delta.position.to_be_bytes(), serde_json::to_vec(&delta)?)?;
-                if let Some(s) = state.subjects.get(&delta.subject_key) {
-                    self.subjects
-                        .insert(delta.subject_key.as_bytes(), serde_json::to_vec(&**s)?)?;
+        let (out, changed, position, count) = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for record in records {
+                if record.position <= state.position {
+                    continue;
                 }
-                metrics::counter!("ssf_hub_revocation_deltas_total", "action" => delta.action.label())
-                    .increment(1);
-                out.push(delta);
+                if let Some(delta) = state.apply_record(record) {
+                    out.push(delta);
+                }
             }
+            let keys: std::collections::BTreeSet<&str> =
+                out.iter().map(|d| d.subject_key.as_str()).collect();
+            let changed: Vec<(String, Arc<crate::state::SubjectState>)> = keys
+                .into_iter()
+                .filter_map(|k| state.subjects.get(k).map(|s| (k.to_owned(), s.clone())))
+                .collect();
+            (out, changed, state.position, state.subjects.len())
+        };
+        for delta in &out {
+            self.deltas
+                .insert(delta.position.to_be_bytes(), serde_json::to_vec(delta)?)?;
+            metrics::counter!("ssf_hub_revocation_deltas_total", "action" => delta.action.label())
+                .increment(1);
         }
-        self.meta
-            .insert(POSITION_KEY, &state.position.to_be_bytes())?;
-        metrics::gauge!("ssf_hub_revocation_subjects").set(state.subjects.len() as f64);
-        self.folded.send_replace(state.position);
+        for (key, subject) in &changed {
+            self.subjects
+                .insert(key.as_bytes(), serde_json::to_vec(&**subject)?)?;
+        }
+        self.meta.insert(POSITION_KEY, &position.to_be_bytes())?;
+        metrics::gauge!("ssf_hub_revocation_subjects").set(count as f64);
+        self.folded.send_replace(position);
         Ok(out)
     }
 

@@ -169,10 +169,14 @@ fn random<const N: usize>() -> [u8; N] {
 }
 
 pub fn token_hash(token: &str) -> String {
-    openssl::sha::sha256(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    // On every authenticated request: hex by table, not a `format!` per byte.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in openssl::sha::sha256(token.as_bytes()) {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// A stream id: 16 random bytes, base64url (RFC 3986 unreserved characters only).
