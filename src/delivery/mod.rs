@@ -98,7 +98,13 @@ pub struct Cursors {
     /// Wakes long polls when a control SET is queued.
     control: Arc<tokio::sync::watch::Sender<u64>>,
     flusher: crate::durable::Flusher,
+    /// Cursors staged since the last flush (push progress waits for `flush_staged`).
+    staged: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How often staged push progress is made durable. A crash redelivers at most this much, with
+/// the same `jti` values; one flush per delivered batch cost an `fsync` per SET at low rates.
+pub const PUSH_PROGRESS_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Cursors {
     pub fn open(db: sled::Db, flusher: crate::durable::Flusher) -> Result<Cursors, RegistryError> {
@@ -109,6 +115,7 @@ impl Cursors {
             locks: Default::default(),
             control: Arc::new(tokio::sync::watch::channel(0).0),
             flusher,
+            staged: Arc::default(),
         })
     }
 
@@ -137,12 +144,27 @@ impl Cursors {
         self.flush().await
     }
 
-    /// Stores a cursor without waiting for the disk. Push delivery stages after every SET and
-    /// flushes once per batch: a crash in between redelivers a few SETs with their same `jti`,
-    /// which at-least-once allows, instead of paying a flush per SET.
+    /// Stores a cursor without waiting for the disk. Push delivery stages after every batch and
+    /// leaves the flush to `flush_staged`: a crash in between redelivers a few SETs with their
+    /// same `jti`, which at-least-once allows, instead of paying a flush per SET.
     pub fn stage(&self, stream_id: &str, cursor: &Cursor) -> Result<(), RegistryError> {
         self.tree
             .insert(stream_id.as_bytes(), serde_json::to_vec(cursor)?)?;
+        self.staged
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Flushes if anything was staged since the last call (run every [`PUSH_PROGRESS_FLUSH`]
+    /// and at shutdown).
+    pub async fn flush_staged(&self) -> Result<(), RegistryError> {
+        use std::sync::atomic::Ordering;
+        if self.staged.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.flush().await {
+                self.staged.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

@@ -188,7 +188,9 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     let mut changes = hub.registry.subscribe();
     let mut workers: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
         HashMap::new();
-    loop {
+    let mut progress = tokio::time::interval(crate::delivery::PUSH_PROGRESS_FLUSH);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'supervise: loop {
         changes.borrow_and_update();
         let wanted: Vec<Stream> = match hub.registry.streams() {
             Ok(all) => all
@@ -220,14 +222,25 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                 slot.insert((stop, task));
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = changes.changed() => {}
+        // Until the set of streams changes: make the workers' staged progress durable.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'supervise,
+                _ = changes.changed() => break,
+                _ = progress.tick() => flush_progress(&hub).await,
+            }
         }
     }
     for (_, (stop, task)) in workers {
         stop.cancel();
         let _ = task.await;
+    }
+    flush_progress(&hub).await;
+}
+
+async fn flush_progress(hub: &Hub) {
+    if let Err(e) = hub.cursors.flush_staged().await {
+        tracing::error!(error = %e, "flushing push progress failed");
     }
 }
 
@@ -322,7 +335,6 @@ async fn deliver_pending(
         .latency_budget_ms
         .unwrap_or(hub.config.delivery.latency_budget_ms);
     let signer = hub.signer_for(stream).map_err(fail("no signing key"))?;
-    let mut dirty = !cursor.control.is_empty();
     // Control SETs first (verification, stream-updated), then events in log order.
     for c in cursor.control.clone() {
         let set = mint_control(&signer, &hub.config.issuer, stream, &c)
@@ -343,9 +355,9 @@ async fn deliver_pending(
     .map_err(fail("reading the log failed"))?;
     // The scan may have moved the cursor over positions this stream does not want.
     let through = cursor.through;
+    // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
     if through > scanned_from {
         save(hub, stream, |c| c.through = c.through.max(through)).await?;
-        dirty = true;
     }
     let mut changed = false;
     // Positions done in this batch (delivered, or refused for good and dead-lettered), saved
@@ -382,14 +394,6 @@ async fn deliver_pending(
     }
     if !done.is_empty() {
         save(hub, stream, |c| done.iter().for_each(|p| c.mark_done(*p))).await?;
-        dirty = true;
-    }
-    // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
-    if dirty {
-        hub.cursors
-            .flush()
-            .await
-            .map_err(fail("flushing cursors failed"))?;
     }
     outcome?;
     Ok(more || changed)
