@@ -361,8 +361,8 @@ async fn deliver_pending(
     }
     let mut changed = false;
     // Positions done in this batch (delivered, or refused for good and dead-lettered), saved
-    // once at the end: the flush is per batch anyway, and a crash redelivers them with the
-    // same `jti`, which at-least-once allows.
+    // once at the end and made durable by the supervisor's periodic flush: a crash before it
+    // redelivers them with the same `jti`, which at-least-once allows.
     let mut done = Vec::with_capacity(records.len());
     let mut outcome = Ok(());
     for record in records {
