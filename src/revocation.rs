@@ -29,8 +29,10 @@ pub struct Revocations {
     subjects: sled::Tree,
     deltas: sled::Tree,
     meta: sled::Tree,
-    /// The last folded position; wakes delta followers.
+    /// The last folded and stored position; wakes delta followers.
     folded: tokio::sync::watch::Sender<u64>,
+    /// Deltas already in the in-memory state whose storing failed; stored first next time.
+    unstored: std::sync::Mutex<Vec<Delta>>,
 }
 
 const POSITION_KEY: &[u8] = b"revocation_position";
@@ -58,6 +60,7 @@ impl Revocations {
             deltas,
             meta,
             folded,
+            unstored: Default::default(),
         })
     }
 
@@ -86,9 +89,10 @@ impl Revocations {
         &self,
         records: impl IntoIterator<Item = &'a Record>,
     ) -> Result<Vec<Delta>, RegistryError> {
+        let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
         let (out, changed, position, count) = {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-            let mut out = Vec::new();
+            let mut out = std::mem::take(&mut *unstored);
             for record in records {
                 if record.position <= state.position {
                     continue;
@@ -105,17 +109,31 @@ impl Revocations {
                 .collect();
             (out, changed, state.position, state.subjects.len())
         };
+        // Deltas before the subjects they explain, the position last: what a crash keeps
+        // replays from the stored position without losing a delta.
+        let stored = (|| -> Result<(), RegistryError> {
+            for delta in &out {
+                self.deltas
+                    .insert(delta.position.to_be_bytes(), serde_json::to_vec(delta)?)?;
+            }
+            for (key, subject) in &changed {
+                self.subjects
+                    .insert(key.as_bytes(), serde_json::to_vec(&**subject)?)?;
+            }
+            self.meta.insert(POSITION_KEY, &position.to_be_bytes())?;
+            Ok(())
+        })();
+        if let Err(e) = stored {
+            // The state already holds these; without a retry they would never be stored or
+            // published.
+            *unstored = out;
+            return Err(e);
+        }
+        drop(unstored);
         for delta in &out {
-            self.deltas
-                .insert(delta.position.to_be_bytes(), serde_json::to_vec(delta)?)?;
             metrics::counter!("ssf_hub_revocation_deltas_total", "action" => delta.action.label())
                 .increment(1);
         }
-        for (key, subject) in &changed {
-            self.subjects
-                .insert(key.as_bytes(), serde_json::to_vec(&**subject)?)?;
-        }
-        self.meta.insert(POSITION_KEY, &position.to_be_bytes())?;
         metrics::gauge!("ssf_hub_revocation_subjects").set(count as f64);
         self.folded.send_replace(position);
         Ok(out)
