@@ -181,7 +181,10 @@ impl Filter {
                     .map(EventKind::uri)
                     .or_else(|| t.contains("://").then(|| t.clone()))
                     .ok_or_else(|| {
-                        Error::Invalid(format!("unknown event type in `types`: {}", short(t)))
+                        Error::Invalid(format!(
+                            "unknown event type in `types`: {}",
+                            crate::error::plain(t, 64)
+                        ))
                     })
             })
             .collect::<Result<_, _>>()?;
@@ -200,13 +203,6 @@ impl Filter {
                 .as_ref()
                 .is_none_or(|k| *k == item.subject_key)
     }
-}
-
-fn short(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect()
 }
 
 /// `GET /feed?since=&types=&sources=&subject_key=` (admin token).

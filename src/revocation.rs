@@ -425,8 +425,9 @@ fn parse_check(body: &[u8]) -> Result<Query, Error> {
         for (role, id) in subjects {
             let mut id = id.clone();
             Subject::upgrade_legacy(&mut id);
-            let s = Subject::parse(&id)
-                .map_err(|e| Error::Invalid(format!("`subjects.{}`: {e}", short(role))))?;
+            let s = Subject::parse(&id).map_err(|e| {
+                Error::Invalid(format!("`subjects.{}`: {e}", crate::error::plain(role, 32)))
+            })?;
             parts.push((role.clone(), s));
         }
     }
@@ -454,13 +455,6 @@ fn parse_check(body: &[u8]) -> Result<Query, Error> {
         ),
     };
     Ok(Query { parts, iat })
-}
-
-fn short(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(32)
-        .collect()
 }
 
 /// How long start-up took to restore the persisted state, for the start-time figure.

@@ -53,7 +53,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
                     retry_after,
                 },
                 _ => Outcome::Permanent {
-                    reason: format!("receiver answered {}", short(&err)),
+                    reason: format!("receiver answered {}", crate::error::plain(&err, 40)),
                 },
             }
         }
@@ -65,14 +65,6 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
             reason: format!("receiver answered HTTP {status}"),
         },
     }
-}
-
-/// A receiver-chosen string, cut to a plain, short form before it reaches a status reason.
-fn short(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "_- ".contains(*c))
-        .take(40)
-        .collect()
 }
 
 /// Backoff before retry `attempt` (0-based): exponential from `initial`, capped at `max`, with
