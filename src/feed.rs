@@ -98,30 +98,19 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
             after = hub.log.head();
         }
         loop {
-            let cached = hub.recent.run_after(after, hub.log.head());
-            if let Some(last) = cached.last().map(|r| r.position) {
-                for r in &cached {
-                    let _ = hub.feeds.events.send(Arc::new(event_item(r)));
-                }
-                after = last;
-                continue;
-            }
-            let entries = match hub.log.read(after, 1000).await {
-                Ok(e) => e,
+            let page = match hub.recent.page(&hub.log, after, 1000).await {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the log failed");
                     break;
                 }
             };
-            let Some(last) = entries.last().map(|e| e.position) else {
+            let Some(&(last, _)) = page.last() else {
                 break;
             };
-            for e in entries {
-                if let Ok(mut r) = serde_json::from_slice::<Record>(&e.record) {
-                    r.position = e.position;
-                    // No receivers is not an error: nobody is watching right now.
-                    let _ = hub.feeds.events.send(Arc::new(event_item(&r)));
-                }
+            for record in page.iter().filter_map(|(_, r)| r.as_ref()) {
+                // No receivers is not an error: nobody is watching right now.
+                let _ = hub.feeds.events.send(Arc::new(event_item(record)));
             }
             after = last;
         }

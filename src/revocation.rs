@@ -82,12 +82,13 @@ impl Revocations {
         self.read().subjects.len()
     }
 
-    /// Folds records in log order, then stores the deltas, the changed subjects and the new
+    /// Folds records in log order up to position `through`, then stores the deltas, the changed subjects and the new
     /// position. The write lock is held only for the in-memory fold, so decisions never wait
     /// for storage; readers of stored deltas (replay) are announced the position only after.
     pub fn fold<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Record>,
+        through: u64,
     ) -> Result<Vec<Delta>, RegistryError> {
         let mut unstored = self.unstored.lock().unwrap_or_else(|p| p.into_inner());
         let (out, changed, position, count) = {
@@ -101,6 +102,8 @@ impl Revocations {
                     out.push(delta);
                 }
             }
+            // Positions without a record (undecodable, skipped by the reader) are passed too.
+            state.position = state.position.max(through);
             let keys: std::collections::BTreeSet<&str> =
                 out.iter().map(|d| d.subject_key.as_str()).collect();
             let changed: Vec<(String, Arc<crate::state::SubjectState>)> = keys
@@ -163,44 +166,22 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     loop {
         head.borrow_and_update();
         loop {
-            let after = hub.revocations.position();
-            let cached = hub.recent.run_after(after, hub.log.head());
-            if !cached.is_empty() {
-                match hub.revocations.fold(cached.iter().map(|r| &**r)) {
-                    Ok(deltas) => {
-                        for d in &deltas {
-                            let _ = hub.feeds.deltas.send(Arc::new(crate::feed::delta_item(d)));
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "storing revocation state failed");
-                        break;
-                    }
-                }
-            }
-            let entries = match hub.log.read(after, 1000).await {
-                Ok(e) => e,
+            let page = match hub
+                .recent
+                .page(&hub.log, hub.revocations.position(), 1000)
+                .await
+            {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the log failed");
                     break;
                 }
             };
-            if entries.is_empty() {
+            let Some(&(through, _)) = page.last() else {
                 break;
-            }
-            let records: Vec<Record> = entries
-                .into_iter()
-                .filter_map(|e| {
-                    serde_json::from_slice::<Record>(&e.record)
-                        .ok()
-                        .map(|mut r| {
-                            r.position = e.position;
-                            r
-                        })
-                })
-                .collect();
-            match hub.revocations.fold(&records) {
+            };
+            let records = page.iter().filter_map(|(_, r)| r.as_deref());
+            match hub.revocations.fold(records, through) {
                 Ok(deltas) => {
                     for d in &deltas {
                         let _ = hub.feeds.deltas.send(Arc::new(crate::feed::delta_item(d)));

@@ -242,10 +242,8 @@ pub struct Recent {
 const RECENT_CAPACITY: usize = 8192;
 
 impl Recent {
-    /// The records right after `after`, as long as they are all cached, up to `head`. Followers
-    /// of the log (the revocation fold, the feed) take them from here and read the log only on
-    /// a miss, so in the steady state nothing is read back or decoded twice.
-    pub fn run_after(&self, after: Position, head: Position) -> Vec<Arc<Record>> {
+    /// The records right after `after`, as long as they are all cached, up to `head`.
+    fn run_after(&self, after: Position, head: Position) -> Vec<Arc<Record>> {
         let map = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut next = after + 1;
@@ -257,6 +255,48 @@ impl Recent {
             next += 1;
         }
         out
+    }
+
+    /// Up to `limit` durable records after `after`, in order, from the cache when it holds them
+    /// (the steady state: many streams and followers scanning the same positions must not each
+    /// read them back and decode them again), else read from the log and cached. A record that
+    /// cannot be decoded comes back as `None` (and is logged) so callers can step over it.
+    pub async fn page(
+        &self,
+        log: &Log,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<(Position, Option<Arc<Record>>)>, crate::log::LogError> {
+        let head = log.head();
+        let cached = self.run_after(after, head.min(after.saturating_add(limit as u64)));
+        if !cached.is_empty() {
+            return Ok(cached.into_iter().map(|r| (r.position, Some(r))).collect());
+        }
+        Ok(log
+            .read(after, limit)
+            .await?
+            .into_iter()
+            .map(|entry| (entry.position, self.decode(&entry)))
+            .collect())
+    }
+
+    /// A record read back from the log, decoded and cached; `None` (logged) if it cannot be.
+    fn decode(&self, entry: &crate::log::Entry) -> Option<Arc<Record>> {
+        if let Some(r) = self.get(entry.position) {
+            return Some(r);
+        }
+        match serde_json::from_slice::<Record>(&entry.record) {
+            Ok(mut r) => {
+                r.position = entry.position;
+                let r = Arc::new(r);
+                self.insert(r.clone());
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(position = entry.position, error = %e, "undecodable log record skipped");
+                None
+            }
+        }
     }
 
     pub fn get(&self, position: Position) -> Option<Arc<Record>> {
@@ -293,34 +333,21 @@ pub async fn pending(
     let mut after = cursor.through;
     let mut irrelevant = BTreeSet::new();
     while after < head {
-        let entries = log.read(after, PAGE).await?;
-        let Some(last) = entries.last() else { break };
-        after = last.position;
-        for entry in entries {
-            if cursor.is_done(entry.position) {
+        let page = recent.page(log, after, PAGE).await?;
+        let Some(&(last, _)) = page.last() else { break };
+        after = last;
+        for (position, record) in page {
+            if cursor.is_done(position) {
                 continue;
             }
-            let record = match recent.get(entry.position) {
-                Some(r) => Ok(r),
-                None => serde_json::from_slice::<Record>(&entry.record).map(|mut r| {
-                    r.position = entry.position;
-                    let r = Arc::new(r);
-                    recent.insert(r.clone());
-                    r
-                }),
-            };
-            let record = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(position = entry.position, error = %e, "undecodable log record skipped");
-                    irrelevant.insert(entry.position);
-                    continue;
-                }
+            let Some(record) = record else {
+                irrelevant.insert(position);
+                continue;
             };
             if !(stream.wants_event(&record.event_type)
                 && stream.wants_subject(&record.subject, default_subjects))
             {
-                irrelevant.insert(entry.position);
+                irrelevant.insert(position);
                 continue;
             }
             if out.len() == limit {
