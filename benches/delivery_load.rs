@@ -57,6 +57,10 @@ use serde_json::{json, Map, Value};
 use ssf_hub::config::{Config, Secret, SourceConfig};
 use ssf_hub::sign::{SetSigner, SignAlg};
 
+#[path = "support/machine.rs"]
+mod machine;
+use machine::{cpu_by_group, env_u64, wait_quiet, MachineCpu};
+
 const SOURCE: &str = "bench-idp";
 const SOURCE_ISS: &str = "https://idp.delivery.example";
 const SOURCE_AUD: &str = "https://hub.delivery.example";
@@ -73,13 +77,6 @@ const MAX_TXN: usize = 1 << 20;
 /// No delivery progress for this long means the hub stopped delivering; so does no answer to a
 /// request for this long (the client timeout).
 const STALL: Duration = Duration::from_secs(30);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name)
@@ -437,31 +434,6 @@ fn kfmt(rate: f64) -> String {
     }
 }
 
-/// CPU seconds used so far by each live thread of this process, grouped by thread name with
-/// trailing digits removed (`hub-w`, `hub-blk`, `rx-w`, `load-w`, sled's threads, ...).
-fn cpu_by_group() -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in dir.flatten() {
-        let p = task.path();
-        let name = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
-        let group = name
-            .trim()
-            .trim_end_matches(|c: char| c.is_ascii_digit())
-            .trim_end_matches(['-', ' ', '.'])
-            .to_owned();
-        let secs = std::fs::read_to_string(p.join("schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-            .map(|ns| ns / 1e9)
-            .unwrap_or(0.0);
-        *out.entry(group).or_default() += secs;
-    }
-    out
-}
-
 /// CPU seconds used by the whole process so far, threads that have exited included (tokio's
 /// blocking threads exit after idling, taking their per-thread counters with them).
 fn process_cpu() -> f64 {
@@ -539,84 +511,6 @@ impl CpuUse {
                 "    {group:<16} {d:>7.2} s  {:>5.1}% of machine",
                 100.0 * d / capacity
             );
-        }
-    }
-}
-
-/// Machine-wide CPU ticks (`/proc/stat`) and this process's own, to tell whether something else
-/// used the machine during a phase.
-#[derive(Debug, Clone, Copy)]
-struct MachineCpu {
-    busy: u64,
-    total: u64,
-    steal: u64,
-    own: u64,
-}
-
-impl MachineCpu {
-    fn now() -> MachineCpu {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let f: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        let get = |i: usize| f.get(i).copied().unwrap_or(0);
-        let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-        let total = busy + get(3) + get(4);
-        let own = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .and_then(|st| {
-                let rest = st[st.rfind(')')? + 2..].to_owned();
-                let v: Vec<&str> = rest.split_whitespace().collect();
-                Some(v.get(11)?.parse::<u64>().ok()? + v.get(12)?.parse::<u64>().ok()?)
-            })
-            .unwrap_or(0);
-        MachineCpu {
-            busy,
-            total,
-            steal: get(7),
-            own,
-        }
-    }
-
-    fn note(&self, before: &MachineCpu) -> String {
-        let total = (self.total - before.total).max(1) as f64;
-        let own = (self.own - before.own) as f64;
-        let busy = (self.busy - before.busy) as f64;
-        let steal = (self.steal - before.steal) as f64;
-        let others = (100.0 * (busy - own - steal) / total).max(0.0);
-        let steal = 100.0 * steal / total;
-        let warn = if others > 5.0 || steal > 2.0 {
-            "  <-- NOISY: other load on the machine"
-        } else {
-            ""
-        };
-        format!(
-            "[machine: this process {:.0}%, others {others:.0}%, steal {steal:.0}%]{warn}",
-            100.0 * own / total
-        )
-    }
-}
-
-/// Waits (at most `max`) until other processes use under 5% of the machine over half a second.
-fn wait_quiet(max: Duration) {
-    let start = Instant::now();
-    loop {
-        let m = MachineCpu::now();
-        std::thread::sleep(Duration::from_millis(500));
-        let after = MachineCpu::now();
-        let total = (after.total - m.total).max(1) as f64;
-        let others = 100.0 * ((after.busy - m.busy) as f64 - (after.own - m.own) as f64) / total;
-        if others < 5.0 {
-            break;
-        }
-        if start.elapsed() >= max {
-            println!("  (machine still busy after {max:?}: {others:.0}% used by other processes; going on)");
-            return;
         }
     }
 }

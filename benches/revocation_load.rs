@@ -64,18 +64,15 @@ use ssf_hub::normalize::Record;
 use ssf_hub::set::{EventKind, Subject};
 use ssf_hub::state::{Query, State};
 
+#[path = "support/machine.rs"]
+mod machine;
+use machine::{env_u64, rss_kib, status_kib};
+
 const ISS: &str = "https://idp.revload.example";
 const ADMIN: &str = "revocation-load-admin-token-0123456789";
 /// Event times of the state's revocations are `BASE_TS + k % 1000` for subject `u-k`.
 const BASE_TS: u64 = 1_700_000_000;
 const WARM_ROUNDS: usize = 5;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Reporting
@@ -154,21 +151,6 @@ fn ratio(a: f64, b: f64) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Process and machine facts
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
-}
 
 /// CPU seconds of the whole process (all threads, including exited ones).
 fn process_cpu() -> f64 {
@@ -1702,7 +1684,7 @@ fn child_restore() {
         let subjects = running.hub.revocations.subject_count();
         let position = running.hub.revocations.position();
         let rss_after = rss_kib();
-        let hwm = status_kib("VmHWM:");
+        let hwm = status_kib("VmHWM");
         drop(client);
         let t = Instant::now();
         running.stop().await.expect("hub stops");

@@ -33,6 +33,10 @@ use ssf_hub::schema::Schemas;
 use ssf_hub::sign::{SetSigner, SignAlg};
 use ssf_hub::verify::{Alg, Policy, Unverified};
 
+#[path = "support/machine.rs"]
+mod machine;
+use machine::MachineCpu;
+
 const ISSUER: &str = "https://idp.bench.example";
 const AUDIENCE: &str = "https://hub.bench.example";
 /// Target size of the compact SET, in bytes.
@@ -188,40 +192,10 @@ impl Fixture {
     }
 }
 
-/// Machine-wide busy and total CPU ticks, and this process's own (`/proc`), so a run that shared
-/// the machine with other work says so.
-fn cpu_ticks() -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    let own = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|st| {
-            let v: Vec<u64> = st[st.rfind(')')? + 2..]
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            Some(v.iter().sum())
-        })
-        .unwrap_or(0);
-    (busy, busy + get(3) + get(4), own)
-}
-
-/// Percent of the machine used by other processes since `before`.
-fn others_since(before: (u64, u64, u64)) -> f64 {
-    let now = cpu_ticks();
-    let total = (now.1 - before.1).max(1) as f64;
-    (100.0 * (now.0 - before.0).saturating_sub(now.2 - before.2) as f64 / total).max(0.0)
+/// Percent of the machine used by other processes (steal included) since `before`.
+fn others_since(before: MachineCpu) -> f64 {
+    let (_, others, steal) = MachineCpu::now().since(&before);
+    others + steal
 }
 
 /// Median per-iteration time of `f` over `rounds` rounds of `iters` calls.
@@ -279,14 +253,14 @@ fn main() {
     if benching {
         // Wait (up to 2 minutes) for other work on the machine to stop before measuring.
         for _ in 0..240 {
-            let t = cpu_ticks();
+            let t = MachineCpu::now();
             std::thread::sleep(Duration::from_millis(500));
             if others_since(t) < 5.0 {
                 break;
             }
         }
     }
-    let run_start = cpu_ticks();
+    let run_start = MachineCpu::now();
     let fx = Fixture::new();
     let (es_input, es_sig) = split(&fx.es_set);
     let (rs_input, rs_sig) = split(&fx.rs_set);
@@ -359,7 +333,7 @@ fn main() {
     }
     // Same-process, interleaved comparison: alternate rounds so frequency drift and noisy
     // neighbours hit both sides alike.
-    let loop_start = cpu_ticks();
+    let loop_start = MachineCpu::now();
     let (bare, pipe) = interleaved(
         31,
         1000,
