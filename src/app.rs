@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogUrl, Secret};
 use crate::ingest::Source;
-use crate::log::{EventLog, Log, MemoryLog, SledLog};
+use crate::log::Log;
 use crate::schema::Schemas;
 use crate::sign::{SetSigner, SignAlg, SignError};
+use crate::storage::{Budgets, Storage};
 
 /// Everything request handlers share.
 #[derive(Debug)]
@@ -46,8 +47,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Setup(String),
-    #[error("opening the log: {0}")]
-    Log(#[from] crate::log::LogError),
+    #[error("opening storage: {0}")]
+    Log(#[from] crate::storage::StorageError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -63,27 +64,23 @@ impl Hub {
             tracing::warn!("{risk}");
         }
         std::fs::create_dir_all(&config.data_dir)?;
-        let (backend, state): (Arc<dyn EventLog>, sled::Config) = match config.log_url()? {
-            LogUrl::Sled(path) => (
-                Arc::new(SledLog::open(&path, config.log.cache_capacity_bytes)?),
-                sled::Config::new().path(config.data_dir.join("state")),
-            ),
-            LogUrl::Memory => (
-                Arc::new(MemoryLog::new()),
-                sled::Config::new().temporary(true),
-            ),
+        let storage = match config.log_url()? {
+            LogUrl::Fjall(path) => Storage::embedded(
+                &config.data_dir,
+                &path,
+                Budgets {
+                    cache_bytes: config.log.cache_capacity_bytes,
+                    write_buffer_bytes: config.log.write_buffer_bytes,
+                },
+            )?,
+            LogUrl::Memory => Storage::memory(),
         };
-        // Receivers, streams and cursors: small, on sled whatever the log backend is.
-        let state = state
-            .cache_capacity(16 << 20)
-            .open()
-            .map_err(|e| StartError::Setup(format!("opening the state database: {e}")))?;
-        let flusher = crate::durable::Flusher::new(state.clone());
-        let registry = crate::streams::Registry::open(state.clone(), flusher.clone())
+        let flusher = crate::durable::Flusher::new(storage.tables.clone());
+        let registry = crate::streams::Registry::open(storage.tables.clone(), flusher.clone())
             .map_err(|e| StartError::Setup(e.to_string()))?;
-        let cursors = crate::delivery::Cursors::open(state.clone(), flusher)
+        let cursors = crate::delivery::Cursors::open(storage.tables.clone(), flusher)
             .map_err(|e| StartError::Setup(e.to_string()))?;
-        let (revocations, restored_in) = crate::revocation::timed_open(state)
+        let (revocations, restored_in) = crate::revocation::timed_open(storage.tables.clone())
             .map_err(|e| StartError::Setup(format!("revocation state: {e}")))?;
         tracing::info!(
             subjects = revocations.subject_count(),
@@ -91,7 +88,7 @@ impl Hub {
             ms = restored_in.as_millis() as u64,
             "revocation state restored"
         );
-        let log = Log::start(backend);
+        let log = Log::start(storage.log.clone());
         let schemas = Schemas::compile().map_err(StartError::Setup)?;
         let sources = config
             .sources

@@ -116,6 +116,7 @@ pub struct DeliveryConfig {
 pub struct LogConfig {
     pub url: String,
     pub cache_capacity_bytes: u64,
+    pub write_buffer_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,10 +176,11 @@ fn default_algorithms() -> Vec<String> {
         .to_vec()
 }
 
-/// Where the event log lives, parsed from `log.url`.
+/// Where the event log (and with it all other durable state) lives, parsed from `log.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogUrl {
-    Sled(PathBuf),
+    /// The embedded fjall database in this directory.
+    Fjall(PathBuf),
     Memory,
 }
 
@@ -220,6 +222,9 @@ impl Config {
                 "log.cache_capacity_bytes",
                 "must be at least 1 MiB",
             ));
+        }
+        if self.log.write_buffer_bytes < 1 << 20 {
+            return Err(invalid("log.write_buffer_bytes", "must be at least 1 MiB"));
         }
         if !(256..=16 << 20).contains(&self.ingest.max_body_bytes) {
             return Err(invalid(
@@ -359,12 +364,18 @@ impl Config {
     /// The log backend selected by `log.url`.
     pub fn log_url(&self) -> Result<LogUrl, ConfigError> {
         let url = self.log.url.as_str();
-        if let Some(path) = url.strip_prefix("sled://") {
-            Ok(LogUrl::Sled(if path.is_empty() {
-                self.data_dir.join("log")
+        if let Some(path) = url.strip_prefix("fjall://") {
+            Ok(LogUrl::Fjall(if path.is_empty() {
+                self.data_dir.join("db")
             } else {
                 PathBuf::from(path)
             }))
+        } else if url.starts_with("sled://") {
+            Err(invalid(
+                "log.url",
+                "sled:// is gone: the embedded engine is fjall now (fjall://); data written by \
+                 sled cannot be read and is not migrated",
+            ))
         } else if url == "memory://" {
             Ok(LogUrl::Memory)
         } else if url.starts_with("kafka://") {
@@ -373,7 +384,7 @@ impl Config {
                 "the kafka backend is not compiled into this build",
             ))
         } else {
-            Err(invalid("log.url", "scheme must be sled:// or memory://"))
+            Err(invalid("log.url", "scheme must be fjall:// or memory://"))
         }
     }
 
@@ -427,7 +438,7 @@ mod tests {
         assert!(c.listen.ip().is_loopback());
         assert_eq!(
             c.log_url().expect("url"),
-            LogUrl::Sled(PathBuf::from("ssf-hub-data/log"))
+            LogUrl::Fjall(PathBuf::from("ssf-hub-data/db"))
         );
         assert!(c.sources.is_empty());
     }

@@ -1,17 +1,16 @@
-//! Durable flushes of the hub's state database (receivers, streams, cursors), group-committed:
-//! one `fsync` covers every write staged before it started, however many streams ask at once.
-//! Leaves what is written, and when to ask, to its callers.
-//!
-//! sled 0.34's `flush_async` deadlocks when several flushes are awaited at once
-//! (spacejam/sled#1308, fixed only on an unreleased branch), which a hub with many push streams
-//! does constantly; so flushes here are the blocking `flush` on the blocking pool, one at a time.
+//! Durable syncs of the hub's state tables (receivers, streams, cursors), group-committed: one
+//! `fdatasync` covers every write made before it started, however many streams ask at once, and
+//! the blocking sync runs on the blocking pool, one at a time. Leaves what is written, and when
+//! to ask, to its callers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::storage::{StorageError, Tables};
+
 #[derive(Debug, Clone)]
 pub struct Flusher {
-    db: sled::Db,
+    tables: Arc<dyn Tables>,
     inner: Arc<Inner>,
 }
 
@@ -25,15 +24,15 @@ struct Inner {
 }
 
 impl Flusher {
-    pub fn new(db: sled::Db) -> Flusher {
+    pub fn new(tables: Arc<dyn Tables>) -> Flusher {
         Flusher {
-            db,
+            tables,
             inner: Arc::default(),
         }
     }
 
     /// Returns once every write made before this call is durable.
-    pub async fn flush(&self) -> sled::Result<()> {
+    pub async fn flush(&self) -> Result<(), StorageError> {
         let f = &self.inner;
         let ticket = f.requested.fetch_add(1, Ordering::AcqRel) + 1;
         let _running = f.running.lock().await;
@@ -42,10 +41,10 @@ impl Flusher {
             return Ok(());
         }
         let covers = f.requested.load(Ordering::Acquire);
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let tables = self.tables.clone();
+        tokio::task::spawn_blocking(move || tables.sync())
             .await
-            .map_err(|e| sled::Error::Io(std::io::Error::other(e)))??;
+            .map_err(|e| StorageError::Storage(e.to_string()))??;
         f.done.fetch_max(covers, Ordering::AcqRel);
         Ok(())
     }
@@ -58,22 +57,29 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_flushes_all_finish_and_persist() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::open(dir.path()).expect("open");
-        let flusher = Flusher::new(db.clone());
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0u32..200 {
-            let (db, flusher) = (db.clone(), flusher.clone());
-            tasks.spawn(async move {
-                db.insert(i.to_be_bytes(), &[1u8][..]).expect("insert");
-                flusher.flush().await.expect("flush");
-            });
+        let budgets = crate::storage::Budgets {
+            cache_bytes: 1 << 20,
+            write_buffer_bytes: 1 << 20,
+        };
+        {
+            let tables: Arc<dyn Tables> =
+                Arc::new(crate::storage::Embedded::open(dir.path(), budgets).expect("open"));
+            let flusher = Flusher::new(tables.clone());
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0u32..200 {
+                let (tables, flusher) = (tables.clone(), flusher.clone());
+                tasks.spawn(async move {
+                    tables.put("t", &i.to_be_bytes(), &[1]).expect("put");
+                    flusher.flush().await.expect("flush");
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("task");
+            }
+            assert!(flusher.inner.done.load(Ordering::Acquire) >= 200);
         }
-        while let Some(r) = tasks.join_next().await {
-            r.expect("task");
-        }
-        assert!(flusher.inner.done.load(Ordering::Acquire) >= 200);
-        drop((db, flusher));
-        let db = sled::open(dir.path()).expect("reopen");
-        assert_eq!(db.len(), 200);
+        let tables: Arc<dyn Tables> =
+            Arc::new(crate::storage::Embedded::open(dir.path(), budgets).expect("reopen"));
+        assert_eq!(tables.prefix("t", b"").expect("scan").len(), 200);
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  POST /ingest/{source}      verify.rs            normalize.rs          log/
-//!  ───────────────────► ingest ─────────► Verified ────────────► Record ──────► EventLog (sled)
+//!  ───────────────────► ingest ─────────► Verified ────────────► Record ──────► EventLog (fjall)
 //!   RFC 8935 push        (HTTP,  keys.rs:         schema.rs: JSON        group commit,
 //!                        auth,   JWKS cache       Schemas; set/: typed   202 after durable
 //!                        limits)                  events + subjects
@@ -19,7 +19,8 @@
 //! - [`ingest`]: stage 1, the RFC 8935 push endpoint and configured sources.
 //! - [`keys`] and [`verify`]: stage 2, JWKS caching and JWS/claims verification.
 //! - [`schema`] and [`normalize`]: stage 3, schema-checked, typed, canonical records.
-//! - [`log`]: stage 4, the ordered durable log behind a narrow trait.
+//! - [`log`]: stage 4, the ordered durable log: group commit and head notifications.
+//! - [`storage`]: the storage seams (`EventLog`, `Tables`) and their backends (fjall, memory).
 //! - [`sign`]: signing keys and SET encoding (operator tools, the hub's own key).
 //! - [`http`], [`error`], [`telemetry`], [`app`], [`cli`]: the edges and the wiring.
 
@@ -43,6 +44,7 @@ pub mod schema;
 pub mod set;
 pub mod sign;
 pub mod state;
+pub mod storage;
 pub mod streams;
 pub mod telemetry;
 pub mod verify;

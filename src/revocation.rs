@@ -1,5 +1,5 @@
 //! Revocation service: keeps the `state` fold current with the log, persists subject states and
-//! deltas in the hub's state database (so start-up replays only what is new), and serves the
+//! deltas in the hub's state tables (so start-up replays only what is new), and serves the
 //! delta feed, the snapshot and the decision API over HTTP.
 
 use std::sync::{Arc, RwLock};
@@ -20,15 +20,14 @@ use crate::error::Error;
 use crate::normalize::Record;
 use crate::set::Subject;
 use crate::state::{Delta, Query, State, SubjectState};
+use crate::storage::{Op, Tables};
 use crate::streams::RegistryError;
 
 /// The fold and its storage.
 #[derive(Debug)]
 pub struct Revocations {
     state: RwLock<State>,
-    subjects: sled::Tree,
-    deltas: sled::Tree,
-    meta: sled::Tree,
+    tables: Arc<dyn Tables>,
     /// The last folded and stored position; wakes delta followers.
     folded: tokio::sync::watch::Sender<u64>,
     /// Deltas already in the in-memory state whose storing failed; stored first next time.
@@ -36,29 +35,32 @@ pub struct Revocations {
 }
 
 const POSITION_KEY: &[u8] = b"revocation_position";
+/// canonical subject key → its state (JSON).
+const SUBJECTS: &str = "revocation_subjects";
+/// position (BE) → the delta that record caused (JSON).
+const DELTAS: &str = "revocation_deltas";
+const META: &str = "revocation_meta";
 
 impl Revocations {
     /// Loads the persisted subject states and the position they reflect.
-    pub fn open(db: sled::Db) -> Result<Revocations, RegistryError> {
-        let subjects = db.open_tree("revocation_subjects")?;
-        let deltas = db.open_tree("revocation_deltas")?;
-        let meta = db.open_tree("revocation_meta")?;
+    pub fn open(tables: Arc<dyn Tables>) -> Result<Revocations, RegistryError> {
         let mut state = State::default();
-        for kv in subjects.iter() {
-            let (k, v) = kv?;
+        for (k, v) in tables.prefix(SUBJECTS, b"")? {
             let s: SubjectState = serde_json::from_slice(&v)?;
             state.restore(String::from_utf8_lossy(&k).into_owned(), s);
         }
-        state.position = meta
-            .get(POSITION_KEY)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        state.position = tables
+            .get(META, POSITION_KEY)?
+            .and_then(|v| {
+                <[u8; 8]>::try_from(v.as_slice())
+                    .ok()
+                    .map(u64::from_be_bytes)
+            })
             .unwrap_or(0);
         let folded = tokio::sync::watch::channel(state.position).0;
         Ok(Revocations {
             state: RwLock::new(state),
-            subjects,
-            deltas,
-            meta,
+            tables,
             folded,
             unstored: Default::default(),
         })
@@ -115,16 +117,23 @@ impl Revocations {
         // Deltas before the subjects they explain, the position last: what a crash keeps
         // replays from the stored position without losing a delta.
         let stored = (|| -> Result<(), RegistryError> {
+            let mut ops = Vec::with_capacity(out.len() + changed.len() + 1);
             for delta in &out {
-                self.deltas
-                    .insert(delta.position.to_be_bytes(), serde_json::to_vec(delta)?)?;
+                ops.push(Op::put(
+                    DELTAS,
+                    delta.position.to_be_bytes(),
+                    serde_json::to_vec(delta)?,
+                ));
             }
             for (key, subject) in &changed {
-                self.subjects
-                    .insert(key.as_bytes(), serde_json::to_vec(&**subject)?)?;
+                ops.push(Op::put(
+                    SUBJECTS,
+                    key.as_bytes(),
+                    serde_json::to_vec(&**subject)?,
+                ));
             }
-            self.meta.insert(POSITION_KEY, &position.to_be_bytes())?;
-            Ok(())
+            ops.push(Op::put(META, POSITION_KEY, position.to_be_bytes()));
+            Ok(self.tables.write(ops)?)
         })();
         if let Err(e) = stored {
             // The state already holds these; without a retry they would never be stored or
@@ -147,10 +156,10 @@ impl Revocations {
         let Some(from) = since.checked_add(1) else {
             return Ok(Vec::new());
         };
-        self.deltas
-            .range(from.to_be_bytes()..)
-            .take(limit)
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+        self.tables
+            .scan(DELTAS, b"", &from.to_be_bytes(), limit)?
+            .iter()
+            .map(|(_, v)| Ok(serde_json::from_slice(v)?))
             .collect()
     }
 
@@ -193,8 +202,8 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                 }
             }
         }
-        // No flush here: the state is derived, and a crash replays from the stored position
-        // (folding is idempotent), so sled's own periodic flush is enough.
+        // No sync here: the state is derived, and a crash replays from whatever position was
+        // stored last (folding is idempotent), so the next sync anyone makes is enough.
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = head.changed() => {}
@@ -439,8 +448,8 @@ fn parse_check(body: &[u8]) -> Result<Query, Error> {
 }
 
 /// How long start-up took to restore the persisted state, for the start-time figure.
-pub fn timed_open(db: sled::Db) -> Result<(Revocations, Duration), RegistryError> {
+pub fn timed_open(tables: Arc<dyn Tables>) -> Result<(Revocations, Duration), RegistryError> {
     let started = Instant::now();
-    let r = Revocations::open(db)?;
+    let r = Revocations::open(tables)?;
     Ok((r, started.elapsed()))
 }

@@ -1,9 +1,10 @@
 //! The SSF stream registry: receivers (with hashed bearer credentials) and their streams
-//! (configuration, status, subjects, verification timing), kept in the hub's sled state
-//! database. Knows SSF stream semantics (SSF 1.0 §8); leaves HTTP to `manage` and SET delivery
+//! (configuration, status, subjects, verification timing), kept in the hub's state
+//! tables. Knows SSF stream semantics (SSF 1.0 §8); leaves HTTP to `manage` and SET delivery
 //! to `fanout`/`delivery`.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use crate::set::events::StreamStatus;
 use crate::set::{EventKind, Subject, DELIVERY_POLL, DELIVERY_PUSH};
+use crate::storage::{Op, Tables};
 
 /// A registered receiver (gateway, sidecar, SIEM). Only a hash of its credential is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,8 +192,8 @@ pub enum RegistryError {
     Storage(String),
 }
 
-impl From<sled::Error> for RegistryError {
-    fn from(e: sled::Error) -> Self {
+impl From<crate::storage::StorageError> for RegistryError {
+    fn from(e: crate::storage::StorageError) -> Self {
         RegistryError::Storage(e.to_string())
     }
 }
@@ -202,23 +204,26 @@ impl From<serde_json::Error> for RegistryError {
     }
 }
 
-/// Receivers and streams in sled. Every write is flushed before it returns: a 201 for a new
-/// stream means the stream survives a crash.
+/// Receivers and streams in the state tables. Every write is flushed before it returns: a 201
+/// for a new stream means the stream survives a crash.
 #[derive(Debug, Clone)]
 pub struct Registry {
     flusher: crate::durable::Flusher,
-    receivers: sled::Tree,
-    tokens: sled::Tree,
-    streams: sled::Tree,
+    tables: Arc<dyn Tables>,
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+const RECEIVERS: &str = "receivers";
+const TOKENS: &str = "receiver_tokens";
+const STREAMS: &str = "streams";
+
 impl Registry {
-    pub fn open(db: sled::Db, flusher: crate::durable::Flusher) -> Result<Registry, RegistryError> {
+    pub fn open(
+        tables: Arc<dyn Tables>,
+        flusher: crate::durable::Flusher,
+    ) -> Result<Registry, RegistryError> {
         Ok(Registry {
-            receivers: db.open_tree("receivers")?,
-            tokens: db.open_tree("receiver_tokens")?,
-            streams: db.open_tree("streams")?,
+            tables,
             flusher,
             changes: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
@@ -260,10 +265,18 @@ impl Registry {
             created_at_ms: crate::unix_now_ms(),
             revoked: false,
         };
-        self.receivers
-            .insert(receiver.id.as_bytes(), serde_json::to_vec(&receiver)?)?;
-        self.tokens
-            .insert(receiver.token_sha256.as_bytes(), receiver.id.as_bytes())?;
+        self.tables.write(vec![
+            Op::put(
+                RECEIVERS,
+                receiver.id.as_bytes(),
+                serde_json::to_vec(&receiver)?,
+            ),
+            Op::put(
+                TOKENS,
+                receiver.token_sha256.as_bytes(),
+                receiver.id.as_bytes(),
+            ),
+        ])?;
         self.flush().await?;
         Ok((receiver, token))
     }
@@ -271,7 +284,7 @@ impl Registry {
     /// The receiver a bearer credential belongs to, unless revoked. Lookup is by the
     /// credential's hash, so no comparison of secrets happens at all.
     pub fn authenticate(&self, token: &str) -> Result<Option<Receiver>, RegistryError> {
-        let Some(id) = self.tokens.get(token_hash(token).as_bytes())? else {
+        let Some(id) = self.tables.get(TOKENS, token_hash(token).as_bytes())? else {
             return Ok(None);
         };
         Ok(self
@@ -280,18 +293,18 @@ impl Registry {
     }
 
     pub fn receiver(&self, id: &str) -> Result<Option<Receiver>, RegistryError> {
-        self.receivers
-            .get(id.as_bytes())?
+        self.tables
+            .get(RECEIVERS, id.as_bytes())?
             .map(|v| serde_json::from_slice(&v))
             .transpose()
             .map_err(Into::into)
     }
 
     pub fn receivers(&self) -> Result<Vec<Receiver>, RegistryError> {
-        self.receivers
+        self.tables
+            .prefix(RECEIVERS, b"")?
             .iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .map(|(_, v)| Ok(serde_json::from_slice(v)?))
             .collect()
     }
 
@@ -301,16 +314,17 @@ impl Registry {
             return Ok(false);
         };
         r.revoked = true;
-        self.tokens.remove(r.token_sha256.as_bytes())?;
-        self.receivers
-            .insert(r.id.as_bytes(), serde_json::to_vec(&r)?)?;
+        self.tables.write(vec![
+            Op::delete(TOKENS, r.token_sha256.as_bytes()),
+            Op::put(RECEIVERS, r.id.as_bytes(), serde_json::to_vec(&r)?),
+        ])?;
         self.flush().await?;
         Ok(true)
     }
 
     pub fn stream(&self, stream_id: &str) -> Result<Option<Stream>, RegistryError> {
-        self.streams
-            .get(stream_id.as_bytes())?
+        self.tables
+            .get(STREAMS, stream_id.as_bytes())?
             .map(|v| serde_json::from_slice(&v))
             .transpose()
             .map_err(Into::into)
@@ -329,10 +343,10 @@ impl Registry {
     }
 
     pub fn streams(&self) -> Result<Vec<Stream>, RegistryError> {
-        self.streams
+        self.tables
+            .prefix(STREAMS, b"")?
             .iter()
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .map(|(_, v)| Ok(serde_json::from_slice(v)?))
             .collect()
     }
 
@@ -346,15 +360,18 @@ impl Registry {
 
     /// Creates or replaces a stream, durably.
     pub async fn put_stream(&self, stream: &Stream) -> Result<(), RegistryError> {
-        self.streams
-            .insert(stream.stream_id.as_bytes(), serde_json::to_vec(stream)?)?;
+        self.tables.put(
+            STREAMS,
+            stream.stream_id.as_bytes(),
+            &serde_json::to_vec(stream)?,
+        )?;
         self.flush().await?;
         self.changed();
         Ok(())
     }
 
     pub async fn delete_stream(&self, stream_id: &str) -> Result<(), RegistryError> {
-        self.streams.remove(stream_id.as_bytes())?;
+        self.tables.delete(STREAMS, stream_id.as_bytes())?;
         self.flush().await?;
         self.changed();
         Ok(())

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::{Log, Position};
 use crate::normalize::Record;
+use crate::storage::Tables;
 use crate::streams::{DefaultSubjects, RegistryError, Stream};
 
 /// A control event (verification, stream-updated) waiting for delivery. It is signed when it
@@ -86,13 +87,10 @@ impl Cursor {
     }
 }
 
-/// Durable cursors of all streams, in the hub's state database.
+/// Durable cursors of all streams, in the hub's state tables.
 #[derive(Debug, Clone)]
 pub struct Cursors {
-    db: sled::Db,
-    tree: sled::Tree,
-    /// SETs receivers refused for good: stream id ++ NUL ++ time → JSON.
-    dead_letters: sled::Tree,
+    tables: Arc<dyn Tables>,
     /// Per-stream locks: one poll or delivery at a time moves a stream's cursor.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Wakes long polls when a control SET is queued.
@@ -106,12 +104,17 @@ pub struct Cursors {
 /// the same `jti` values; one flush per delivered batch cost an `fsync` per SET at low rates.
 pub const PUSH_PROGRESS_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
+const CURSORS: &str = "cursors";
+/// SETs receivers refused for good: stream id ++ NUL ++ time ++ counter → JSON.
+const DEAD_LETTERS: &str = "dead_letters";
+
 impl Cursors {
-    pub fn open(db: sled::Db, flusher: crate::durable::Flusher) -> Result<Cursors, RegistryError> {
+    pub fn open(
+        tables: Arc<dyn Tables>,
+        flusher: crate::durable::Flusher,
+    ) -> Result<Cursors, RegistryError> {
         Ok(Cursors {
-            tree: db.open_tree("cursors")?,
-            dead_letters: db.open_tree("dead_letters")?,
-            db,
+            tables,
             locks: Default::default(),
             control: Arc::new(tokio::sync::watch::channel(0).0),
             flusher,
@@ -131,8 +134,8 @@ impl Cursors {
     /// The stream's cursor; `None` once the stream is deleted (there is no default: a cursor
     /// at 0 would hand out the whole log's history).
     pub fn get(&self, stream_id: &str) -> Result<Option<Cursor>, RegistryError> {
-        self.tree
-            .get(stream_id.as_bytes())?
+        self.tables
+            .get(CURSORS, stream_id.as_bytes())?
             .map(|v| serde_json::from_slice(&v))
             .transpose()
             .map_err(Into::into)
@@ -148,8 +151,8 @@ impl Cursors {
     /// leaves the flush to `flush_staged`: a crash in between redelivers a few SETs with their
     /// same `jti`, which at-least-once allows, instead of paying a flush per SET.
     pub fn stage(&self, stream_id: &str, cursor: &Cursor) -> Result<(), RegistryError> {
-        self.tree
-            .insert(stream_id.as_bytes(), serde_json::to_vec(cursor)?)?;
+        self.tables
+            .put(CURSORS, stream_id.as_bytes(), &serde_json::to_vec(cursor)?)?;
         self.staged
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
@@ -174,7 +177,7 @@ impl Cursors {
     }
 
     pub async fn remove(&self, stream_id: &str) -> Result<(), RegistryError> {
-        self.tree.remove(stream_id.as_bytes())?;
+        self.tables.delete(CURSORS, stream_id.as_bytes())?;
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -208,10 +211,17 @@ impl Cursors {
         stream_id: &str,
         record: &serde_json::Value,
     ) -> Result<(), RegistryError> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut key = stream_id.as_bytes().to_vec();
         key.push(0);
-        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        self.dead_letters.insert(key, serde_json::to_vec(record)?)?;
+        // Time first keeps the order across restarts; the counter separates letters of one ms.
+        key.extend_from_slice(&crate::unix_now_ms().to_be_bytes());
+        key.extend_from_slice(
+            &SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_be_bytes(),
+        );
+        self.tables
+            .put(DEAD_LETTERS, &key, &serde_json::to_vec(record)?)?;
         Ok(())
     }
 
@@ -219,10 +229,10 @@ impl Cursors {
     pub fn dead_letters(&self, stream_id: &str) -> Result<Vec<serde_json::Value>, RegistryError> {
         let mut prefix = stream_id.as_bytes().to_vec();
         prefix.push(0);
-        self.dead_letters
-            .scan_prefix(prefix)
-            .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+        self.tables
+            .prefix(DEAD_LETTERS, &prefix)?
+            .iter()
+            .map(|(_, v)| Ok(serde_json::from_slice(v)?))
             .collect()
     }
 

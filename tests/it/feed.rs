@@ -3,9 +3,9 @@
 //! off while a fast one receives everything.
 
 use serde_json::{json, Value};
-use ssf_hub::log::Append;
 use ssf_hub::normalize::Record;
 use ssf_hub::set::{EventKind, Subject};
+use ssf_hub::storage::Append;
 
 use crate::support::*;
 

@@ -1,89 +1,12 @@
-//! The ordered, durable event log. Backends append and read opaque records by position and keep
-//! a key index for de-duplication; they never look inside a record. [`Log`] adds group commit
-//! (concurrent appends share one durable write) and wakes readers when the head moves.
+//! The ordered, durable event log as the hub uses it: group commit over a storage backend
+//! (concurrent appends share one durable write) and head notifications for the log's followers.
+//! What a record means, and where it is stored, are left to `normalize` and `storage`.
 
-mod memory;
-mod sled;
-
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use self::memory::MemoryLog;
-pub use self::sled::SledLog;
-
-/// A position in the log: 1 for the first record, increasing by one per record, never reused.
-pub type Position = u64;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    #[error("log storage failed: {0}")]
-    Storage(String),
-    #[error("the log is shut down")]
-    Closed,
-}
-
-impl From<::sled::Error> for LogError {
-    fn from(e: ::sled::Error) -> Self {
-        LogError::Storage(e.to_string())
-    }
-}
-
-impl From<::sled::transaction::TransactionError<LogError>> for LogError {
-    fn from(e: ::sled::transaction::TransactionError<LogError>) -> Self {
-        match e {
-            ::sled::transaction::TransactionError::Abort(e) => e,
-            ::sled::transaction::TransactionError::Storage(e) => e.into(),
-        }
-    }
-}
-
-/// One record to append, with the key that identifies repeats of it.
-#[derive(Debug, Clone)]
-pub struct Append {
-    /// Records with a key already in the index (and not expired) are not appended again.
-    pub key: Vec<u8>,
-    /// Unix seconds after which the key may be forgotten.
-    pub key_expires_at: u64,
-    pub record: Vec<u8>,
-}
-
-/// What became of one [`Append`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// Stored at this position.
-    New(Position),
-    /// The key was already stored, at this position; nothing was written.
-    Duplicate(Position),
-}
-
-/// A stored record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub position: Position,
-    pub record: Vec<u8>,
-}
-
-/// A storage backend. Implementations must make a batch durable before its future resolves, keep
-/// positions gap-free and ordered, and apply a batch's records and keys atomically.
-pub trait EventLog: Send + Sync + fmt::Debug + 'static {
-    /// Appends the records whose keys are new, in order, durably; one outcome per input.
-    fn append_batch(&self, batch: Vec<Append>) -> BoxFuture<'_, Result<Vec<Appended>, LogError>>;
-
-    /// Up to `limit` records with positions strictly after `after`, in order.
-    fn read(&self, after: Position, limit: usize) -> BoxFuture<'_, Result<Vec<Entry>, LogError>>;
-
-    /// Position of the last stored record (0 when empty).
-    fn head(&self) -> Position;
-
-    /// Forgets keys that expired before `now` (unix seconds); returns how many.
-    fn prune_keys(&self, now: u64) -> BoxFuture<'_, Result<usize, LogError>>;
-}
+pub use crate::storage::{Append, Appended, Entry, EventLog, Position, StorageError as LogError};
 
 /// Most appends one durable write carries. Bounded so one flush cannot grow without limit.
 const MAX_BATCH: usize = 1024;
@@ -117,7 +40,7 @@ impl Log {
     }
 
     /// Stops accepting appends and waits until the committer has written what it had and let go
-    /// of the backend (so a sled directory can be opened again in the same process). Appends
+    /// of the backend (so its directory can be opened again in the same process). Appends
     /// through other clones of this `Log` fail with [`LogError::Closed`] afterwards.
     pub async fn close(self) {
         let Log {
@@ -172,6 +95,21 @@ impl Log {
     pub async fn prune_keys(&self, now: u64) -> Result<usize, LogError> {
         self.backend.prune_keys(now).await
     }
+
+    /// The earliest position still kept; retention removed everything before it.
+    pub fn earliest(&self) -> Position {
+        self.backend.earliest()
+    }
+
+    /// Removes the records at or before `through` (retention); returns how many.
+    pub async fn remove_through(&self, through: Position) -> Result<u64, LogError> {
+        self.backend.remove_through(through).await
+    }
+
+    /// Bytes the records take, as the backend estimates them.
+    pub fn approximate_bytes(&self) -> u64 {
+        self.backend.approximate_bytes()
+    }
 }
 
 /// Drains whatever appends are waiting, writes them as one batch, answers each caller. While a
@@ -214,17 +152,4 @@ async fn commit_loop(
             }
         }
     }
-}
-
-/// Big-endian encoding keeps byte order equal to numeric order in ordered key-value stores.
-fn be(position: Position) -> [u8; 8] {
-    position.to_be_bytes()
-}
-
-fn from_be(bytes: &[u8]) -> Result<Position, LogError> {
-    bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .ok_or_else(|| LogError::Storage("corrupt position".into()))
 }

@@ -1,0 +1,336 @@
+//! The embedded engine: one fjall database (an LSM tree with a write-ahead journal) holds the
+//! log, its key index and every state table, so one journal `fdatasync` makes a whole batch
+//! durable. Leaves group commit to `log` and the meaning of tables to their services.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::{
+    be, from_be, Append, Appended, BoxFuture, Entry, EventLog, Op, Position, Row, StorageError,
+    Tables,
+};
+
+impl From<fjall::Error> for StorageError {
+    fn from(e: fjall::Error) -> Self {
+        StorageError::Storage(e.to_string())
+    }
+}
+
+/// Memory the engine may use, from `log.cache_capacity_bytes` and `log.write_buffer_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    /// Block cache for reads that miss the memtables.
+    pub cache_bytes: u64,
+    /// Memtable of the log's records: writes kept in memory before they are flushed to sorted
+    /// files. Every other table gets an eighth (at least 1 MiB). fjall 3.1 fixes a table's
+    /// memtable size when the table is created, so a change applies to new data directories.
+    pub write_buffer_bytes: u64,
+}
+
+/// The open database; implements [`Tables`] and hands out the [`EventLog`] over it.
+#[derive(Clone)]
+pub struct Embedded {
+    db: Database,
+    tables: Arc<RwLock<HashMap<&'static str, Keyspace>>>,
+    budgets: Budgets,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").finish_non_exhaustive()
+    }
+}
+
+const LOG_EVENTS: &str = "log_events";
+const LOG_KEYS: &str = "log_keys";
+/// expires_at (BE) ++ key → (), so pruning reads only what has expired.
+const LOG_EXPIRY: &str = "log_key_expiry";
+const LOG_META: &str = "log_meta";
+const HEAD: &[u8] = b"head";
+
+impl Embedded {
+    pub fn open(dir: &Path, budgets: Budgets) -> Result<Embedded, StorageError> {
+        let db = Database::builder(dir)
+            .cache_size(budgets.cache_bytes)
+            .open()?;
+        Ok(Embedded {
+            db,
+            tables: Arc::default(),
+            budgets,
+        })
+    }
+
+    fn table(&self, name: &'static str) -> Result<Keyspace, StorageError> {
+        if let Some(k) = self
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(k.clone());
+        }
+        // The only memory bound fjall 3.1 enforces is per table (its database-wide write
+        // buffer limit is not wired up), so the budget is split here.
+        let memtable = match name {
+            LOG_EVENTS => self.budgets.write_buffer_bytes,
+            _ => (self.budgets.write_buffer_bytes / 8).max(1 << 20),
+        };
+        let k = self.db.keyspace(name, || {
+            KeyspaceCreateOptions::default().max_memtable_size(memtable)
+        })?;
+        self.tables
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, k.clone());
+        Ok(k)
+    }
+
+    /// The log in this database.
+    pub fn log(&self) -> Result<EmbeddedLog, StorageError> {
+        let events = self.table(LOG_EVENTS)?;
+        let meta = self.table(LOG_META)?;
+        let stored_head = meta.get(HEAD)?.map(|v| from_be(&v)).transpose()?;
+        let last = match events.last_key_value() {
+            Some(g) => from_be(&g.key()?)?,
+            None => 0,
+        };
+        let head = stored_head.unwrap_or(0).max(last);
+        let earliest = match events.first_key_value() {
+            Some(g) => from_be(&g.key()?)?,
+            None => head + 1,
+        };
+        Ok(EmbeddedLog {
+            inner: Arc::new(LogInner {
+                db: self.db.clone(),
+                events,
+                keys: self.table(LOG_KEYS)?,
+                expiry: self.table(LOG_EXPIRY)?,
+                meta,
+                head: AtomicU64::new(head),
+                earliest: AtomicU64::new(earliest),
+            }),
+        })
+    }
+}
+
+impl Tables for Embedded {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.table(table)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StorageError> {
+        let from = start.max(prefix).to_vec();
+        let mut out = Vec::new();
+        for guard in self.table(table)?.range(from..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = guard.into_inner()?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for op in ops {
+            match op {
+                Op::Put { table, key, value } => batch.insert(&self.table(table)?, key, value),
+                Op::Delete { table, key } => batch.remove(&self.table(table)?, key),
+            }
+        }
+        Ok(batch.commit()?)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(self.db.persist(PersistMode::SyncData)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<LogInner>,
+}
+
+struct LogInner {
+    db: Database,
+    /// position (BE) → record
+    events: Keyspace,
+    /// key → position (BE) ++ expires_at (BE)
+    keys: Keyspace,
+    expiry: Keyspace,
+    /// "head" → the last position ever handed out, so retention never lets one be reused.
+    meta: Keyspace,
+    head: AtomicU64,
+    earliest: AtomicU64,
+}
+
+impl std::fmt::Debug for LogInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLog")
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogInner {
+    fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StorageError> {
+        let now = crate::unix_now();
+        let start = self.head.load(Ordering::Acquire);
+        let mut next = start;
+        let mut out = Vec::with_capacity(batch.len());
+        // Keys earlier in this batch are not in the index until it commits.
+        let mut fresh: HashMap<&[u8], Position> = HashMap::new();
+        let mut write = self.db.batch().durability(Some(PersistMode::SyncData));
+        for a in &batch {
+            if let Some(&pos) = fresh.get(a.key.as_slice()) {
+                out.push(Appended::Duplicate(pos));
+                continue;
+            }
+            if let Some(existing) = self.keys.get(&a.key)? {
+                let expires = existing.get(8..16).map(from_be).transpose()?.unwrap_or(0);
+                if expires >= now {
+                    out.push(Appended::Duplicate(from_be(&existing)?));
+                    continue;
+                }
+            }
+            next += 1;
+            write.insert(&self.events, be(next), a.record.as_slice());
+            let mut val = be(next).to_vec();
+            val.extend_from_slice(&be(a.key_expires_at));
+            write.insert(&self.keys, a.key.as_slice(), val);
+            let mut exp = be(a.key_expires_at).to_vec();
+            exp.extend_from_slice(&a.key);
+            write.insert(&self.expiry, exp, []);
+            fresh.insert(&a.key, next);
+            out.push(Appended::New(next));
+        }
+        if next > start {
+            write.insert(&self.meta, HEAD, be(next));
+            // One journal write and one fdatasync for the whole batch; callers answer after it.
+            write.commit()?;
+            self.head.store(next, Ordering::Release);
+        }
+        Ok(out)
+    }
+
+    fn read_blocking(&self, after: Position, limit: usize) -> Result<Vec<Entry>, StorageError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.events
+            .range(be(from)..)
+            .take(limit)
+            .map(|g| {
+                let (k, v) = g.into_inner()?;
+                Ok(Entry {
+                    position: from_be(&k)?,
+                    record: v.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    fn remove_blocking(&self, through: Position) -> Result<u64, StorageError> {
+        let through = through.min(self.head.load(Ordering::Acquire));
+        let mut removed = 0;
+        // In slices, so a large sweep never holds one huge batch in memory; a crash midway
+        // only leaves records that the next sweep removes.
+        loop {
+            let from = self.earliest.load(Ordering::Acquire);
+            if from > through {
+                return Ok(removed);
+            }
+            let upto = through.min(from.saturating_add(4095));
+            let mut write = self.db.batch();
+            for g in self.events.range(be(from)..=be(upto)) {
+                write.remove(&self.events, g.key()?);
+                removed += 1;
+            }
+            write.commit()?;
+            self.earliest.store(upto + 1, Ordering::Release);
+        }
+    }
+
+    fn prune_blocking(&self, now: u64) -> Result<usize, StorageError> {
+        let mut pruned = 0;
+        let mut write = self.db.batch();
+        for g in self.expiry.range(..be(now).to_vec()) {
+            let k = g.key()?;
+            let key = &k[8..];
+            // Only remove the index entry if it still belongs to this expiry (not re-added).
+            if let Some(v) = self.keys.get(key)? {
+                if v.get(8..16) == Some(&k[..8]) {
+                    write.remove(&self.keys, key.to_vec());
+                }
+            }
+            write.remove(&self.expiry, k);
+            pruned += 1;
+        }
+        write.commit()?;
+        Ok(pruned)
+    }
+}
+
+/// Runs `f` on the blocking pool: fjall calls do file I/O.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Storage(e.to_string()))?
+}
+
+impl EventLog for EmbeddedLog {
+    fn append_batch(
+        &self,
+        batch: Vec<Append>,
+    ) -> BoxFuture<'_, Result<Vec<Appended>, StorageError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || inner.append_blocking(batch)))
+    }
+
+    fn read(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || inner.read_blocking(after, limit)))
+    }
+
+    fn head(&self) -> Position {
+        self.inner.head.load(Ordering::Acquire)
+    }
+
+    fn earliest(&self) -> Position {
+        self.inner.earliest.load(Ordering::Acquire)
+    }
+
+    fn remove_through(&self, through: Position) -> BoxFuture<'_, Result<u64, StorageError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || inner.remove_blocking(through)))
+    }
+
+    fn prune_keys(&self, now: u64) -> BoxFuture<'_, Result<usize, StorageError>> {
+        let inner = self.inner.clone();
+        Box::pin(blocking(move || inner.prune_blocking(now)))
+    }
+
+    fn approximate_bytes(&self) -> u64 {
+        self.inner.events.disk_space()
+    }
+}
