@@ -101,9 +101,11 @@ impl EventLog for MemoryLog {
     }
 }
 
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Debug, Default)]
 pub struct MemoryTables {
-    tables: RwLock<HashMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: RwLock<HashMap<&'static str, Table>>,
 }
 
 impl Tables for MemoryTables {
