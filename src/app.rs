@@ -1,45 +1,30 @@
-//! Wiring and lifecycle: builds the hub from a `Config` (log backend, sources, schemas, keys),
-//! runs the HTTP server and background tasks, and drains them on shutdown.
+//! The composition root: builds every part from a `Config` (storage, the journal, streams,
+//! keys, ingest, delivery, revocations, feeds), merges each part's routes, spawns the named
+//! background tasks (push delivery, the revocation fold, the feed pump, key warming, dedupe
+//! pruning) and drains them on shutdown. Nothing else in the crate imports this module.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogUrl, Secret};
-use crate::ingest::Source;
+use crate::delivery::Delivery;
+use crate::feed::Feeds;
+use crate::http::AdminToken;
+use crate::ingest::{Ingest, Source};
 use crate::log::Log;
+use crate::outbound::Minter;
+use crate::revocation::Revocations;
 use crate::schema::Schemas;
-use crate::sign::{SetSigner, SignAlg, SignError};
+use crate::sign::SignAlg;
 use crate::storage::{Budgets, Storage};
-
-/// Everything request handlers share.
-#[derive(Debug)]
-pub struct Hub {
-    pub config: Config,
-    pub sources: HashMap<String, Source>,
-    pub log: Log,
-    pub schemas: Schemas,
-    pub admin_token: Secret,
-    /// The hub's signing keys; streams sign with `default_alg` unless they choose otherwise.
-    pub keys: crate::keyring::Keyring,
-    pub default_alg: SignAlg,
-    pub registry: crate::streams::Registry,
-    pub cursors: crate::delivery::Cursors,
-    pub recent: crate::delivery::Recent,
-    pub revocations: crate::revocation::Revocations,
-    pub feeds: crate::feed::Feeds,
-    /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
-    pub closing: CancellationToken,
-    pub push_guard: Arc<crate::delivery::guard::Guard>,
-    pub push_client: reqwest::Client,
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-}
+use crate::streams::{Cursors, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -48,7 +33,7 @@ pub enum StartError {
     #[error("{0}")]
     Setup(String),
     #[error("opening storage: {0}")]
-    Log(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::storage::StorageError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -56,102 +41,142 @@ pub enum StartError {
 /// How often expired de-duplication keys are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-impl Hub {
-    /// Builds the hub: opens the log, loads or creates the signing key and admin token, reads
-    /// source keys. Must run inside a tokio runtime (the log starts its committer task).
-    pub fn build(config: Config) -> Result<Arc<Hub>, StartError> {
-        for risk in config.risks() {
-            tracing::warn!("{risk}");
-        }
-        std::fs::create_dir_all(&config.data_dir)?;
-        let storage = match config.log_url()? {
-            LogUrl::Fjall(path) => Storage::embedded(
-                &config.data_dir,
-                &path,
-                Budgets {
-                    cache_bytes: config.log.cache_capacity_bytes,
-                    write_buffer_bytes: config.log.write_buffer_bytes,
-                },
-            )?,
-            LogUrl::Memory => Storage::memory(),
-        };
-        let flusher = crate::durable::Flusher::new(storage.tables.clone());
-        let registry = crate::streams::Registry::open(storage.tables.clone(), flusher.clone())
-            .map_err(|e| StartError::Setup(e.to_string()))?;
-        let cursors = crate::delivery::Cursors::open(storage.tables.clone(), flusher)
-            .map_err(|e| StartError::Setup(e.to_string()))?;
-        let (revocations, restored_in) = crate::revocation::timed_open(storage.tables.clone())
-            .map_err(|e| StartError::Setup(format!("revocation state: {e}")))?;
-        tracing::info!(
-            subjects = revocations.subject_count(),
-            position = revocations.position(),
-            ms = restored_in.as_millis() as u64,
-            "revocation state restored"
-        );
-        let log = Log::start(storage.log.clone());
-        let schemas = Schemas::compile().map_err(StartError::Setup)?;
-        let sources = config
-            .sources
-            .iter()
-            .map(|c| Source::from_config(c, &config.jwks).map(|s| (s.id.clone(), s)))
-            .collect::<Result<HashMap<_, _>, _>>()
-            .map_err(StartError::Setup)?;
-        let alg =
-            SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
-        let keys = crate::keyring::Keyring::open(
-            &config.data_dir.join("keys"),
-            Some((&config.data_dir.join("signing-key.pem"), alg)),
-            crate::keyring::Timing {
-                activation_delay_secs: config.signing.activation_delay_secs,
-                retired_grace_secs: config.signing.retired_grace_secs,
-            },
-        )
-        .map_err(|e| StartError::Setup(format!("hub signing keys: {e}")))?;
-        let admin_token = match &config.admin_token {
-            Some(t) => t.clone(),
-            None => load_or_create_token(&config.data_dir.join("admin-token"))?,
-        };
-        let push_guard = Arc::new(
-            crate::delivery::guard::Guard::new(&config.delivery.allow_private_targets)
-                .map_err(StartError::Setup)?,
-        );
-        let push_client = crate::delivery::push::client(
-            push_guard.clone(),
-            Duration::from_millis(config.delivery.push_timeout_ms),
-        );
-        let feeds = crate::feed::Feeds::new(config.feed.ring_capacity);
-        Ok(Arc::new(Hub {
-            config,
-            sources,
-            log,
-            schemas,
-            admin_token,
-            keys,
-            default_alg: alg,
-            registry,
-            cursors,
-            recent: Default::default(),
-            revocations,
-            feeds,
-            closing: CancellationToken::new(),
-            push_guard,
-            push_client,
-            metrics: crate::telemetry::metrics_handle(),
-        }))
-    }
+/// A hub, built and not yet serving: its router and what its background tasks run on.
+#[derive(Debug)]
+struct Parts {
+    storage: Storage,
+    log: Log,
+    ingest: Ingest,
+    delivery: Delivery,
+    revocations: Arc<Revocations>,
+    feeds: Feeds,
+    router: Router,
+    /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
+    closing: CancellationToken,
 }
 
-impl Hub {
-    /// The key that signs `stream`'s SETs now: its own `signing_alg`, or the hub's.
-    pub fn signer_for(&self, stream: &crate::streams::Stream) -> Result<Arc<SetSigner>, SignError> {
-        let alg = match &stream.signing_alg {
-            Some(name) => SignAlg::parse(name)?,
-            None => self.default_alg,
-        };
-        self.keys
-            .active(alg)
-            .ok_or_else(|| SignError::Alg(format!("no active {} key", alg.name())))
+/// Builds the hub: opens storage, loads or creates the signing keys and admin token, reads
+/// source keys. Must run inside a tokio runtime (the log starts its committer task).
+fn build(config: Config) -> Result<Parts, StartError> {
+    for risk in config.risks() {
+        tracing::warn!("{risk}");
     }
+    // Installs the metrics recorder before the first thing is counted (start-up included).
+    let metrics = crate::telemetry::metrics_handle();
+    std::fs::create_dir_all(&config.data_dir)?;
+    let storage = match config.log_url()? {
+        LogUrl::Fjall(path) => Storage::embedded(
+            &config.data_dir,
+            &path,
+            Budgets {
+                cache_bytes: config.log.cache_capacity_bytes,
+                write_buffer_bytes: config.log.write_buffer_bytes,
+            },
+        )?,
+        LogUrl::Memory => Storage::memory(),
+    };
+    let setup = |what: &str| {
+        let what = what.to_owned();
+        move |e: crate::streams::RegistryError| StartError::Setup(format!("{what}: {e}"))
+    };
+    let flusher = crate::durable::Flusher::new(storage.tables.clone());
+    let registry =
+        Registry::open(storage.tables.clone(), flusher.clone()).map_err(setup("streams"))?;
+    let cursors = Cursors::open(storage.tables.clone(), flusher).map_err(setup("cursors"))?;
+    let (revocations, restored_in) =
+        crate::revocation::timed_open(storage.tables.clone()).map_err(setup("revocation state"))?;
+    tracing::info!(
+        subjects = revocations.subject_count(),
+        position = revocations.position(),
+        ms = restored_in.as_millis() as u64,
+        "revocation state restored"
+    );
+    let revocations = Arc::new(revocations);
+    let log = Log::start(storage.log.clone());
+
+    let sources = config
+        .sources
+        .iter()
+        .map(|c| Source::from_config(c, &config.jwks))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StartError::Setup)?;
+    let schemas = Schemas::compile().map_err(StartError::Setup)?;
+    let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone());
+
+    let alg = SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
+    let keys = crate::keyring::Keyring::open(
+        &config.data_dir.join("keys"),
+        Some((&config.data_dir.join("signing-key.pem"), alg)),
+        crate::keyring::Timing {
+            activation_delay_secs: config.signing.activation_delay_secs,
+            retired_grace_secs: config.signing.retired_grace_secs,
+        },
+    )
+    .map_err(|e| StartError::Setup(format!("hub signing keys: {e}")))?;
+    let minter = Minter::new(keys, alg, &config.issuer);
+    let admin = AdminToken(match &config.admin_token {
+        Some(t) => t.clone(),
+        None => load_or_create_token(&config.data_dir.join("admin-token"))?,
+    });
+    let guard = Arc::new(
+        crate::guard::Guard::new(&config.delivery.allow_private_targets)
+            .map_err(StartError::Setup)?,
+    );
+    let delivery = Delivery::new(
+        log.clone(),
+        registry.clone(),
+        cursors.clone(),
+        minter.clone(),
+        config.delivery.clone(),
+        guard.clone(),
+    );
+    let closing = CancellationToken::new();
+    let feeds = Feeds::new(
+        config.feed.ring_capacity,
+        log.clone(),
+        revocations.clone(),
+        closing.clone(),
+        admin.clone(),
+        registry.clone(),
+    );
+
+    let manage = crate::manage::Manage {
+        registry: registry.clone(),
+        cursors,
+        log: log.clone(),
+        minter,
+        config: Arc::new(config.delivery.clone()),
+        guard,
+        delivery: delivery.clone(),
+        admin: admin.clone(),
+    };
+    let api = crate::revocation::Api {
+        revocations: revocations.clone(),
+        registry: registry.clone(),
+        admin: admin.clone(),
+    };
+    let ops = crate::ops::Ops {
+        log: log.clone(),
+        admin,
+        metrics,
+    };
+    let router = Router::new()
+        .merge(crate::manage::routes(manage))
+        .merge(crate::revocation::routes(api))
+        .merge(crate::feed::routes(feeds.clone()))
+        .merge(ingest.clone().routes())
+        .merge(crate::ops::routes(ops))
+        .layer(axum::middleware::from_fn(crate::http::request_id));
+    Ok(Parts {
+        storage,
+        log,
+        ingest,
+        delivery,
+        revocations,
+        feeds,
+        router,
+        closing,
+    })
 }
 
 fn load_or_create_token(path: &Path) -> Result<Secret, StartError> {
@@ -175,55 +200,40 @@ fn load_or_create_token(path: &Path) -> Result<Secret, StartError> {
     Ok(Secret::new(token))
 }
 
-/// Serves `hub` on `listener` until `shutdown` is cancelled, then drains in-flight requests and
-/// stops background tasks. Tests pass a listener on port 0 and their own token.
-pub async fn run(
-    hub: Arc<Hub>,
+/// Serves `parts` on `listener` until `shutdown` is cancelled, then drains in-flight requests
+/// and stops background tasks.
+async fn run(
+    parts: Parts,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
+    let Parts {
+        storage: _,
+        log,
+        ingest,
+        delivery,
+        revocations,
+        feeds,
+        router,
+        closing,
+    } = parts;
     let mut tasks = JoinSet::new();
-    for source in hub.sources.values() {
-        // Warm the JWKS cache so the first SET does not pay for the fetch.
-        let hub = hub.clone();
-        let id = source.id.clone();
-        tasks.spawn(async move {
-            if let Some(s) = hub.sources.get(&id) {
-                s.keys.warm().await;
-            }
-        });
-    }
-    {
-        let hub = hub.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(PRUNE_EVERY);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => match hub.log.prune_keys(crate::unix_now()).await {
-                        Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned expired dedupe keys"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
-                    },
-                }
-            }
-        });
-    }
-    tasks.spawn(crate::delivery::push::run(hub.clone(), shutdown.clone()));
-    tasks.spawn(crate::revocation::run(hub.clone(), shutdown.clone()));
-    tasks.spawn(crate::feed::run(hub.clone(), shutdown.clone()));
+    let sources = ingest.source_count();
+    tasks.spawn(ingest.warm_keys());
+    tasks.spawn(prune_keys(log.clone(), shutdown.clone()));
+    tasks.spawn(crate::delivery::push::run(delivery, shutdown.clone()));
+    tasks.spawn(crate::revocation::run(revocations, log, shutdown.clone()));
+    tasks.spawn(crate::feed::run(feeds, shutdown.clone()));
     {
         // Upgraded connections are outside axum's graceful shutdown; tell them to finish.
-        let (hub, shutdown) = (hub.clone(), shutdown.clone());
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
             shutdown.cancelled().await;
-            hub.closing.cancel();
+            closing.cancel();
         });
     }
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, sources = hub.sources.len(), "ssf-hub listening");
-    let app = crate::http::router(hub.clone());
+    tracing::info!(%addr, sources, "ssf-hub listening");
     let stop = shutdown.clone();
     // Deltas, feed frames and 202s are small writes that must leave at once: without
     // TCP_NODELAY, Nagle's algorithm holds one behind an unacknowledged predecessor (delayed ACK
@@ -233,7 +243,7 @@ pub async fn run(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    let served = axum::serve(listener, app)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
     shutdown.cancel();
@@ -248,11 +258,29 @@ pub async fn run(
     served.map_err(StartError::Io)
 }
 
+/// Forgets expired de-duplication keys every [`PRUNE_EVERY`] until `shutdown`.
+#[tracing::instrument(name = "dedupe_pruner", skip_all)]
+async fn prune_keys(log: Log, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => match log.prune_keys(crate::unix_now()).await {
+                Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned expired dedupe keys"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
+            },
+        }
+    }
+}
+
 /// A hub running in the background of the current runtime (tests, benchmarks).
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
-    pub hub: Arc<Hub>,
+    /// The journal, for test fixtures that append records without going through ingest.
+    pub log: Log,
+    storage: Storage,
     pub shutdown: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), StartError>>,
 }
@@ -261,29 +289,29 @@ impl Running {
     /// Stops the hub and waits until it has released its storage, so the same data directory
     /// can be opened again in this process.
     pub async fn stop(self) -> Result<(), StartError> {
-        self.shutdown.cancel();
-        let served = self
-            .task
+        let Running {
+            log,
+            storage,
+            shutdown,
+            task,
+            ..
+        } = self;
+        shutdown.cancel();
+        let served = task
             .await
             .map_err(|e| StartError::Setup(format!("hub task: {e}")))?;
-        self.hub.log.clone().close().await;
-        // Connection tasks may hold the hub a moment longer; the state database closes with
-        // the last of them.
-        let mut hub = self.hub;
+        log.close().await;
+        // Connection tasks may hold parts of the hub a moment longer; the storage closes with
+        // the last of them, and this handle is then the only one left.
         for _ in 0..500 {
-            match Arc::try_unwrap(hub) {
-                Ok(hub) => {
-                    drop(hub);
-                    return served;
-                }
-                Err(shared) => {
-                    hub = shared;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            if Arc::strong_count(&storage.log) == 1 && Arc::strong_count(&storage.tables) == 1 {
+                drop(storage);
+                return served;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(StartError::Setup(
-            "the hub is still in use after shutdown".into(),
+            "the hub's storage is still in use after shutdown".into(),
         ))
     }
 }
@@ -292,12 +320,14 @@ impl Running {
 pub async fn spawn(config: Config) -> Result<Running, StartError> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let hub = Hub::build(config)?;
+    let parts = build(config)?;
+    let (log, storage) = (parts.log.clone(), parts.storage.clone());
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run(hub.clone(), listener, shutdown.clone()));
+    let task = tokio::spawn(run(parts, listener, shutdown.clone()));
     Ok(Running {
         addr,
-        hub,
+        log,
+        storage,
         shutdown,
         task,
     })
@@ -306,7 +336,7 @@ pub async fn spawn(config: Config) -> Result<Running, StartError> {
 /// `ssf-hub serve`: runs until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     let listener = TcpListener::bind(config.listen).await?;
-    let hub = Hub::build(config)?;
+    let parts = build(config)?;
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -314,7 +344,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tracing::info!("shutting down");
         signal.cancel();
     });
-    run(hub, listener, shutdown).await
+    run(parts, listener, shutdown).await
 }
 
 async fn wait_for_signal() {

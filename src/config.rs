@@ -10,7 +10,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
 
-use crate::verify::Alg;
+use crate::keys::Alg;
+pub use crate::keys::JwksConfig;
 
 /// The documented defaults, compiled in so that docs and behaviour cannot drift apart.
 pub const DEFAULTS: &str = include_str!("../deploy/config/hub.toml");
@@ -125,16 +126,6 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     pub max_future_iat_secs: u64,
     pub dedupe_retention_secs: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwksConfig {
-    pub min_cache_secs: u64,
-    pub max_cache_secs: u64,
-    pub refresh_cooldown_secs: u64,
-    pub fetch_timeout_secs: u64,
-    pub max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,7 +270,7 @@ impl Config {
                 "budgets must be at least 1",
             ));
         }
-        if let Err(e) = crate::delivery::guard::Guard::new(&d.allow_private_targets) {
+        if let Err(e) = crate::guard::Guard::new(&d.allow_private_targets) {
             return Err(invalid("delivery.allow_private_targets", e));
         }
         if !(16..=1 << 20).contains(&self.feed.ring_capacity) {

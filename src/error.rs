@@ -6,8 +6,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::log::LogError;
 use crate::normalize::NormalizeError;
+use crate::storage::StorageError as LogError;
 use crate::verify::{ErrCode, VerifyError};
 
 #[derive(Debug, thiserror::Error)]
@@ -173,14 +173,4 @@ impl IntoResponse for Error {
             }
         }
     }
-}
-
-/// An untrusted string (a receiver's error code, a member name, a JSON pointer) cut to a short,
-/// plain form before it is echoed in an error description, a status reason or a log line: only
-/// letters, digits and `_-./:`, at most `max` of them, so nothing hostile gets through.
-pub fn plain(s: &str, max: usize) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "_-./:".contains(*c))
-        .take(max)
-        .collect()
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{FromRef, Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -19,10 +18,13 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Hub;
 use crate::error::Error;
+use crate::http::{Admin, AdminToken, Reader};
+use crate::log::Log;
 use crate::normalize::Record;
+use crate::revocation::Revocations;
 use crate::set::EventKind;
+use crate::streams::Registry;
 
 /// One item on a live feed: its log position, what filters look at, and its JSON.
 #[derive(Debug)]
@@ -40,20 +42,59 @@ pub struct Item {
 /// socket costs do not cap the event rate.
 const MAX_BATCH: usize = 256;
 
-/// The live rings, fed by `run` (events) and the revocation fold (deltas).
-#[derive(Debug)]
+/// The feeds: the log and the revocation state they replay from, the live rings they follow
+/// (events fed by [`run`], deltas by the revocation fold as it stores them), and the
+/// credentials that open them.
+#[derive(Debug, Clone)]
 pub struct Feeds {
-    pub events: broadcast::Sender<Arc<Item>>,
-    pub deltas: broadcast::Sender<Arc<Item>>,
+    log: Log,
+    revocations: Arc<Revocations>,
+    events: broadcast::Sender<Arc<Item>>,
+    deltas: broadcast::Sender<Arc<Item>>,
+    /// Cancelled when the hub shuts down: upgraded connections are outside axum's graceful
+    /// shutdown, so they watch this.
+    closing: CancellationToken,
+    admin: AdminToken,
+    registry: Registry,
 }
 
 impl Feeds {
-    /// Rings of `capacity` items each (`feed.ring_capacity`).
-    pub fn new(capacity: usize) -> Feeds {
+    /// Rings of `capacity` items each (`feed.ring_capacity`); subscribes to `revocations`.
+    pub fn new(
+        capacity: usize,
+        log: Log,
+        revocations: Arc<Revocations>,
+        closing: CancellationToken,
+        admin: AdminToken,
+        registry: Registry,
+    ) -> Feeds {
+        let deltas = broadcast::channel(capacity.max(1)).0;
+        let ring = deltas.clone();
+        revocations.on_delta(move |d| {
+            // No receivers is not an error: nobody is watching right now.
+            let _ = ring.send(Arc::new(delta_item(d)));
+        });
         Feeds {
+            log,
+            revocations,
             events: broadcast::channel(capacity.max(1)).0,
-            deltas: broadcast::channel(capacity.max(1)).0,
+            deltas,
+            closing,
+            admin,
+            registry,
         }
+    }
+}
+
+impl FromRef<Feeds> for AdminToken {
+    fn from_ref(f: &Feeds) -> AdminToken {
+        f.admin.clone()
+    }
+}
+
+impl FromRef<Feeds> for Registry {
+    fn from_ref(f: &Feeds) -> Registry {
+        f.registry.clone()
     }
 }
 
@@ -88,17 +129,18 @@ pub fn delta_item(delta: &crate::state::Delta) -> Item {
 
 /// Publishes every new log record on the events ring until `shutdown`.
 #[tracing::instrument(name = "feed_pump", skip_all)]
-pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
-    let mut head = hub.log.subscribe();
-    let mut after = hub.log.head();
+pub async fn run(feeds: Feeds, shutdown: CancellationToken) {
+    let log = &feeds.log;
+    let mut head = log.subscribe();
+    let mut after = log.head();
     loop {
         head.borrow_and_update();
         // Nobody watching: nothing to publish (a client that connects later replays from the log).
-        if hub.feeds.events.receiver_count() == 0 {
-            after = hub.log.head();
+        if feeds.events.receiver_count() == 0 {
+            after = log.head();
         }
         loop {
-            let page = match hub.recent.page(&hub.log, after, 1000).await {
+            let page = match log.page(after, 1000).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the log failed");
@@ -110,7 +152,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
             };
             for record in page.iter().filter_map(|(_, r)| r.as_ref()) {
                 // No receivers is not an error: nobody is watching right now.
-                let _ = hub.feeds.events.send(Arc::new(event_item(record)));
+                let _ = feeds.events.send(Arc::new(event_item(record)));
             }
             after = last;
         }
@@ -121,10 +163,11 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     }
 }
 
-pub fn routes() -> Router<Arc<Hub>> {
+pub fn routes(feeds: Feeds) -> Router {
     Router::new()
         .route("/feed", get(get_feed))
         .route("/revocations/ws", get(get_revocations_ws))
+        .with_state(feeds)
 }
 
 /// Filters of `GET /feed`.
@@ -172,7 +215,7 @@ impl Filter {
                     .ok_or_else(|| {
                         Error::Invalid(format!(
                             "unknown event type in `types`: {}",
-                            crate::error::plain(t, 64)
+                            crate::plain(t, 64)
                         ))
                     })
             })
@@ -196,36 +239,34 @@ impl Filter {
 
 /// `GET /feed?since=&types=&sources=&subject_key=` (admin token).
 async fn get_feed(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Admin,
+    State(feeds): State<Feeds>,
     Query(params): Query<FeedParams>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
     let filter = Filter::from(&params)?;
-    let since = params.since.unwrap_or_else(|| hub.log.head());
-    let live = hub.feeds.events.subscribe();
+    let since = params.since.unwrap_or_else(|| feeds.log.head());
+    let live = feeds.events.subscribe();
     Ok(ws.on_upgrade(move |socket| async move {
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").increment(1.0);
-        follow(socket, hub.clone(), since, filter, live, Source::Events).await;
+        follow(socket, feeds, since, filter, live, Source::Events).await;
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").decrement(1.0);
     }))
 }
 
 /// `GET /revocations/ws?since=` (receiver or admin token).
 async fn get_revocations_ws(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Reader,
+    State(feeds): State<Feeds>,
     Query(params): Query<FeedParams>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Error> {
-    crate::revocation::authorize(&hub, &headers)?;
     let filter = Filter::from(&params)?;
-    let since = params.since.unwrap_or_else(|| hub.revocations.position());
-    let live = hub.feeds.deltas.subscribe();
+    let since = params.since.unwrap_or_else(|| feeds.revocations.position());
+    let live = feeds.deltas.subscribe();
     Ok(ws.on_upgrade(move |socket| async move {
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "revocations").increment(1.0);
-        follow(socket, hub.clone(), since, filter, live, Source::Deltas).await;
+        follow(socket, feeds, since, filter, live, Source::Deltas).await;
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "revocations").decrement(1.0);
     }))
 }
@@ -245,21 +286,21 @@ impl Source {
     }
 
     /// Stored items after `after`, for replay.
-    async fn replay(self, hub: &Hub, after: u64) -> Result<Vec<Item>, String> {
+    async fn replay(self, feeds: &Feeds, after: u64) -> Result<Vec<Item>, String> {
         match self {
             Source::Events => {
-                let entries = hub.log.read(after, 1000).await.map_err(|e| e.to_string())?;
-                Ok(entries
-                    .into_iter()
-                    .filter_map(|e| {
-                        let mut r: Record = serde_json::from_slice(&e.record).ok()?;
-                        r.position = e.position;
-                        Some(event_item(&r))
-                    })
+                let page = feeds
+                    .log
+                    .page(after, 1000)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(page
+                    .iter()
+                    .filter_map(|(_, r)| r.as_deref().map(event_item))
                     .collect())
             }
             Source::Deltas => {
-                let deltas = hub
+                let deltas = feeds
                     .revocations
                     .deltas_after(after, 1000)
                     .map_err(|e| e.to_string())?;
@@ -272,10 +313,10 @@ impl Source {
         }
     }
 
-    fn head(self, hub: &Hub) -> u64 {
+    fn head(self, feeds: &Feeds) -> u64 {
         match self {
-            Source::Events => hub.log.head(),
-            Source::Deltas => hub.revocations.position(),
+            Source::Events => feeds.log.head(),
+            Source::Deltas => feeds.revocations.position(),
         }
     }
 }
@@ -309,7 +350,7 @@ fn batch_frame(items: &[&Item]) -> String {
 /// items at or below the last position sent are skipped, so nothing is sent twice.
 async fn follow(
     mut socket: WebSocket,
-    hub: Arc<Hub>,
+    feeds: Feeds,
     since: u64,
     filter: Filter,
     mut live: broadcast::Receiver<Arc<Item>>,
@@ -319,7 +360,7 @@ async fn follow(
     let mut sent = since;
     // Replay what is stored, page by page, until caught up with what the ring will carry.
     loop {
-        let items = match source.replay(&hub, sent).await {
+        let items = match source.replay(&feeds, sent).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(error = %e, "feed replay failed");
@@ -334,7 +375,7 @@ async fn follow(
             return;
         }
         sent = last;
-        if sent >= source.head(&hub) {
+        if sent >= source.head(&feeds) {
             break;
         }
     }
@@ -387,7 +428,7 @@ async fn follow(
                     sent = last.position;
                 }
             }
-            _ = hub.closing.cancelled() => {
+            _ = feeds.closing.cancelled() => {
                 let _ = socket.send(Message::Close(None)).await;
                 return;
             }

@@ -1,54 +1,21 @@
-//! The HTTP surface: router, request-id middleware, operator endpoints (`/events`, `/metrics`,
-//! health) and the hub's public JWKS. Stage handlers live in their own modules (`ingest`).
+//! What every HTTP module shares: the request-id middleware and the credential extractors
+//! ([`Admin`], [`Receiver`], [`Reader`]) that authorize a request before its handler runs.
+//! Routes live with the stage they serve; `app` merges them.
 
-use std::sync::Arc;
-
-use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::extract::{FromRef, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use tracing::Instrument;
 
-use crate::app::Hub;
+use crate::config::Secret;
 use crate::error::Error;
-use crate::normalize::Record;
-
-pub fn router(hub: Arc<Hub>) -> Router {
-    // Transmitter endpoints live below the issuer's path, discovery at the RFC 8615 location
-    // with the issuer's path appended (SSF §7.2.1).
-    let issuer_path = reqwest::Url::parse(&hub.config.issuer)
-        .map(|u| u.path().trim_end_matches('/').to_owned())
-        .unwrap_or_default();
-    let transmitter = if issuer_path.is_empty() {
-        crate::manage::routes()
-    } else {
-        Router::new().nest(&issuer_path, crate::manage::routes())
-    };
-    Router::new()
-        .route(
-            &format!("/.well-known/ssf-configuration{issuer_path}"),
-            get(crate::manage::get_configuration),
-        )
-        .route(&format!("{issuer_path}/jwks.json"), get(get_jwks))
-        .merge(transmitter)
-        .merge(crate::manage::admin_routes())
-        .merge(crate::revocation::routes())
-        .merge(crate::feed::routes())
-        .route("/ingest/{source_id}", post(crate::ingest::ingest_set))
-        .route("/events", get(list_events))
-        .route("/metrics", get(get_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .layer(middleware::from_fn(request_id))
-        .with_state(hub)
-}
+use crate::streams::Registry;
 
 /// Gives every request an id, in its tracing span and in the `x-request-id` response header,
 /// so a client's report can be matched to the hub's log lines.
-async fn request_id(req: Request, next: Next) -> Response {
+pub async fn request_id(req: Request, next: Next) -> Response {
     // Unique within the process and cheap: a counter, not a random UUID per request.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = format!(
@@ -67,7 +34,7 @@ async fn request_id(req: Request, next: Next) -> Response {
 
 /// The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1; tokens in query
 /// parameters are never accepted).
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -82,71 +49,81 @@ fn process_epoch() -> u64 {
     *EPOCH.get_or_init(crate::unix_now_ms)
 }
 
-/// Checks `Authorization: Bearer <admin_token>` in constant time.
-pub(crate) fn require_admin(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
-    if hub.admin_token.matches(bearer(headers)?.as_bytes()) {
+/// The operators' bearer token; a state that holds one lets handlers take [`Admin`].
+#[derive(Debug, Clone)]
+pub struct AdminToken(pub Secret);
+
+/// A request that presented `Authorization: Bearer <admin_token>` (compared in constant time).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<S> FromRequestParts<S> for Admin
+where
+    AdminToken: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Admin, Error> {
+        if AdminToken::from_ref(state)
+            .0
+            .matches(bearer(&parts.headers)?.as_bytes())
+        {
+            Ok(Admin)
+        } else {
+            Err(Error::WrongCredential)
+        }
+    }
+}
+
+/// The registered, unrevoked receiver behind `Authorization: Bearer <credential>`.
+#[derive(Debug, Clone)]
+pub struct Receiver(pub crate::streams::Receiver);
+
+impl<S> FromRequestParts<S> for Receiver
+where
+    Registry: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Receiver, Error> {
+        let token = bearer(&parts.headers)?;
+        Registry::from_ref(state)
+            .authenticate(token)?
+            .map(Receiver)
+            .ok_or(Error::InvalidToken)
+    }
+}
+
+/// A request from an operator or from any receiver (the revocation views are for both).
+#[derive(Debug, Clone, Copy)]
+pub struct Reader;
+
+impl<S> FromRequestParts<S> for Reader
+where
+    AdminToken: FromRef<S>,
+    Registry: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Reader, Error> {
+        let token = bearer(&parts.headers)?;
+        admit(
+            &AdminToken::from_ref(state),
+            &Registry::from_ref(state),
+            token,
+        )?;
+        Ok(Reader)
+    }
+}
+
+/// Accepts the admin token or a receiver's credential.
+pub fn admit(admin: &AdminToken, registry: &Registry, token: &str) -> Result<(), Error> {
+    if admin.0.matches(token.as_bytes()) || registry.authenticate(token)?.is_some() {
         Ok(())
     } else {
-        Err(Error::WrongCredential)
+        Err(Error::InvalidToken)
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct EventsQuery {
-    #[serde(default)]
-    since: u64,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
-/// Largest page `GET /events` returns, whatever `limit` asks for.
-pub const MAX_EVENTS_PAGE: usize = 1000;
-
-/// `GET /events?since=POSITION&limit=N`: records after `since`, oldest first, with `next` (the
-/// position to pass as `since` to continue) and `head` (the last durable position).
-async fn list_events(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Error> {
-    require_admin(&hub, &headers)?;
-    let Query(q) =
-        query.map_err(|_| Error::BadQuery("since and limit must be non-negative integers"))?;
-    if q.limit == 0 {
-        return Err(Error::BadQuery("limit must be at least 1"));
-    }
-    let entries = hub.log.read(q.since, q.limit.min(MAX_EVENTS_PAGE)).await?;
-    let mut next = q.since;
-    let mut events = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let mut record: Record = serde_json::from_slice(&entry.record)
-            .map_err(|e| crate::log::LogError::Storage(format!("decoding record: {e}")))?;
-        record.position = entry.position;
-        next = entry.position;
-        events.push(record);
-    }
-    let body = json!({ "events": events, "next": next, "head": hub.log.head() });
-    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
-}
-
-/// `GET /jwks.json`: the hub's public signing keys.
-async fn get_jwks(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    let jwks: Value = hub.keys.jwks();
-    (
-        [(header::CONTENT_TYPE, "application/jwk-set+json")],
-        jwks.to_string(),
-    )
-}
-
-/// `GET /metrics`: Prometheus text exposition.
-async fn get_metrics(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        hub.metrics.render(),
-    )
 }

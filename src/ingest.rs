@@ -2,22 +2,63 @@
 //! media type and the size, runs `verify` and `normalize`, appends to the log, and answers 202
 //! only once the record is durable. Knows HTTP and sources; leaves JOSE and storage to others.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
 
-use crate::app::Hub;
-use crate::config::{Secret, SourceConfig};
+use crate::config::{IngestConfig, Secret, SourceConfig};
 use crate::error::Error;
 use crate::keys::SourceKeys;
-use crate::log::{Append, Appended};
+use crate::log::{Appended, Log};
 use crate::normalize::{self, Options};
+use crate::schema::Schemas;
 use crate::set::{EventKind, SET_MEDIA_TYPE};
 use crate::telemetry;
 use crate::verify::{Alg, Policy, Unverified};
+
+/// What ingest works with: the configured sources, the schemas records are checked against,
+/// the log they are appended to, and the limits on what is accepted.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    sources: Arc<HashMap<String, Source>>,
+    schemas: Arc<Schemas>,
+    log: Log,
+    limits: IngestConfig,
+}
+
+impl Ingest {
+    pub fn new(sources: Vec<Source>, schemas: Schemas, log: Log, limits: IngestConfig) -> Ingest {
+        Ingest {
+            sources: Arc::new(sources.into_iter().map(|s| (s.id.clone(), s)).collect()),
+            schemas: Arc::new(schemas),
+            log,
+            limits,
+        }
+    }
+
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Fetches every source's JWKS once, so the first SET does not pay for the fetch.
+    pub async fn warm_keys(self) {
+        for source in self.sources.values() {
+            source.keys.warm().await;
+        }
+    }
+
+    pub fn routes(self) -> Router {
+        Router::new()
+            .route("/ingest/{source_id}", post(ingest_set))
+            .with_state(self)
+    }
+}
 
 /// A configured upstream transmitter, ready to verify its SETs.
 #[derive(Debug)]
@@ -81,19 +122,19 @@ impl Source {
 
 /// `POST /ingest/{source_id}`.
 #[tracing::instrument(name = "ingest", skip_all, fields(source = %source_id))]
-pub(crate) async fn ingest_set(
-    State(hub): State<Arc<Hub>>,
+async fn ingest_set(
+    State(ingest): State<Ingest>,
     Path(source_id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, Error> {
-    let Some(source) = hub.sources.get(&source_id) else {
+    let Some(source) = ingest.sources.get(&source_id) else {
         // Never label metrics with an id the client chose.
         telemetry::record_ingest("unknown", "none", Error::UnknownSource.outcome());
         return Err(Error::UnknownSource);
     };
     let mut event_type = "none";
-    let result = accept(&hub, source, &headers, body, &mut event_type).await;
+    let result = accept(&ingest, source, &headers, body, &mut event_type).await;
     let outcome = match &result {
         Ok(Appended::New(_)) => "accepted",
         Ok(Appended::Duplicate(_)) => "duplicate",
@@ -113,7 +154,7 @@ pub(crate) async fn ingest_set(
 }
 
 async fn accept(
-    hub: &Hub,
+    ingest: &Ingest,
     source: &Source,
     headers: &HeaderMap,
     body: Body,
@@ -129,7 +170,7 @@ async fn accept(
     if !media_type.eq_ignore_ascii_case(SET_MEDIA_TYPE) {
         return Err(Error::UnsupportedMediaType);
     }
-    let limit = hub.config.ingest.max_body_bytes;
+    let limit = ingest.limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -149,7 +190,7 @@ async fn accept(
         audiences: &source.audiences,
         algorithms: &source.algorithms,
         legacy: source.legacy,
-        max_future_iat_secs: hub.config.ingest.max_future_iat_secs,
+        max_future_iat_secs: ingest.limits.max_future_iat_secs,
     };
     let verified = Unverified(&body)
         .parse(&policy)?
@@ -157,7 +198,7 @@ async fn accept(
         .await?;
     let received_at_ms = crate::unix_now_ms();
     let record = normalize::normalize(
-        &hub.schemas,
+        &ingest.schemas,
         verified,
         &source.id,
         received_at_ms,
@@ -172,22 +213,12 @@ async fn accept(
         return Err(Error::AccessDenied);
     }
 
-    let append = Append {
-        key: dedupe_key(&record.iss, &record.jti),
-        key_expires_at: received_at_ms / 1000 + hub.config.ingest.dedupe_retention_secs,
-        record: serde_json::to_vec(&record)
-            .map_err(|e| crate::log::LogError::Storage(format!("encoding record: {e}")))?,
-    };
+    let key = dedupe_key(&record.iss, &record.jti);
+    let expires_at = received_at_ms / 1000 + ingest.limits.dedupe_retention_secs;
     let started = Instant::now();
-    let appended = hub.log.append(append).await?;
+    // The journal hands the decoded record to the log's followers once it is durable.
+    let appended = ingest.log.append_record(record, key, expires_at).await?;
     telemetry::record_append(started.elapsed());
-    tracing::debug!(jti = %record.jti, iss = %record.iss, "appended");
-    if let Appended::New(position) = appended {
-        // Hand the decoded record to the log's followers (delivery, revocation fold, feeds).
-        let mut record = record;
-        record.position = position;
-        hub.recent.insert(std::sync::Arc::new(record));
-    }
     Ok(appended)
 }
 

@@ -9,11 +9,76 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use josekit::jwk::Jwk;
-use josekit::jws::JwsVerifier;
+use josekit::jws::{self, JwsVerifier};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::JwksConfig;
-use crate::verify::Alg;
+/// Asymmetric JWS algorithms the hub can verify. HMAC and `none` are deliberately absent: a
+/// source's keys are public, so a MAC "verified" with them proves nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    ES256,
+    ES384,
+    ES512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    EdDSA,
+}
+
+impl Alg {
+    pub fn parse(name: &str) -> Option<Alg> {
+        Some(match name {
+            "ES256" => Alg::ES256,
+            "ES384" => Alg::ES384,
+            "ES512" => Alg::ES512,
+            "RS256" => Alg::RS256,
+            "RS384" => Alg::RS384,
+            "RS512" => Alg::RS512,
+            "PS256" => Alg::PS256,
+            "PS384" => Alg::PS384,
+            "PS512" => Alg::PS512,
+            "EdDSA" => Alg::EdDSA,
+            _ => return None,
+        })
+    }
+
+    /// A verifier for this algorithm from a public JWK, or `None` if the key does not fit it
+    /// (josekit checks `kty`, `crv`, `use`, `key_ops` and a JWK `alg` against the algorithm).
+    pub fn verifier(self, jwk: &Jwk) -> Option<Box<dyn JwsVerifier>> {
+        fn boxed<V: JwsVerifier + 'static>(
+            v: Result<V, josekit::JoseError>,
+        ) -> Option<Box<dyn JwsVerifier>> {
+            v.ok().map(|v| Box::new(v) as Box<dyn JwsVerifier>)
+        }
+        match self {
+            Alg::ES256 => boxed(jws::ES256.verifier_from_jwk(jwk)),
+            Alg::ES384 => boxed(jws::ES384.verifier_from_jwk(jwk)),
+            Alg::ES512 => boxed(jws::ES512.verifier_from_jwk(jwk)),
+            Alg::RS256 => boxed(jws::RS256.verifier_from_jwk(jwk)),
+            Alg::RS384 => boxed(jws::RS384.verifier_from_jwk(jwk)),
+            Alg::RS512 => boxed(jws::RS512.verifier_from_jwk(jwk)),
+            Alg::PS256 => boxed(jws::PS256.verifier_from_jwk(jwk)),
+            Alg::PS384 => boxed(jws::PS384.verifier_from_jwk(jwk)),
+            Alg::PS512 => boxed(jws::PS512.verifier_from_jwk(jwk)),
+            Alg::EdDSA => boxed(jws::EdDSA.verifier_from_jwk(jwk)),
+        }
+    }
+}
+
+/// Limits of JWKS caching and fetching (`[jwks]` in the configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    pub min_cache_secs: u64,
+    pub max_cache_secs: u64,
+    pub refresh_cooldown_secs: u64,
+    pub fetch_timeout_secs: u64,
+    pub max_bytes: usize,
+}
 
 /// One public key with a verifier per algorithm it may be used with.
 #[derive(Debug)]

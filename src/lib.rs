@@ -31,6 +31,7 @@ pub mod delivery;
 pub mod durable;
 pub mod error;
 pub mod feed;
+pub mod guard;
 pub mod http;
 pub mod ingest;
 pub mod keyring;
@@ -38,6 +39,7 @@ pub mod keys;
 pub mod log;
 pub mod manage;
 pub mod normalize;
+pub mod ops;
 pub mod outbound;
 pub mod revocation;
 pub mod schema;
@@ -60,4 +62,14 @@ pub fn unix_now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// An untrusted string (a receiver's error code, a member name, a JSON pointer) cut to a short,
+/// plain form before it is echoed in an error description, a status reason or a log line: only
+/// letters, digits and `_-./:`, at most `max` of them, so nothing hostile gets through.
+pub fn plain(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "_-./:".contains(*c))
+        .take(max)
+        .collect()
 }

@@ -1,11 +1,15 @@
-//! The ordered, durable event log as the hub uses it: group commit over a storage backend
-//! (concurrent appends share one durable write) and head notifications for the log's followers.
-//! What a record means, and where it is stored, are left to `normalize` and `storage`.
+//! The journal: the ordered, durable log of normalized records as the hub uses it. Group commit
+//! over a storage backend (concurrent appends share one durable write), the one codec of
+//! [`Record`]s, a cache of recently appended or read records decoded once for every follower
+//! (push and poll delivery, the revocation fold, the feeds), and head notifications that wake
+//! them. What a record means is left to `normalize`; where bytes are kept, to `storage`.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::normalize::Record;
 pub use crate::storage::{Append, Appended, Entry, EventLog, Position, StorageError as LogError};
 
 /// Most appends one durable write carries. Bounded so one flush cannot grow without limit.
@@ -21,6 +25,7 @@ pub struct Log {
     head: watch::Receiver<Position>,
     committer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     closing: tokio_util::sync::CancellationToken,
+    recent: Arc<Recent>,
 }
 
 impl Log {
@@ -36,6 +41,7 @@ impl Log {
             head,
             committer: Arc::new(std::sync::Mutex::new(Some(committer))),
             closing,
+            recent: Arc::default(),
         }
     }
 
@@ -71,6 +77,62 @@ impl Log {
             Ok(Err(e)) => Err(LogError::Storage(e.to_string())),
             Err(_) => Err(LogError::Closed),
         }
+    }
+
+    /// Appends a normalized record (with the key that identifies repeats of it) and, once it is
+    /// durable, hands it decoded to the log's followers.
+    pub async fn append_record(
+        &self,
+        mut record: Record,
+        key: Vec<u8>,
+        key_expires_at: u64,
+    ) -> Result<Appended, LogError> {
+        let append = Append {
+            key,
+            key_expires_at,
+            record: serde_json::to_vec(&record)?,
+        };
+        let appended = self.append(append).await?;
+        if let Appended::New(position) = appended {
+            record.position = position;
+            self.recent.insert(Arc::new(record));
+        }
+        Ok(appended)
+    }
+
+    /// Up to `limit` durable records after `after`, in order, decoded: from the cache when it
+    /// holds them (the steady state: many streams and followers scanning the same positions
+    /// must not each read them back and decode them again), else read from the log and cached.
+    /// A record that cannot be decoded comes back as `None` (and is logged) so callers can step
+    /// over it.
+    pub async fn page(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<(Position, Option<Arc<Record>>)>, LogError> {
+        let head = self.head();
+        let cached = self
+            .recent
+            .run_after(after, head.min(after.saturating_add(limit as u64)));
+        if !cached.is_empty() {
+            return Ok(cached.into_iter().map(|r| (r.position, Some(r))).collect());
+        }
+        Ok(self
+            .read(after, limit)
+            .await?
+            .into_iter()
+            .map(|entry| (entry.position, self.recent.decode(&entry)))
+            .collect())
+    }
+
+    /// The record at `position`, if it is kept and decodable.
+    pub async fn record_at(&self, position: Position) -> Result<Option<Arc<Record>>, LogError> {
+        Ok(self
+            .page(position.saturating_sub(1), 1)
+            .await?
+            .into_iter()
+            .find(|(p, _)| *p == position)
+            .and_then(|(_, r)| r))
     }
 
     /// Up to `limit` durable records after `after`. Records a batch has written but not yet
@@ -152,4 +214,72 @@ async fn commit_loop(
             }
         }
     }
+}
+
+/// Recently read log records, decoded once and shared by every stream's delivery: with many
+/// streams following the head, each record is read and parsed once instead of once per stream.
+#[derive(Debug, Default)]
+struct Recent {
+    records: Mutex<BTreeMap<Position, Arc<Record>>>,
+}
+
+/// Records kept decoded; about the last few seconds at high rates.
+const RECENT_CAPACITY: usize = 8192;
+
+impl Recent {
+    /// The records right after `after`, as long as they are all cached, up to `head`.
+    fn run_after(&self, after: Position, head: Position) -> Vec<Arc<Record>> {
+        let map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        while next <= head {
+            match map.get(&next) {
+                Some(r) => out.push(r.clone()),
+                None => break,
+            }
+            next += 1;
+        }
+        out
+    }
+
+    /// A record read back from the log, decoded and cached; `None` (logged) if it cannot be.
+    fn decode(&self, entry: &Entry) -> Option<Arc<Record>> {
+        if let Some(r) = self.get(entry.position) {
+            return Some(r);
+        }
+        match decode(entry) {
+            Ok(r) => {
+                let r = Arc::new(r);
+                self.insert(r.clone());
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(position = entry.position, error = %e, "undecodable log record skipped");
+                None
+            }
+        }
+    }
+
+    fn get(&self, position: Position) -> Option<Arc<Record>> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&position)
+            .cloned()
+    }
+
+    fn insert(&self, record: Arc<Record>) {
+        let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(record.position, record);
+        while map.len() > RECENT_CAPACITY {
+            map.pop_first();
+        }
+    }
+}
+
+/// The one decoding of a stored record: its JSON, with the position the log gave it.
+fn decode(entry: &Entry) -> Result<Record, serde_json::Error> {
+    let mut record: Record = serde_json::from_slice(&entry.record)?;
+    record.position = entry.position;
+    Ok(record)
 }

@@ -6,23 +6,78 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::app::Hub;
-use crate::delivery::Cursor;
+use crate::config::DeliveryConfig;
+use crate::delivery::Delivery as Deliverer;
 use crate::error::Error;
+use crate::guard::Guard;
+use crate::http::{self, Admin, AdminToken};
+use crate::log::Log;
+use crate::outbound::Minter;
 use crate::set::events::StreamStatus;
 use crate::set::{EventKind, Subject, DELIVERY_POLL, DELIVERY_PUSH};
-use crate::streams::{events_delivered, events_supported, Delivery, Receiver, Stream};
+use crate::streams::{
+    events_delivered, events_supported, Cursor, Cursors, Delivery, Receiver, Registry, Stream,
+};
+
+/// What the transmitter's HTTP API works with.
+#[derive(Debug, Clone)]
+pub struct Manage {
+    pub registry: Registry,
+    pub cursors: Cursors,
+    /// New streams start at its head; status changes move cursors relative to it.
+    pub log: Log,
+    pub minter: Minter,
+    pub config: Arc<DeliveryConfig>,
+    pub guard: Arc<Guard>,
+    /// Serves RFC 8936 polls.
+    pub delivery: Deliverer,
+    pub admin: AdminToken,
+}
+
+impl FromRef<Manage> for AdminToken {
+    fn from_ref(m: &Manage) -> AdminToken {
+        m.admin.clone()
+    }
+}
+
+impl FromRef<Manage> for Registry {
+    fn from_ref(m: &Manage) -> Registry {
+        m.registry.clone()
+    }
+}
+
+/// Discovery (at the RFC 8615 location with the issuer's path appended, SSF §7.2.1), the JWKS,
+/// the stream management and poll endpoints below the issuer's path, and the admin API.
+pub fn routes(m: Manage) -> Router {
+    let issuer_path = reqwest::Url::parse(m.minter.issuer())
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let transmitter = if issuer_path.is_empty() {
+        transmitter_routes()
+    } else {
+        Router::new().nest(&issuer_path, transmitter_routes())
+    };
+    Router::new()
+        .route(
+            &format!("/.well-known/ssf-configuration{issuer_path}"),
+            get(get_configuration),
+        )
+        .route(&format!("{issuer_path}/jwks.json"), get(get_jwks))
+        .merge(transmitter)
+        .merge(admin_routes())
+        .with_state(m)
+}
 
 /// Routes below the issuer's path (empty for an issuer without a path).
-pub fn routes() -> Router<Arc<Hub>> {
+fn transmitter_routes() -> Router<Manage> {
     Router::new()
         .route(
             "/ssf/streams",
@@ -48,7 +103,7 @@ const MAX_BODY: usize = 256 * 1024;
 pub const MAX_STREAMS_PER_RECEIVER: usize = 100;
 
 /// Admin routes (admin bearer token).
-pub fn admin_routes() -> Router<Arc<Hub>> {
+fn admin_routes() -> Router<Manage> {
     Router::new()
         .route(
             "/admin/receivers",
@@ -65,16 +120,16 @@ pub fn admin_routes() -> Router<Arc<Hub>> {
 }
 
 /// `issuer` without a trailing slash, the base of every advertised URL.
-fn base(hub: &Hub) -> &str {
-    hub.config.issuer.trim_end_matches('/')
+fn base(m: &Manage) -> &str {
+    m.minter.issuer().trim_end_matches('/')
 }
 
 /// `GET /.well-known/ssf-configuration[/{issuer path}]` (SSF §7.1).
-pub(crate) async fn get_configuration(State(hub): State<Arc<Hub>>) -> Response {
-    let b = base(&hub);
+async fn get_configuration(State(m): State<Manage>) -> Response {
+    let b = base(&m);
     let body = json!({
         "spec_version": "1_0",
-        "issuer": hub.config.issuer,
+        "issuer": m.minter.issuer(),
         "jwks_uri": format!("{b}/jwks.json"),
         "delivery_methods_supported": [DELIVERY_PUSH, DELIVERY_POLL],
         "configuration_endpoint": format!("{b}/ssf/streams"),
@@ -83,19 +138,21 @@ pub(crate) async fn get_configuration(State(hub): State<Arc<Hub>>) -> Response {
         "remove_subject_endpoint": format!("{b}/ssf/subjects:remove"),
         "verification_endpoint": format!("{b}/ssf/verify"),
         "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6749"}],
-        "default_subjects": hub.config.delivery.default_subjects,
+        "default_subjects": m.config.default_subjects,
     });
     Json(body).into_response()
 }
 
-/// The receiver behind `Authorization: Bearer <credential>`.
-pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<Receiver, Error> {
-    let token = crate::http::bearer(headers)?;
-    hub.registry.authenticate(token)?.ok_or(Error::InvalidToken)
+/// `GET /jwks.json`: the hub's public signing keys.
+async fn get_jwks(State(m): State<Manage>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+        m.minter.keys().jwks().to_string(),
+    )
 }
 
-fn owned(hub: &Hub, receiver: &Receiver, stream_id: &str) -> Result<Stream, Error> {
-    hub.registry
+fn owned(m: &Manage, receiver: &Receiver, stream_id: &str) -> Result<Stream, Error> {
+    m.registry
         .owned_stream(&receiver.id, stream_id)?
         .ok_or(Error::NotFound)
 }
@@ -120,7 +177,7 @@ fn stream_id_of(body: &Map<String, Value>) -> Result<String, Error> {
 }
 
 /// The stream configuration as SSF §8.1.1 shows it to its receiver.
-fn config_out(hub: &Hub, s: &Stream) -> Value {
+fn config_out(m: &Manage, s: &Stream) -> Value {
     let mut delivery = json!({ "method": s.delivery.method });
     if let Some(url) = &s.delivery.endpoint_url {
         delivery["endpoint_url"] = json!(url);
@@ -130,15 +187,15 @@ fn config_out(hub: &Hub, s: &Stream) -> Value {
     }
     let mut out = json!({
         "stream_id": s.stream_id,
-        "iss": hub.config.issuer,
+        "iss": m.minter.issuer(),
         "aud": s.aud,
         "events_supported": events_supported(),
         "events_requested": s.events_requested,
         "events_delivered": s.events_delivered,
         "delivery": delivery,
-        "min_verification_interval": hub.config.delivery.min_verification_interval_secs,
-        "latency_budget_ms": s.latency_budget_ms.unwrap_or(hub.config.delivery.latency_budget_ms),
-        "signing_alg": s.signing_alg.as_deref().unwrap_or(hub.default_alg.name()),
+        "min_verification_interval": m.config.min_verification_interval_secs,
+        "latency_budget_ms": s.latency_budget_ms.unwrap_or(m.config.latency_budget_ms),
+        "signing_alg": s.signing_alg.as_deref().unwrap_or(m.minter.default_alg().name()),
     });
     if let Some(d) = &s.description {
         out["description"] = json!(d);
@@ -146,13 +203,13 @@ fn config_out(hub: &Hub, s: &Stream) -> Value {
     out
 }
 
-fn poll_url(hub: &Hub, stream_id: &str) -> String {
-    format!("{}/ssf/poll/{stream_id}", base(hub))
+fn poll_url(m: &Manage, stream_id: &str) -> String {
+    format!("{}/ssf/poll/{stream_id}", base(m))
 }
 
 /// Parses the receiver-supplied `delivery`. Push needs an http(s) `endpoint_url`; for poll the
 /// hub supplies the URL, and a receiver may only echo it back.
-fn parse_delivery(hub: &Hub, stream_id: &str, value: &Value) -> Result<Delivery, Error> {
+fn parse_delivery(m: &Manage, stream_id: &str, value: &Value) -> Result<Delivery, Error> {
     let obj = value
         .as_object()
         .ok_or_else(|| Error::Invalid("`delivery` must be an object".into()))?;
@@ -184,7 +241,7 @@ fn parse_delivery(hub: &Hub, stream_id: &str, value: &Value) -> Result<Delivery,
                 url.ok_or_else(|| Error::Invalid("push delivery needs `endpoint_url`".into()))?;
             match reqwest::Url::parse(&url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                    if !hub.push_guard.permits_url(&u) {
+                    if !m.guard.permits_url(&u) {
                         return Err(Error::Invalid(
                             "`delivery.endpoint_url` is an address the hub may not reach".into(),
                         ));
@@ -203,7 +260,7 @@ fn parse_delivery(hub: &Hub, stream_id: &str, value: &Value) -> Result<Delivery,
             })
         }
         DELIVERY_POLL => {
-            let ours = poll_url(hub, stream_id);
+            let ours = poll_url(m, stream_id);
             if url.is_some_and(|u| u != ours) {
                 return Err(Error::Invalid(
                     "the poll `endpoint_url` is supplied by the transmitter".into(),
@@ -267,11 +324,11 @@ fn parse_budget(value: &Value) -> Result<Option<u64>, Error> {
 /// Transmitter-supplied fields may be sent on update but must equal the current values
 /// (SSF §8.1.1.3); `events_delivered` is compared with the value before the update.
 fn check_transmitter_fields(
-    hub: &Hub,
+    m: &Manage,
     current: &Stream,
     body: &Map<String, Value>,
 ) -> Result<(), Error> {
-    let out = config_out(hub, current);
+    let out = config_out(m, current);
     for field in [
         "iss",
         "aud",
@@ -292,17 +349,16 @@ fn check_transmitter_fields(
 
 /// `POST configuration_endpoint`: create a stream (SSF §8.1.1.1). Several per receiver.
 async fn create_stream(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     let body = if body.is_empty() {
         Map::new()
     } else {
         parse_object(&body)?
     };
-    if hub.registry.streams_of(&receiver.id)?.len() >= MAX_STREAMS_PER_RECEIVER {
+    if m.registry.streams_of(&receiver.id)?.len() >= MAX_STREAMS_PER_RECEIVER {
         return Err(Error::Refused(format!(
             "a receiver may have at most {MAX_STREAMS_PER_RECEIVER} streams"
         )));
@@ -313,9 +369,9 @@ async fn create_stream(
         None => Vec::new(),
     };
     let delivery = match body.get("delivery") {
-        Some(v) => parse_delivery(&hub, &stream_id, v)?,
+        Some(v) => parse_delivery(&m, &stream_id, v)?,
         // No delivery means poll (SSF §8.1.1.1).
-        None => parse_delivery(&hub, &stream_id, &json!({"method": DELIVERY_POLL}))?,
+        None => parse_delivery(&m, &stream_id, &json!({"method": DELIVERY_POLL}))?,
     };
     let stream = Stream {
         stream_id: stream_id.clone(),
@@ -346,11 +402,11 @@ async fn create_stream(
         created_at_ms: crate::unix_now_ms(),
     };
     // A new stream starts at the current head: it receives what happens from now on.
-    let cursor = Cursor::at(hub.log.head());
-    hub.cursors.put(&stream_id, &cursor).await?;
-    hub.registry.put_stream(&stream).await?;
+    let cursor = Cursor::at(m.log.head());
+    m.cursors.put(&stream_id, &cursor).await?;
+    m.registry.put_stream(&stream).await?;
     tracing::info!(stream = %stream_id, receiver = %receiver.id, method = %stream.delivery.method, "stream created");
-    Ok(no_store(StatusCode::CREATED, config_out(&hub, &stream)))
+    Ok(no_store(StatusCode::CREATED, config_out(&m, &stream)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,22 +416,21 @@ struct StreamQuery {
 
 /// `GET configuration_endpoint[?stream_id=]` (SSF §8.1.1.2): one object, or always an array.
 async fn read_streams(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     match q.stream_id {
         Some(id) => Ok(no_store(
             StatusCode::OK,
-            config_out(&hub, &owned(&hub, &receiver, &id)?),
+            config_out(&m, &owned(&m, &receiver, &id)?),
         )),
         None => {
-            let all: Vec<Value> = hub
+            let all: Vec<Value> = m
                 .registry
                 .streams_of(&receiver.id)?
                 .iter()
-                .map(|s| config_out(&hub, s))
+                .map(|s| config_out(&m, s))
                 .collect();
             Ok(no_store(StatusCode::OK, Value::Array(all)))
         }
@@ -384,43 +439,42 @@ async fn read_streams(
 
 /// `PATCH configuration_endpoint` (SSF §8.1.1.3): present receiver-supplied fields change.
 async fn update_stream(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    receiver: http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    modify(hub, headers, body, false).await
+    modify(m, receiver, body, false).await
 }
 
 /// `PUT configuration_endpoint` (SSF §8.1.1.4): absent receiver-supplied fields are removed.
 async fn replace_stream(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    receiver: http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    modify(hub, headers, body, true).await
+    modify(m, receiver, body, true).await
 }
 
 async fn modify(
-    hub: Arc<Hub>,
-    headers: HeaderMap,
+    m: Manage,
+    http::Receiver(receiver): http::Receiver,
     body: Bytes,
     replace: bool,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let stream_id = stream_id_of(&body)?;
     // One change at a time per stream: read-modify-write must not lose a concurrent update.
-    let lock = hub.cursors.lock_for(&stream_id);
+    let lock = m.cursors.lock_for(&stream_id);
     let _guard = lock.lock().await;
-    let mut stream = owned(&hub, &receiver, &stream_id)?;
-    check_transmitter_fields(&hub, &stream, &body)?;
+    let mut stream = owned(&m, &receiver, &stream_id)?;
+    check_transmitter_fields(&m, &stream, &body)?;
     match body.get("events_requested") {
         Some(v) => stream.events_requested = parse_events_requested(v)?,
         None if replace => stream.events_requested = Vec::new(),
         None => {}
     }
     match body.get("delivery") {
-        Some(v) => stream.delivery = parse_delivery(&hub, &stream_id, v)?,
+        Some(v) => stream.delivery = parse_delivery(&m, &stream_id, v)?,
         // Read literally, a PUT without `delivery` deletes it; a stream cannot exist without
         // one (digest §14.2 #9).
         None if replace => return Err(Error::Invalid("PUT must include `delivery`".into())),
@@ -442,26 +496,25 @@ async fn modify(
         None => {}
     }
     stream.events_delivered = events_delivered(&stream.events_requested);
-    hub.registry.put_stream(&stream).await?;
-    Ok(no_store(StatusCode::OK, config_out(&hub, &stream)))
+    m.registry.put_stream(&stream).await?;
+    Ok(no_store(StatusCode::OK, config_out(&m, &stream)))
 }
 
 /// `DELETE configuration_endpoint?stream_id=` (SSF §8.1.1.5).
 async fn delete_stream(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     let id = q
         .stream_id
         .ok_or_else(|| Error::Invalid("`stream_id` query parameter is required".into()))?;
-    let lock = hub.cursors.lock_for(&id);
+    let lock = m.cursors.lock_for(&id);
     let guard = lock.lock().await;
-    owned(&hub, &receiver, &id)?;
-    hub.registry.delete_stream(&id).await?;
+    owned(&m, &receiver, &id)?;
+    m.registry.delete_stream(&id).await?;
     drop(guard);
-    hub.cursors.remove(&id).await?;
+    m.cursors.remove(&id).await?;
     tracing::info!(stream = %id, "stream deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -476,32 +529,30 @@ fn status_out(s: &Stream) -> Value {
 
 /// `GET status_endpoint?stream_id=` (SSF §8.1.2.1).
 async fn read_status(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     Query(q): Query<StreamQuery>,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     let id = q
         .stream_id
         .ok_or_else(|| Error::Invalid("`stream_id` query parameter is required".into()))?;
     Ok(no_store(
         StatusCode::OK,
-        status_out(&owned(&hub, &receiver, &id)?),
+        status_out(&owned(&m, &receiver, &id)?),
     ))
 }
 
 /// `POST status_endpoint` (SSF §8.1.2.2). Pausing holds events; disabling drops what is held.
 async fn update_status(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let id = stream_id_of(&body)?;
-    let lock = hub.cursors.lock_for(&id);
+    let lock = m.cursors.lock_for(&id);
     let _guard = lock.lock().await;
-    let mut stream = owned(&hub, &receiver, &id)?;
+    let mut stream = owned(&m, &receiver, &id)?;
     let status: StreamStatus = body
         .get("status")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -514,40 +565,28 @@ async fn update_status(
     let previous = stream.status;
     stream.status = status;
     stream.reason = reason;
-    set_cursor_for_status(&hub, &id, previous, status).await?;
-    hub.registry.put_stream(&stream).await?;
+    set_cursor_for_status(&m, &id, previous, status).await?;
+    m.registry.put_stream(&stream).await?;
     tracing::info!(stream = %id, status = ?status, "stream status changed by its receiver");
     Ok(no_store(StatusCode::OK, status_out(&stream)))
 }
 
 /// Moves a stream's cursor for a status change (the caller holds the stream's lock).
 async fn set_cursor_for_status(
-    hub: &Hub,
+    m: &Manage,
     id: &str,
     previous: StreamStatus,
     status: StreamStatus,
 ) -> Result<(), Error> {
-    let head = hub.log.head();
-    let mut cursor = hub.cursors.get(id)?.unwrap_or_else(|| Cursor::at(head));
-    match (previous, status) {
-        // A disabled stream holds nothing: what happened meanwhile is skipped.
-        (_, StreamStatus::Disabled) | (StreamStatus::Disabled, _) => {
-            cursor.through = head;
-            cursor.done_above.clear();
-            cursor.outstanding.clear();
-        }
-        // Re-enabling a paused stream delivers what was held, up to the documented bound.
-        (StreamStatus::Paused, StreamStatus::Enabled) => {
-            let max = hub.config.delivery.paused_hold_max_events;
-            if head.saturating_sub(cursor.through) > max {
-                cursor.through = head - max;
-                cursor.done_above.retain(|p| *p > head - max);
-                cursor.outstanding.retain(|p| *p > head - max);
-            }
-        }
-        _ => {}
-    }
-    hub.cursors.put(id, &cursor).await?;
+    crate::streams::set_cursor_for_status(
+        &m.cursors,
+        m.log.head(),
+        m.config.paused_hold_max_events,
+        id,
+        previous,
+        status,
+    )
+    .await?;
     Ok(())
 }
 
@@ -568,30 +607,29 @@ fn parse_subject(body: &Map<String, Value>) -> Result<Subject, Error> {
 
 /// `POST add_subject_endpoint` (SSF §8.1.3.2): 200, empty body.
 async fn add_subject(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    receiver: http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    change_subjects(hub, headers, body, true).await
+    change_subjects(m, receiver, body, true).await
 }
 
 /// `POST remove_subject_endpoint` (SSF §8.1.3.3): 204.
 async fn remove_subject(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    receiver: http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    change_subjects(hub, headers, body, false).await
+    change_subjects(m, receiver, body, false).await
 }
 
 async fn change_subjects(
-    hub: Arc<Hub>,
-    headers: HeaderMap,
+    m: Manage,
+    http::Receiver(receiver): http::Receiver,
     body: Bytes,
     add: bool,
 ) -> Result<Response, Error> {
     use crate::streams::DefaultSubjects;
-    let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let id = stream_id_of(&body)?;
     let subject = parse_subject(&body)?;
@@ -600,25 +638,25 @@ async fn change_subjects(
             return Err(Error::Invalid("`verified` must be a boolean".into()));
         }
     }
-    let lock = hub.cursors.lock_for(&id);
+    let lock = m.cursors.lock_for(&id);
     let _guard = lock.lock().await;
-    let mut stream = owned(&hub, &receiver, &id)?;
+    let mut stream = owned(&m, &receiver, &id)?;
     let key = subject.canonical_key();
     stream.subjects.retain(|s| s.canonical_key() != key);
     // The list holds exclusions under default_subjects ALL, inclusions under NONE.
-    let listed = match hub.config.delivery.default_subjects {
+    let listed = match m.config.default_subjects {
         DefaultSubjects::All => !add,
         DefaultSubjects::None => add,
     };
     if listed {
-        if stream.subjects.len() >= hub.config.delivery.max_subjects_per_stream {
+        if stream.subjects.len() >= m.config.max_subjects_per_stream {
             return Err(Error::Invalid(
                 "this stream has as many subjects as the hub allows".into(),
             ));
         }
         stream.subjects.push(subject);
     }
-    hub.registry.put_stream(&stream).await?;
+    m.registry.put_stream(&stream).await?;
     Ok(if add {
         (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response()
     } else {
@@ -628,11 +666,10 @@ async fn change_subjects(
 
 /// `POST verification_endpoint` (SSF §8.1.4.2): queues a verification SET echoing `state`.
 async fn verify_stream(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
     let body = parse_object(&body)?;
     let id = stream_id_of(&body)?;
     let state = match body.get("state") {
@@ -644,11 +681,11 @@ async fn verify_stream(
         }
         Some(_) => return Err(Error::Invalid("`state` must be a string".into())),
     };
-    let lock = hub.cursors.lock_for(&id);
+    let lock = m.cursors.lock_for(&id);
     let _guard = lock.lock().await;
-    let mut stream = owned(&hub, &receiver, &id)?;
+    let mut stream = owned(&m, &receiver, &id)?;
     let now = crate::unix_now_ms();
-    let interval_ms = hub.config.delivery.min_verification_interval_secs * 1000;
+    let interval_ms = m.config.min_verification_interval_secs * 1000;
     if stream.last_verification_ms > 0 && now < stream.last_verification_ms + interval_ms {
         return Err(Error::TooManyRequests);
     }
@@ -658,28 +695,27 @@ async fn verify_stream(
         None => json!({}),
     };
     let event = crate::outbound::control(&stream, EventKind::Verification, payload);
-    if !hub.cursors.push_control(&id, event).await? {
+    if !m.cursors.push_control(&id, event).await? {
         // MAX_CONTROL events already wait for a receiver that does not collect them.
         return Err(Error::TooManyRequests);
     }
-    hub.registry.put_stream(&stream).await?;
+    m.registry.put_stream(&stream).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /ssf/poll/{stream_id}` (RFC 8936).
 async fn poll_stream(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    http::Receiver(receiver): http::Receiver,
+    State(m): State<Manage>,
     Path(stream_id): Path<String>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let receiver = authorize(&hub, &headers)?;
-    let stream = owned(&hub, &receiver, &stream_id)?;
+    let stream = owned(&m, &receiver, &stream_id)?;
     if !stream.delivery.is_poll() {
         return Err(Error::NotFound);
     }
     let req = crate::delivery::poll::parse_request(&body).map_err(|e| Error::Invalid(e.into()))?;
-    let resp = crate::delivery::poll::poll(&hub, &stream, req)
+    let resp = crate::delivery::poll::poll(&m.delivery, &stream, req)
         .await
         .map_err(|e| match e {
             crate::delivery::poll::PollError::Gone => Error::NotFound,
@@ -699,11 +735,10 @@ struct ReceiverIn {
 
 /// `POST /admin/receivers`: registers a receiver and returns its credential, once.
 async fn create_receiver(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Admin,
+    State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
     let input: ReceiverIn = serde_json::from_slice(&body)
         .map_err(|_| Error::Invalid("expected {\"name\": ..., \"audience\": ...}".into()))?;
     if input.name.trim().is_empty() || input.audience.trim().is_empty() {
@@ -711,7 +746,7 @@ async fn create_receiver(
             "`name` and `audience` must not be empty".into(),
         ));
     }
-    let (receiver, token) = hub
+    let (receiver, token) = m
         .registry
         .add_receiver(&input.name, &input.audience)
         .await?;
@@ -723,12 +758,8 @@ async fn create_receiver(
 }
 
 /// `GET /admin/receivers`: receivers without their credential hashes.
-async fn list_receivers(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
-    let list: Vec<Value> = hub
+async fn list_receivers(_: Admin, State(m): State<Manage>) -> Result<Response, Error> {
+    let list: Vec<Value> = m
         .registry
         .receivers()?
         .into_iter()
@@ -739,23 +770,21 @@ async fn list_receivers(
 
 /// `DELETE /admin/receivers/{id}`: revokes the receiver's credential.
 async fn revoke_receiver(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Admin,
+    State(m): State<Manage>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
-    if hub.registry.revoke_receiver(&id).await? {
+    if m.registry.revoke_receiver(&id).await? {
         // A revoked receiver gets nothing more: its streams are disabled (they hold nothing),
         // which stops push delivery to its endpoints at once.
-        for mut stream in hub.registry.streams_of(&id)? {
-            let lock = hub.cursors.lock_for(&stream.stream_id);
+        for mut stream in m.registry.streams_of(&id)? {
+            let lock = m.cursors.lock_for(&stream.stream_id);
             let _guard = lock.lock().await;
             let previous = stream.status;
             stream.status = StreamStatus::Disabled;
             stream.reason = Some("receiver credential revoked".into());
-            set_cursor_for_status(&hub, &stream.stream_id, previous, StreamStatus::Disabled)
-                .await?;
-            hub.registry.put_stream(&stream).await?;
+            set_cursor_for_status(&m, &stream.stream_id, previous, StreamStatus::Disabled).await?;
+            m.registry.put_stream(&stream).await?;
         }
         tracing::info!(receiver = %id, "receiver credential revoked");
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -766,26 +795,22 @@ async fn revoke_receiver(
 
 /// `POST /admin/keys/rotate` `{"alg": "ES256"|"RS256"}`: publishes a new key now; it signs
 /// after `signing.activation_delay_secs`.
-async fn rotate_keys(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
+async fn rotate_keys(_: Admin, State(m): State<Manage>, body: Bytes) -> Result<Response, Error> {
     let body = if body.is_empty() {
         Map::new()
     } else {
         parse_object(&body)?
     };
     let alg = match body.get("alg") {
-        None => hub.default_alg,
+        None => m.minter.default_alg(),
         Some(Value::String(a)) => {
             crate::sign::SignAlg::parse(a).map_err(|e| Error::Invalid(e.to_string()))?
         }
         Some(_) => return Err(Error::Invalid("`alg` must be ES256 or RS256".into())),
     };
-    let (kid, activate_at) = hub
-        .keys
+    let (kid, activate_at) = m
+        .minter
+        .keys()
         .rotate(alg)
         .map_err(|e| Error::Internal(e.to_string()))?;
     Ok(no_store(
@@ -795,17 +820,13 @@ async fn rotate_keys(
 }
 
 /// `GET /admin/streams`: every stream with its owner, status and reason, for operators.
-async fn list_all_streams(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
-    let all: Vec<Value> = hub
+async fn list_all_streams(_: Admin, State(m): State<Manage>) -> Result<Response, Error> {
+    let all: Vec<Value> = m
         .registry
         .streams()?
         .iter()
         .map(|s| {
-            let mut v = config_out(&hub, s);
+            let mut v = config_out(&m, s);
             v["receiver_id"] = json!(s.receiver_id);
             v["status"] = json!(s.status);
             if let Some(r) = &s.reason {
@@ -823,14 +844,13 @@ async fn list_all_streams(
 
 /// `GET /admin/streams/{id}/dead-letters`: SETs the stream's receiver refused for good.
 async fn list_dead_letters(
-    State(hub): State<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Admin,
+    State(m): State<Manage>,
     Path(id): Path<String>,
 ) -> Result<Response, Error> {
-    crate::http::require_admin(&hub, &headers)?;
-    hub.registry.stream(&id)?.ok_or(Error::NotFound)?;
+    m.registry.stream(&id)?.ok_or(Error::NotFound)?;
     Ok(no_store(
         StatusCode::OK,
-        Value::Array(hub.cursors.dead_letters(&id)?),
+        Value::Array(m.cursors.dead_letters(&id)?),
     ))
 }

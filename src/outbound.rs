@@ -1,13 +1,61 @@
-//! Outbound SETs: mints the hub-signed SET a stream receives for one log record, and the SSF
-//! control events (verification, stream-updated) addressed to a stream (digest §2.4). Knows
-//! the SET profile; leaves choosing streams and moving bytes to `delivery`.
+//! Outbound SETs: the [`Minter`] holds the hub's keyring and mints the hub-signed SET a stream
+//! receives for one log record, and the SSF control events (verification, stream-updated)
+//! addressed to a stream (digest §2.4). Knows the SET profile; leaves choosing streams and
+//! moving bytes to `delivery`.
+
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use crate::keyring::Keyring;
 use crate::normalize::Record;
 use crate::set::EventKind;
-use crate::sign::{SetSigner, SignError};
-use crate::streams::Stream;
+use crate::sign::{SetSigner, SignAlg, SignError};
+use crate::streams::{Control, Stream};
+
+/// The hub's signing keys, its default algorithm and its issuer: everything outbound SETs are
+/// signed with.
+#[derive(Debug, Clone)]
+pub struct Minter {
+    keys: Arc<Keyring>,
+    default_alg: SignAlg,
+    issuer: Arc<str>,
+}
+
+impl Minter {
+    pub fn new(keys: Keyring, default_alg: SignAlg, issuer: &str) -> Minter {
+        Minter {
+            keys: Arc::new(keys),
+            default_alg,
+            issuer: issuer.into(),
+        }
+    }
+
+    /// The key that signs `stream`'s SETs now: its own `signing_alg`, or the hub's.
+    pub fn signer_for(&self, stream: &Stream) -> Result<Arc<SetSigner>, SignError> {
+        let alg = match &stream.signing_alg {
+            Some(name) => SignAlg::parse(name)?,
+            None => self.default_alg,
+        };
+        self.keys
+            .active(alg)
+            .ok_or_else(|| SignError::Alg(format!("no active {} key", alg.name())))
+    }
+
+    pub fn default_alg(&self) -> SignAlg {
+        self.default_alg
+    }
+
+    /// The hub's issuer, `iss` of every outbound SET.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The keyring, for publishing (JWKS) and rotation.
+    pub fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+}
 
 /// The `jti` of the SET a stream gets for the record at `position`. Deterministic, so a SET
 /// minted again after a restart is recognisably the same SET to the receiver, and an `ack`
@@ -57,8 +105,8 @@ pub fn mint_event(
 }
 
 /// A verification or stream-updated event for `stream`, to be queued and signed when sent.
-pub fn control(stream: &Stream, kind: EventKind, payload: Value) -> crate::delivery::Control {
-    crate::delivery::Control {
+pub fn control(stream: &Stream, kind: EventKind, payload: Value) -> Control {
+    Control {
         jti: format!("{}.c-{}", stream.stream_id, uuid::Uuid::new_v4().simple()),
         event_type: kind,
         payload,
@@ -70,7 +118,7 @@ pub fn mint_control(
     signer: &SetSigner,
     issuer: &str,
     stream: &Stream,
-    control: &crate::delivery::Control,
+    control: &Control,
 ) -> Result<String, SignError> {
     let sub_id = json!({"format": "opaque", "id": stream.stream_id});
     let claims = envelope(

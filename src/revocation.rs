@@ -15,16 +15,16 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Hub;
 use crate::error::Error;
+use crate::http::{AdminToken, Reader};
+use crate::log::Log;
 use crate::normalize::Record;
 use crate::set::Subject;
 use crate::state::{Delta, Query, State, SubjectState};
 use crate::storage::{Op, Tables};
-use crate::streams::RegistryError;
+use crate::streams::{Registry, RegistryError};
 
 /// The fold and its storage.
-#[derive(Debug)]
 pub struct Revocations {
     state: RwLock<State>,
     tables: Arc<dyn Tables>,
@@ -32,6 +32,18 @@ pub struct Revocations {
     folded: tokio::sync::watch::Sender<u64>,
     /// Deltas already in the in-memory state whose storing failed; stored first next time.
     unstored: std::sync::Mutex<Vec<Delta>>,
+    /// Told of every stored delta, in order (the websocket feed subscribes here).
+    listeners: RwLock<Vec<Listener>>,
+}
+
+type Listener = Box<dyn Fn(&Delta) + Send + Sync>;
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("position", &self.position())
+            .finish_non_exhaustive()
+    }
 }
 
 const POSITION_KEY: &[u8] = b"revocation_position";
@@ -63,6 +75,7 @@ impl Revocations {
             tables,
             folded,
             unstored: Default::default(),
+            listeners: Default::default(),
         })
     }
 
@@ -78,6 +91,14 @@ impl Revocations {
 
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.folded.subscribe()
+    }
+
+    /// Calls `listener` with every delta once it is stored, in position order.
+    pub fn on_delta(&self, listener: impl Fn(&Delta) + Send + Sync + 'static) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(listener));
     }
 
     pub fn subject_count(&self) -> usize {
@@ -148,6 +169,10 @@ impl Revocations {
         }
         metrics::gauge!("ssf_hub_revocation_subjects").set(count as f64);
         self.folded.send_replace(position);
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        for delta in &out {
+            listeners.iter().for_each(|l| l(delta));
+        }
         Ok(out)
     }
 
@@ -170,16 +195,12 @@ impl Revocations {
 
 /// Keeps the fold current until `shutdown`: woken by the log head, persisted in batches.
 #[tracing::instrument(name = "revocation_fold", skip_all)]
-pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
-    let mut head = hub.log.subscribe();
+pub async fn run(revocations: Arc<Revocations>, log: Log, shutdown: CancellationToken) {
+    let mut head = log.subscribe();
     loop {
         head.borrow_and_update();
         loop {
-            let page = match hub
-                .recent
-                .page(&hub.log, hub.revocations.position(), 1000)
-                .await
-            {
+            let page = match log.page(revocations.position(), 1000).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the log failed");
@@ -190,12 +211,8 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
                 break;
             };
             let records = page.iter().filter_map(|(_, r)| r.as_deref());
-            match hub.revocations.fold(records, through) {
-                Ok(deltas) => {
-                    for d in &deltas {
-                        let _ = hub.feeds.deltas.send(Arc::new(crate::feed::delta_item(d)));
-                    }
-                }
+            match revocations.fold(records, through) {
+                Ok(_) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "storing revocation state failed");
                     break;
@@ -211,7 +228,27 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
     }
 }
 
-pub fn routes() -> Router<Arc<Hub>> {
+/// What the revocation views and the decision API work with.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub revocations: Arc<Revocations>,
+    pub registry: Registry,
+    pub admin: AdminToken,
+}
+
+impl axum::extract::FromRef<Api> for AdminToken {
+    fn from_ref(api: &Api) -> AdminToken {
+        api.admin.clone()
+    }
+}
+
+impl axum::extract::FromRef<Api> for Registry {
+    fn from_ref(api: &Api) -> Registry {
+        api.registry.clone()
+    }
+}
+
+pub fn routes(api: Api) -> Router {
     Router::new()
         .route("/revocations", get(list_deltas))
         .route("/revocations/snapshot", get(get_snapshot))
@@ -221,6 +258,7 @@ pub fn routes() -> Router<Arc<Hub>> {
             "/revocations/ext-authz/{*path}",
             axum::routing::any(ext_authz),
         )
+        .with_state(api)
 }
 
 /// Header carrying the hub credential on ext_authz calls (the request's own `Authorization`
@@ -232,18 +270,12 @@ pub const EXT_AUTHZ_TOKEN_HEADER: &str = "x-ssf-hub-token";
 /// `x-jwt-payload`; `iss`+`sub` name the user, `sid` the session, `iat` the issue time, and an
 /// optional `x-device-id` header the device. Answers 200 to allow, 403 to deny, with the reason
 /// in `x-ssf-hub-decision`.
-async fn ext_authz(
-    AxumState(hub): AxumState<Arc<Hub>>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
+async fn ext_authz(AxumState(api): AxumState<Api>, headers: HeaderMap) -> Result<Response, Error> {
     let token = headers
         .get(EXT_AUTHZ_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or(Error::MissingCredential)?;
-    let admin = hub.admin_token.matches(token.as_bytes());
-    if !admin && hub.registry.authenticate(token)?.is_none() {
-        return Err(Error::InvalidToken);
-    }
+    crate::http::admit(&api.admin, &api.registry, token)?;
     let started = Instant::now();
     let claims: Value = headers
         .get("x-jwt-payload")
@@ -264,7 +296,7 @@ async fn ext_authz(
         body["device_id"] = json!(device);
     }
     let query = parse_check(body.to_string().as_bytes())?;
-    let decision = hub.revocations.decide(&query);
+    let decision = api.revocations.decide(&query);
     metrics::histogram!("ssf_hub_decision_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("ssf_hub_decisions_total", "allow" => if decision.allow { "true" } else { "false" })
         .increment(1);
@@ -283,14 +315,6 @@ async fn ext_authz(
         .into_response())
 }
 
-/// The admin token or any receiver's credential.
-pub(crate) fn authorize(hub: &Hub, headers: &HeaderMap) -> Result<(), Error> {
-    if crate::http::require_admin(hub, headers).is_ok() {
-        return Ok(());
-    }
-    crate::manage::authorize(hub, headers).map(|_| ())
-}
-
 #[derive(Debug, Deserialize)]
 struct DeltaParams {
     #[serde(default)]
@@ -305,15 +329,14 @@ fn default_limit() -> usize {
 
 /// `GET /revocations?since=P&limit=N`: deltas after `P` with the position to continue from.
 async fn list_deltas(
-    AxumState(hub): AxumState<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Reader,
+    AxumState(api): AxumState<Api>,
     params: Result<QueryParams<DeltaParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Error> {
-    authorize(&hub, &headers)?;
     let QueryParams(p) =
         params.map_err(|_| Error::BadQuery("since and limit must be non-negative integers"))?;
-    let position = hub.revocations.position();
-    let deltas = hub
+    let position = api.revocations.position();
+    let deltas = api
         .revocations
         .deltas_after(p.since, p.limit.clamp(1, 5000))?;
     // Continue after the last delta returned, or (when the page is short) after everything
@@ -335,13 +358,9 @@ async fn list_deltas(
 
 /// `GET /revocations/snapshot`: every subject's state and the position it reflects, streamed.
 /// Follow with `GET /revocations?since=<position>` for a gap-free view.
-async fn get_snapshot(
-    AxumState(hub): AxumState<Arc<Hub>>,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    authorize(&hub, &headers)?;
+async fn get_snapshot(_: Reader, AxumState(api): AxumState<Api>) -> Result<Response, Error> {
     let (position, subjects): (u64, Vec<(String, Arc<SubjectState>)>) = {
-        let state = hub.revocations.read();
+        let state = api.revocations.read();
         // Arc clones: cheap, and consistent with `position` because they are taken under the lock.
         (
             state.position,
@@ -387,14 +406,13 @@ async fn get_snapshot(
 /// optional. `iss`+`sub` become a `user` `iss_sub` identifier, `session_id`/`device_id` opaque
 /// `session`/`device` identifiers.
 async fn check_token(
-    AxumState(hub): AxumState<Arc<Hub>>,
-    headers: HeaderMap,
+    _: Reader,
+    AxumState(api): AxumState<Api>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    authorize(&hub, &headers)?;
     let started = Instant::now();
     let query = parse_check(&body)?;
-    let decision = hub.revocations.decide(&query);
+    let decision = api.revocations.decide(&query);
     metrics::histogram!("ssf_hub_decision_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("ssf_hub_decisions_total", "allow" => if decision.allow { "true" } else { "false" })
         .increment(1);
@@ -416,7 +434,7 @@ fn parse_check(body: &[u8]) -> Result<Query, Error> {
             let mut id = id.clone();
             Subject::upgrade_legacy(&mut id);
             let s = Subject::parse(&id).map_err(|e| {
-                Error::Invalid(format!("`subjects.{}`: {e}", crate::error::plain(role, 32)))
+                Error::Invalid(format!("`subjects.{}`: {e}", crate::plain(role, 32)))
             })?;
             parts.push((role.clone(), s));
         }

@@ -194,7 +194,7 @@ fn check(validator: &Validator, value: &Value) -> Result<(), SchemaViolation> {
 /// JSON pointers into attacker-supplied documents can contain attacker-chosen member names; keep
 /// only a short, plain rendering so nothing hostile reaches a response or a log.
 fn sanitize(pointer: &str) -> String {
-    let s = crate::error::plain(pointer, 80);
+    let s = crate::plain(pointer, 80);
     if s.is_empty() {
         "/".into()
     } else {

@@ -241,7 +241,7 @@ mod tests {
                 signer.public_jwk().as_object().cloned().unwrap_or_default(),
             )
             .expect("jwk");
-            let verifier = crate::verify::Alg::parse(alg.name())
+            let verifier = crate::keys::Alg::parse(alg.name())
                 .and_then(|a| a.verifier(&jwk))
                 .expect("verifier");
             let (input, sig) = set.rsplit_once('.').expect("compact");

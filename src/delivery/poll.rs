@@ -8,10 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{pending, record_latency, Cursor};
-use crate::app::Hub;
+use super::{pending, record_latency, Delivery};
 use crate::outbound::{mint_control, mint_event, position_of};
 use crate::set::events::StreamStatus;
+use crate::streams::Cursor;
 use crate::streams::Stream;
 
 /// An RFC 8936 §2.2 request. Wire names are camelCase, unlike SSF's snake_case.
@@ -64,16 +64,20 @@ pub const MAX_RELEASES: usize = 2000;
 
 /// Serves one poll request for `stream` (already authorized). The stream and its cursor are
 /// read again on every wake, so a pause, an update or a delete during a long poll counts.
-pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollResponse, PollError> {
-    let cursors = &hub.cursors;
+pub async fn poll(
+    d: &Delivery,
+    stream: &Stream,
+    req: PollRequest,
+) -> Result<PollResponse, PollError> {
+    let cursors = &d.cursors;
     let limit = req
         .max_events
         .map_or(DEFAULT_MAX_EVENTS, |n| (n as usize).min(1000));
-    let timeout = Duration::from_secs(hub.config.delivery.long_poll_timeout_secs);
+    let timeout = Duration::from_secs(d.config.long_poll_timeout_secs);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut head = hub.log.subscribe();
+    let mut head = d.log.subscribe();
     let mut control = cursors.subscribe_control();
-    let mut changes = hub.registry.subscribe();
+    let mut changes = d.registry.subscribe();
     let mut first = true;
     loop {
         // Mark the watches seen before looking, so a change after the look still wakes us.
@@ -82,7 +86,7 @@ pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollRe
         changes.borrow_and_update();
         let lock = cursors.lock_for(&stream.stream_id);
         let guard = lock.lock().await;
-        let stream = hub
+        let stream = d
             .registry
             .owned_stream(&stream.receiver_id, &stream.stream_id)?
             .filter(|s| s.delivery.is_poll())
@@ -99,7 +103,7 @@ pub async fn poll(hub: &Hub, stream: &Stream, req: PollRequest) -> Result<PollRe
                 more_available: false,
             }
         } else {
-            collect(hub, &stream, &mut cursor, limit).await?
+            collect(d, &stream, &mut cursor, limit).await?
         };
         if cursor != before {
             cursors.put(&stream.stream_id, &cursor).await?;
@@ -161,15 +165,15 @@ fn apply_acks(cursor: &mut Cursor, stream: &Stream, req: &PollRequest) {
 
 /// Control events first, then SETs handed out before and not yet acknowledged, then new ones.
 async fn collect(
-    hub: &Hub,
+    d: &Delivery,
     stream: &Stream,
     cursor: &mut Cursor,
     limit: usize,
 ) -> Result<PollResponse, PollError> {
-    let signer = hub.signer_for(stream)?;
+    let signer = d.minter.signer_for(stream)?;
     let mut sets = BTreeMap::new();
     for c in cursor.control.iter().take(limit) {
-        let set = mint_control(&signer, &hub.config.issuer, stream, c)?;
+        let set = mint_control(&signer, d.minter.issuer(), stream, c)?;
         sets.insert(c.jti.clone(), set);
     }
     let mut more_available = cursor.control.len() > sets.len();
@@ -183,58 +187,34 @@ async fn collect(
     }
     let budget = stream
         .latency_budget_ms
-        .unwrap_or(hub.config.delivery.latency_budget_ms);
+        .unwrap_or(d.config.latency_budget_ms);
     let again: Vec<u64> = cursor.outstanding.iter().copied().collect();
     for position in again {
         if sets.len() == limit {
             more_available = true;
             break;
         }
-        let Some(record) = record_at(hub, position).await? else {
+        let Some(record) = d.log.record_at(position).await? else {
             cursor.outstanding.remove(&position);
             continue;
         };
-        let (jti, set) = mint_event(&signer, &hub.config.issuer, stream, &record)?;
+        let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, &record)?;
         sets.insert(jti, set);
     }
     let room = limit - sets.len();
     // With no room left, a zero-sized look still tells whether more is waiting.
-    let (records, more) = pending(
-        &hub.log,
-        &hub.recent,
-        stream,
-        hub.config.delivery.default_subjects,
-        cursor,
-        room,
-    )
-    .await?;
+    let (records, more) = pending(&d.log, stream, d.config.default_subjects, cursor, room).await?;
     for record in &records {
-        let (jti, set) = mint_event(&signer, &hub.config.issuer, stream, record)?;
+        let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, record)?;
         record_latency("poll", record, budget);
         cursor.outstanding.insert(record.position);
         sets.insert(jti, set);
     }
-    cursor.compact(hub.log.head());
+    cursor.compact(d.log.head());
     Ok(PollResponse {
         sets,
         more_available: more_available || more,
     })
-}
-
-/// The record at `position`, from the shared cache or the log.
-async fn record_at(
-    hub: &Hub,
-    position: u64,
-) -> Result<Option<std::sync::Arc<crate::normalize::Record>>, PollError> {
-    let entries = hub.log.read(position.saturating_sub(1), 1).await?;
-    Ok(entries
-        .into_iter()
-        .find(|e| e.position == position)
-        .and_then(|e| {
-            let mut r: crate::normalize::Record = serde_json::from_slice(&e.record).ok()?;
-            r.position = e.position;
-            Some(std::sync::Arc::new(r))
-        }))
 }
 
 /// Parses a poll body. Anything but a JSON object of the RFC 8936 members is a 400.

@@ -12,12 +12,12 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AF
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::guard::{Guard, GuardedResolver};
-use super::{pending, record_latency, Cursor};
-use crate::app::Hub;
+use super::{pending, record_latency, Delivery};
+use crate::guard::{Guard, GuardedResolver};
 use crate::outbound::{mint_control, mint_event};
 use crate::set::events::StreamStatus;
 use crate::set::{EventKind, SET_MEDIA_TYPE};
+use crate::streams::Cursor;
 use crate::streams::Stream;
 
 /// How one push attempt ended.
@@ -53,7 +53,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
                     retry_after,
                 },
                 _ => Outcome::Permanent {
-                    reason: format!("receiver answered {}", crate::error::plain(&err, 40)),
+                    reason: format!("receiver answered {}", crate::plain(&err, 40)),
                 },
             }
         }
@@ -176,15 +176,15 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
 /// replaced worker is awaited before its successor starts, so order holds across restarts of
 /// the worker.
 #[tracing::instrument(name = "push_supervisor", skip_all)]
-pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
-    let mut changes = hub.registry.subscribe();
+pub async fn run(d: Delivery, shutdown: CancellationToken) {
+    let mut changes = d.registry.subscribe();
     let mut workers: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
         HashMap::new();
-    let mut progress = tokio::time::interval(crate::delivery::PUSH_PROGRESS_FLUSH);
+    let mut progress = tokio::time::interval(crate::streams::PUSH_PROGRESS_FLUSH);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'supervise: loop {
         changes.borrow_and_update();
-        let wanted: Vec<Stream> = match hub.registry.streams() {
+        let wanted: Vec<Stream> = match d.registry.streams() {
             Ok(all) => all
                 .into_iter()
                 .filter(|s| !s.delivery.is_poll() && s.status == StreamStatus::Enabled)
@@ -210,7 +210,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
         for s in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = workers.entry(s.stream_id) {
                 let stop = shutdown.child_token();
-                let task = tokio::spawn(worker(hub.clone(), slot.key().clone(), stop.clone()));
+                let task = tokio::spawn(worker(d.clone(), slot.key().clone(), stop.clone()));
                 slot.insert((stop, task));
             }
         }
@@ -219,7 +219,7 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'supervise,
                 _ = changes.changed() => break,
-                _ = progress.tick() => flush_progress(&hub).await,
+                _ = progress.tick() => flush_progress(&d).await,
             }
         }
     }
@@ -227,39 +227,39 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
         stop.cancel();
         let _ = task.await;
     }
-    flush_progress(&hub).await;
+    flush_progress(&d).await;
 }
 
-async fn flush_progress(hub: &Hub) {
-    if let Err(e) = hub.cursors.flush_staged().await {
+async fn flush_progress(d: &Delivery) {
+    if let Err(e) = d.cursors.flush_staged().await {
         tracing::error!(error = %e, "flushing push progress failed");
     }
 }
 
 /// The stream as stored now, if it is still an enabled push stream.
-fn current(hub: &Hub, stream_id: &str) -> Option<Stream> {
-    match hub.registry.stream(stream_id) {
+fn current(d: &Delivery, stream_id: &str) -> Option<Stream> {
+    match d.registry.stream(stream_id) {
         Ok(Some(s)) if !s.delivery.is_poll() && s.status == StreamStatus::Enabled => Some(s),
         _ => None,
     }
 }
 
 /// Delivers one stream until it is stopped, paused, disabled or deleted.
-#[tracing::instrument(name = "push_worker", skip(hub, stop))]
-async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
-    let mut head = hub.log.subscribe();
-    let mut control = hub.cursors.subscribe_control();
-    let mut changes = hub.registry.subscribe();
+#[tracing::instrument(name = "push_worker", skip(d, stop))]
+async fn worker(d: Delivery, stream_id: String, stop: CancellationToken) {
+    let mut head = d.log.subscribe();
+    let mut control = d.cursors.subscribe_control();
+    let mut changes = d.registry.subscribe();
     let mut permanent_in_a_row = 0u32;
     loop {
         head.borrow_and_update();
         control.borrow_and_update();
         changes.borrow_and_update();
-        let version = hub.registry.version();
-        let Some(stream) = current(&hub, &stream_id) else {
+        let version = d.registry.version();
+        let Some(stream) = current(&d, &stream_id) else {
             return;
         };
-        let mut cursor = match hub.cursors.get(&stream_id) {
+        let mut cursor = match d.cursors.get(&stream_id) {
             Ok(Some(c)) => c,
             Ok(None) => return,
             Err(e) => {
@@ -272,7 +272,7 @@ async fn worker(hub: Arc<Hub>, stream_id: String, stop: CancellationToken) {
             version,
             permanent_in_a_row: &mut permanent_in_a_row,
         };
-        match deliver_pending(&hub, &mut at, &mut cursor, &stop).await {
+        match deliver_pending(&d, &mut at, &mut cursor, &stop).await {
             Ok(true) => continue,
             Ok(false) => {}
             Err(Stop) => return,
@@ -308,16 +308,16 @@ struct Batch<'a> {
 impl Batch<'_> {
     /// Whether the stream's configuration (URL, credential, subjects, status) may have changed
     /// since it was loaded: cheap unless the registry changed at all.
-    fn changed(&self, hub: &Hub) -> bool {
-        hub.registry.version() != self.version
-            && current(hub, &self.stream.stream_id).as_ref() != Some(self.stream)
+    fn changed(&self, d: &Delivery) -> bool {
+        d.registry.version() != self.version
+            && current(d, &self.stream.stream_id).as_ref() != Some(self.stream)
     }
 }
 
 /// Delivers what is pending now. `Ok(true)` when there may be more right away (or the stream's
 /// configuration changed, so the caller should start over with the new one).
 async fn deliver_pending(
-    hub: &Hub,
+    d: &Delivery,
     at: &mut Batch<'_>,
     cursor: &mut Cursor,
     stop: &CancellationToken,
@@ -325,31 +325,27 @@ async fn deliver_pending(
     let stream = at.stream;
     let budget = stream
         .latency_budget_ms
-        .unwrap_or(hub.config.delivery.latency_budget_ms);
-    let signer = hub.signer_for(stream).map_err(fail("no signing key"))?;
+        .unwrap_or(d.config.latency_budget_ms);
+    let signer = d
+        .minter
+        .signer_for(stream)
+        .map_err(fail("no signing key"))?;
     // Control SETs first (verification, stream-updated), then events in log order.
     for c in cursor.control.clone() {
-        let set = mint_control(&signer, &hub.config.issuer, stream, &c)
-            .map_err(fail("signing failed"))?;
-        deliver_one(hub, stream, &set, stop, at.permanent_in_a_row).await?;
-        save(hub, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
+        let set =
+            mint_control(&signer, d.minter.issuer(), stream, &c).map_err(fail("signing failed"))?;
+        deliver_one(d, stream, &set, stop, at.permanent_in_a_row).await?;
+        save(d, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
     }
     let scanned_from = cursor.through;
-    let (records, more) = pending(
-        &hub.log,
-        &hub.recent,
-        stream,
-        hub.config.delivery.default_subjects,
-        cursor,
-        64,
-    )
-    .await
-    .map_err(fail("reading the log failed"))?;
+    let (records, more) = pending(&d.log, stream, d.config.default_subjects, cursor, 64)
+        .await
+        .map_err(fail("reading the log failed"))?;
     // The scan may have moved the cursor over positions this stream does not want.
     let through = cursor.through;
     // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
     if through > scanned_from {
-        save(hub, stream, |c| c.through = c.through.max(through)).await?;
+        save(d, stream, |c| c.through = c.through.max(through)).await?;
     }
     let mut changed = false;
     // Positions done in this batch (delivered, or refused for good and dead-lettered), saved
@@ -360,18 +356,18 @@ async fn deliver_pending(
     for record in records {
         // A PATCH (new URL, credential, subjects) or a status change applies from the next
         // SET on, not after the batch.
-        if at.changed(hub) {
+        if at.changed(d) {
             changed = true;
             break;
         }
-        let set = match mint_event(&signer, &hub.config.issuer, stream, &record) {
+        let set = match mint_event(&signer, d.minter.issuer(), stream, &record) {
             Ok((_, set)) => set,
             Err(e) => {
                 outcome = Err(fail("signing failed")(e));
                 break;
             }
         };
-        match deliver_one(hub, stream, &set, stop, at.permanent_in_a_row).await {
+        match deliver_one(d, stream, &set, stop, at.permanent_in_a_row).await {
             Ok(delivered) => {
                 if delivered {
                     record_latency("push", &record, budget);
@@ -385,7 +381,7 @@ async fn deliver_pending(
         }
     }
     if !done.is_empty() {
-        save(hub, stream, |c| done.iter().for_each(|p| c.mark_done(*p))).await?;
+        save(d, stream, |c| done.iter().for_each(|p| c.mark_done(*p))).await?;
     }
     outcome?;
     Ok(more || changed)
@@ -394,17 +390,17 @@ async fn deliver_pending(
 /// Applies `change` to the stored cursor under the stream's lock. Merging into what is stored
 /// (rather than writing our copy) keeps a concurrent status change, such as a disable that
 /// moves the cursor to the head, from being undone. Stops when the stream is gone.
-async fn save(hub: &Hub, stream: &Stream, change: impl FnOnce(&mut Cursor)) -> Result<(), Stop> {
-    let lock = hub.cursors.lock_for(&stream.stream_id);
+async fn save(d: &Delivery, stream: &Stream, change: impl FnOnce(&mut Cursor)) -> Result<(), Stop> {
+    let lock = d.cursors.lock_for(&stream.stream_id);
     let _guard = lock.lock().await;
-    let mut stored = hub
+    let mut stored = d
         .cursors
         .get(&stream.stream_id)
         .map_err(fail("reading cursor failed"))?
         .ok_or(Stop)?;
     change(&mut stored);
-    stored.compact(hub.log.head());
-    hub.cursors
+    stored.compact(d.log.head());
+    d.cursors
         .stage(&stream.stream_id, &stored)
         .map_err(fail("saving cursor failed"))
 }
@@ -412,13 +408,13 @@ async fn save(hub: &Hub, stream: &Stream, change: impl FnOnce(&mut Cursor)) -> R
 /// Pushes one SET until it is delivered (`Ok(true)`), refused for good and dead-lettered
 /// (`Ok(false)`), or the budget runs out, which pauses the stream (`Err(Stop)`).
 async fn deliver_one(
-    hub: &Hub,
+    d: &Delivery,
     stream: &Stream,
     set: &str,
     stop: &CancellationToken,
     permanent_in_a_row: &mut u32,
 ) -> Result<bool, Stop> {
-    let cfg = &hub.config.delivery;
+    let cfg = &d.config;
     let initial = Duration::from_millis(cfg.retry_initial_backoff_ms);
     let max = Duration::from_millis(cfg.retry_max_backoff_ms);
     let mut attempt = 0u32;
@@ -426,7 +422,7 @@ async fn deliver_one(
         if stop.is_cancelled() {
             return Err(Stop);
         }
-        let outcome = send(&hub.push_client, &hub.push_guard, stream, set).await;
+        let outcome = send(&d.client, &d.guard, stream, set).await;
         let label = match &outcome {
             Outcome::Delivered => "delivered",
             Outcome::Transient { .. } => "transient",
@@ -440,10 +436,10 @@ async fn deliver_one(
             }
             Outcome::Permanent { reason } => {
                 *permanent_in_a_row += 1;
-                dead_letter(hub, stream, set, &reason);
+                dead_letter(d, stream, set, &reason);
                 if *permanent_in_a_row >= cfg.permanent_failure_budget {
                     pause(
-                        hub,
+                        d,
                         stream,
                         &format!("{permanent_in_a_row} SETs refused in a row: {reason}"),
                     )
@@ -459,7 +455,7 @@ async fn deliver_one(
                 attempt += 1;
                 if attempt >= cfg.retry_budget {
                     pause(
-                        hub,
+                        d,
                         stream,
                         &format!("delivery failed {attempt} times: {reason}"),
                     )
@@ -476,11 +472,11 @@ async fn deliver_one(
     }
 }
 
-fn dead_letter(hub: &Hub, stream: &Stream, set: &str, reason: &str) {
+fn dead_letter(d: &Delivery, stream: &Stream, set: &str, reason: &str) {
     metrics::counter!("ssf_hub_push_dead_letters_total").increment(1);
     tracing::warn!(stream = %stream.stream_id, %reason, "SET refused for good; dead-lettered");
     let record = json!({ "at_ms": crate::unix_now_ms(), "reason": reason, "set": set });
-    if let Err(e) = hub.cursors.dead_letter(&stream.stream_id, &record) {
+    if let Err(e) = d.cursors.dead_letter(&stream.stream_id, &record) {
         tracing::error!(error = %e, "storing a dead letter failed");
     }
 }
@@ -489,10 +485,10 @@ fn dead_letter(hub: &Hub, stream: &Stream, set: &str, reason: &str) {
 /// before the gate closes (queued for re-enable if it cannot be sent), then records the status
 /// with an operator-visible reason (SSF §8.1.2, §8.1.5). Does nothing if, meanwhile, the stream
 /// was deleted or its status changed.
-pub async fn pause(hub: &Hub, stream: &Stream, reason: &str) {
-    let lock = hub.cursors.lock_for(&stream.stream_id);
+pub async fn pause(d: &Delivery, stream: &Stream, reason: &str) {
+    let lock = d.cursors.lock_for(&stream.stream_id);
     let _guard = lock.lock().await;
-    let Some(mut updated) = current(hub, &stream.stream_id) else {
+    let Some(mut updated) = current(d, &stream.stream_id) else {
         return;
     };
     tracing::warn!(stream = %stream.stream_id, %reason, "pausing stream");
@@ -502,24 +498,22 @@ pub async fn pause(hub: &Hub, stream: &Stream, reason: &str) {
         EventKind::StreamUpdated,
         json!({ "status": "paused", "reason": reason }),
     );
-    let sent = match hub.signer_for(&updated) {
-        Ok(signer) => match mint_control(&signer, &hub.config.issuer, &updated, &announcement) {
-            Ok(set) => {
-                send(&hub.push_client, &hub.push_guard, &updated, &set).await == Outcome::Delivered
-            }
+    let sent = match d.minter.signer_for(&updated) {
+        Ok(signer) => match mint_control(&signer, d.minter.issuer(), &updated, &announcement) {
+            Ok(set) => send(&d.client, &d.guard, &updated, &set).await == Outcome::Delivered,
             Err(_) => false,
         },
         Err(_) => false,
     };
     if !sent {
-        let _ = hub
+        let _ = d
             .cursors
             .push_control(&updated.stream_id, announcement)
             .await;
     }
     updated.status = StreamStatus::Paused;
     updated.reason = Some(reason.to_owned());
-    if let Err(e) = hub.registry.put_stream(&updated).await {
+    if let Err(e) = d.registry.put_stream(&updated).await {
         tracing::error!(error = %e, "recording the pause failed");
     }
 }

@@ -41,7 +41,6 @@ async fn append(hub: &TestHub, n: usize, padding: usize) {
             set: String::new(),
         };
         hub.running
-            .hub
             .log
             .append(Append {
                 key: jti.into_bytes(),

@@ -10,6 +10,7 @@ mod hostile;
 mod ingest;
 mod interop;
 mod jwks;
+mod modules;
 mod push;
 mod revocation;
 mod schemas;

@@ -552,7 +552,17 @@ async fn the_envoy_ext_authz_endpoint_allows_and_denies_as_envoy_expects() {
         .await
         .assert_accepted();
     for _ in 0..200 {
-        if hub.running.hub.revocations.position() == 1 {
+        let folded: Value = hub
+            .client
+            .get(format!("{}/revocations?since=0", hub.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("deltas")
+            .json()
+            .await
+            .expect("json");
+        if folded["position"] == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

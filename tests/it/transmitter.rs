@@ -1034,7 +1034,7 @@ async fn acks_release_only_what_was_handed_out() {
     let stream = create_poll_stream(&hub, &token, &[SESSION_REVOKED]).await;
     let id = stream["stream_id"].as_str().expect("id");
     // Acknowledging the next position before it exists must not suppress it.
-    let future = format!("{id}.{}", hub.running.hub.log.head() + 1);
+    let future = format!("{id}.{}", hub.running.log.head() + 1);
     poll(
         &hub,
         &token,
