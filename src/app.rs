@@ -38,9 +38,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// How often expired de-duplication keys are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
 /// A hub, built and not yet serving: its router and what its background tasks run on.
 #[derive(Debug)]
 struct Parts {
@@ -50,6 +47,7 @@ struct Parts {
     delivery: Delivery,
     revocations: Arc<Revocations>,
     feeds: Feeds,
+    retention: Retention,
     router: Router,
     /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
     closing: CancellationToken,
@@ -174,6 +172,10 @@ fn build(config: Config) -> Result<Parts, StartError> {
         delivery,
         revocations,
         feeds,
+        retention: Retention {
+            log: config.log.retention,
+            delta_window: config.revocation.delta_window,
+        },
         router,
         closing,
     })
@@ -214,13 +216,19 @@ async fn run(
         delivery,
         revocations,
         feeds,
+        retention,
         router,
         closing,
     } = parts;
     let mut tasks = JoinSet::new();
     let sources = ingest.source_count();
     tasks.spawn(ingest.warm_keys());
-    tasks.spawn(prune_keys(log.clone(), shutdown.clone()));
+    tasks.spawn(sweep(
+        log.clone(),
+        revocations.clone(),
+        retention,
+        shutdown.clone(),
+    ));
     tasks.spawn(crate::delivery::push::run(delivery, shutdown.clone()));
     tasks.spawn(crate::revocation::run(revocations, log, shutdown.clone()));
     tasks.spawn(crate::feed::run(feeds, shutdown.clone()));
@@ -258,18 +266,47 @@ async fn run(
     served.map_err(StartError::Io)
 }
 
-/// Forgets expired de-duplication keys every [`PRUNE_EVERY`] until `shutdown`.
-#[tracing::instrument(name = "dedupe_pruner", skip_all)]
-async fn prune_keys(log: Log, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
+/// What the retention sweep keeps.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    log: crate::log::Retention,
+    delta_window: u64,
+}
+
+/// Every `log.retention.sweep_secs` until `shutdown`: removes the records retention no longer
+/// keeps, the deltas of removed records (and those beyond the delta window), and expired
+/// de-duplication keys. Runs beside ingest on the blocking pool, in slices, never holding the
+/// log's committer.
+#[tracing::instrument(name = "retention_sweep", skip_all)]
+async fn sweep(
+    log: Log,
+    revocations: Arc<Revocations>,
+    retention: Retention,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(retention.log.sweep_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => match log.prune_keys(crate::unix_now()).await {
-                Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned expired dedupe keys"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
-            },
+            _ = tick.tick() => {}
+        }
+        match log.retain(&retention.log, crate::unix_now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, earliest = log.earliest(), "log retention"),
+            Err(e) => tracing::warn!(error = %e, "log retention failed"),
+        }
+        let (earliest, window, r) = (log.earliest(), retention.delta_window, revocations.clone());
+        match tokio::task::spawn_blocking(move || r.trim(earliest, window)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(removed = n, "revocation delta retention"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "revocation delta retention failed"),
+            Err(e) => tracing::warn!(error = %e, "revocation delta retention failed"),
+        }
+        match log.prune_keys(crate::unix_now()).await {
+            Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned expired dedupe keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning dedupe keys failed"),
         }
     }
 }

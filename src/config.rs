@@ -82,9 +82,18 @@ pub struct Config {
     pub jwks: JwksConfig,
     pub signing: SigningConfig,
     pub delivery: DeliveryConfig,
+    pub revocation: RevocationConfig,
     pub feed: FeedConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+}
+
+/// The revocation state and its deltas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// Deltas are kept for at most this many log positions behind the fold.
+    pub delta_window: u64,
 }
 
 /// Websocket feeds (`/feed`, `/revocations/ws`).
@@ -109,6 +118,7 @@ pub struct DeliveryConfig {
     pub retry_max_backoff_ms: u64,
     pub retry_budget: u32,
     pub permanent_failure_budget: u32,
+    pub max_dead_letters_per_stream: usize,
     pub allow_private_targets: Vec<String>,
 }
 
@@ -118,6 +128,7 @@ pub struct LogConfig {
     pub url: String,
     pub cache_capacity_bytes: u64,
     pub write_buffer_bytes: u64,
+    pub retention: crate::log::Retention,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +227,12 @@ impl Config {
         }
         if self.log.write_buffer_bytes < 1 << 20 {
             return Err(invalid("log.write_buffer_bytes", "must be at least 1 MiB"));
+        }
+        if self.log.retention.sweep_secs == 0 {
+            return Err(invalid("log.retention.sweep_secs", "must be at least 1"));
+        }
+        if self.revocation.delta_window == 0 {
+            return Err(invalid("revocation.delta_window", "must be at least 1"));
         }
         if !(256..=16 << 20).contains(&self.ingest.max_body_bytes) {
             return Err(invalid(

@@ -3,7 +3,8 @@
 //! Both replay from `since=POSITION`, then follow live without a gap or a duplicate. A slow
 //! client never slows ingest or other clients: live frames go through a bounded broadcast ring,
 //! and a client that falls behind it gets a `cut_off` frame naming its last position and is
-//! closed, so it can reconnect with `since` and lose nothing.
+//! closed, so it can reconnect with `since` and lose nothing. A client that asks for positions
+//! retention removed gets a `skipped` frame naming them, then everything from the earliest kept.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -313,6 +314,14 @@ impl Source {
         }
     }
 
+    /// The earliest position retention still keeps.
+    fn earliest(self, feeds: &Feeds) -> u64 {
+        match self {
+            Source::Events => feeds.log.earliest(),
+            Source::Deltas => feeds.revocations.earliest(),
+        }
+    }
+
     fn head(self, feeds: &Feeds) -> u64 {
         match self {
             Source::Events => feeds.log.head(),
@@ -360,6 +369,17 @@ async fn follow(
     let mut sent = since;
     // Replay what is stored, page by page, until caught up with what the ring will carry.
     loop {
+        let earliest = source.earliest(&feeds);
+        if sent + 1 < earliest {
+            // Retention removed what the client asked for: say exactly what, then go on.
+            let skipped = json!({"type": "skipped", "from": sent + 1, "through": earliest - 1,
+                "reason": "removed by retention"});
+            metrics::counter!("ssf_hub_ws_skipped_total", "feed" => feed).increment(1);
+            if !send(&mut socket, skipped.to_string(), feed).await {
+                return;
+            }
+            sent = earliest - 1;
+        }
         let items = match source.replay(&feeds, sent).await {
             Ok(items) => items,
             Err(e) => {

@@ -12,6 +12,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::normalize::Record;
 pub use crate::storage::{Append, Appended, Entry, EventLog, Position, StorageError as LogError};
 
+/// How long records stay (`[log.retention]`); 0 means no bound of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub max_age_secs: u64,
+    pub max_events: u64,
+    pub sweep_secs: u64,
+}
+
 /// Most appends one durable write carries. Bounded so one flush cannot grow without limit.
 const MAX_BATCH: usize = 1024;
 
@@ -110,6 +119,8 @@ impl Log {
         after: Position,
         limit: usize,
     ) -> Result<Vec<(Position, Option<Arc<Record>>)>, LogError> {
+        // What retention removed is gone for every reader, cached or not.
+        let after = after.max(self.earliest().saturating_sub(1));
         let head = self.head();
         let cached = self
             .recent
@@ -166,6 +177,55 @@ impl Log {
     /// Removes the records at or before `through` (retention); returns how many.
     pub async fn remove_through(&self, through: Position) -> Result<u64, LogError> {
         self.backend.remove_through(through).await
+    }
+
+    /// Removes what `policy` no longer keeps at `now_ms`: the oldest records beyond
+    /// `max_events`, and those received more than `max_age_secs` ago (found by binary search:
+    /// positions follow arrival, so `received_at_ms` rises with them, up to the small reorder
+    /// of concurrent appends). Returns how many records were removed.
+    pub async fn retain(&self, policy: &Retention, now_ms: u64) -> Result<u64, LogError> {
+        let (earliest, head) = (self.earliest(), self.head());
+        if earliest > head {
+            return Ok(0);
+        }
+        let mut through = earliest - 1;
+        if policy.max_events > 0 && head - earliest + 1 > policy.max_events {
+            through = head - policy.max_events;
+        }
+        if policy.max_age_secs > 0 {
+            let cutoff = now_ms.saturating_sub(policy.max_age_secs.saturating_mul(1000));
+            // Invariant: everything through `old` is old; nothing after `young` is.
+            let (mut old, mut young) = (through, head);
+            while old < young {
+                let mid = old + (young - old).div_ceil(2);
+                match self.received_at(mid).await? {
+                    Some(at) if at >= cutoff => young = mid - 1,
+                    // Old, or unreadable: either way nothing to keep.
+                    _ => old = mid,
+                }
+            }
+            through = old;
+        }
+        if through < earliest {
+            return Ok(0);
+        }
+        let removed = self.remove_through(through).await?;
+        metrics::counter!("ssf_hub_log_retention_removed_total").increment(removed);
+        Ok(removed)
+    }
+
+    /// When the record at `position` was received (`None` if it is not kept or unreadable).
+    async fn received_at(&self, position: Position) -> Result<Option<u64>, LogError> {
+        #[derive(serde::Deserialize)]
+        struct Stamp {
+            received_at_ms: u64,
+        }
+        let entries = self.backend.read(position.saturating_sub(1), 1).await?;
+        Ok(entries
+            .first()
+            .filter(|e| e.position == position)
+            .and_then(|e| serde_json::from_slice::<Stamp>(&e.record).ok())
+            .map(|s| s.received_at_ms))
     }
 
     /// Bytes the records take, as the backend estimates them.

@@ -67,7 +67,10 @@ async fn list_events(
     let next = page.last().map_or(q.since, |(p, _)| *p);
     // An undecodable record (logged by the journal) is stepped over, not served as an error.
     let events: Vec<_> = page.iter().filter_map(|(_, r)| r.as_deref()).collect();
-    let body = json!({ "events": events, "next": next, "head": ops.log.head() });
+    // `earliest` tells a reader whose `since` is older that retention removed the positions
+    // from `since + 1` to `earliest - 1`.
+    let body = json!({ "events": events, "next": next, "head": ops.log.head(),
+        "earliest": ops.log.earliest() });
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }
 

@@ -27,6 +27,8 @@ use crate::streams::{Registry, RegistryError};
 /// The fold and its storage.
 pub struct Revocations {
     state: RwLock<State>,
+    /// Deltas at or below this position were removed by retention.
+    floor: std::sync::atomic::AtomicU64,
     tables: Arc<dyn Tables>,
     /// The last folded and stored position; wakes delta followers.
     folded: tokio::sync::watch::Sender<u64>,
@@ -47,6 +49,8 @@ impl std::fmt::Debug for Revocations {
 }
 
 const POSITION_KEY: &[u8] = b"revocation_position";
+/// Every delta at or below this position has been removed (retention).
+const FLOOR_KEY: &[u8] = b"deltas_floor";
 /// canonical subject key → its state (JSON).
 const SUBJECTS: &str = "revocation_subjects";
 /// position (BE) → the delta that record caused (JSON).
@@ -61,17 +65,18 @@ impl Revocations {
             let s: SubjectState = serde_json::from_slice(&v)?;
             state.restore(String::from_utf8_lossy(&k).into_owned(), s);
         }
-        state.position = tables
-            .get(META, POSITION_KEY)?
-            .and_then(|v| {
-                <[u8; 8]>::try_from(v.as_slice())
-                    .ok()
-                    .map(u64::from_be_bytes)
-            })
-            .unwrap_or(0);
+        let number = |key: &[u8]| -> Result<u64, RegistryError> {
+            Ok(tables
+                .get(META, key)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes))
+        };
+        state.position = number(POSITION_KEY)?;
+        let floor = std::sync::atomic::AtomicU64::new(number(FLOOR_KEY)?);
         let folded = tokio::sync::watch::channel(state.position).0;
         Ok(Revocations {
             state: RwLock::new(state),
+            floor,
             tables,
             folded,
             unstored: Default::default(),
@@ -186,6 +191,51 @@ impl Revocations {
             .iter()
             .map(|(_, v)| Ok(serde_json::from_slice(v)?))
             .collect()
+    }
+
+    /// The first position whose delta (if it caused one) is still kept.
+    pub fn earliest(&self) -> u64 {
+        self.floor.load(std::sync::atomic::Ordering::Acquire) + 1
+    }
+
+    /// Removes deltas at positions before `log_earliest` (their records are gone from the log)
+    /// and more than `window` positions behind the fold; returns how many. The state itself is
+    /// untouched: a snapshot still holds every subject.
+    pub fn trim(&self, log_earliest: u64, window: u64) -> Result<u64, RegistryError> {
+        use std::sync::atomic::Ordering;
+        let floor = self.floor.load(Ordering::Acquire);
+        let target = log_earliest
+            .saturating_sub(1)
+            .max(self.position().saturating_sub(window))
+            .min(self.position());
+        if target <= floor {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        // In slices, so a large first sweep never builds one huge batch.
+        loop {
+            let rows = self
+                .tables
+                .scan(DELTAS, b"", &(floor + 1).to_be_bytes(), 4096)?;
+            let doomed: Vec<Op> = rows
+                .into_iter()
+                .take_while(|(k, _)| crate::storage::from_be(k).is_ok_and(|p| p <= target))
+                .map(|(k, _)| Op::delete(DELTAS, k))
+                .collect();
+            let n = doomed.len();
+            removed += n as u64;
+            let mut ops = doomed;
+            let done = n < 4096;
+            if done {
+                ops.push(Op::put(META, FLOOR_KEY, target.to_be_bytes()));
+            }
+            self.tables.write(ops)?;
+            if done {
+                break;
+            }
+        }
+        self.floor.store(target, Ordering::Release);
+        Ok(removed)
     }
 
     pub fn decide(&self, query: &Query) -> crate::state::Decision {
@@ -351,7 +401,10 @@ async fn list_deltas(
     };
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({ "deltas": deltas, "next": next, "position": position })),
+        Json(
+            json!({ "deltas": deltas, "next": next, "position": position,
+            "earliest": api.revocations.earliest() }),
+        ),
     )
         .into_response())
 }

@@ -59,12 +59,14 @@ impl Delivery {
 /// whether more pending records may follow.
 pub async fn pending(
     log: &Log,
+    method: &'static str,
     stream: &Stream,
     default_subjects: DefaultSubjects,
     cursor: &mut Cursor,
     limit: usize,
 ) -> Result<(Vec<Arc<Record>>, bool), crate::log::LogError> {
     const PAGE: usize = 256;
+    skip_removed(log.earliest(), method, cursor);
     let head = log.head();
     let mut out: Vec<Arc<Record>> = Vec::new();
     let mut after = cursor.through;
@@ -96,6 +98,31 @@ pub async fn pending(
     }
     cursor.advance(|p| irrelevant.contains(&p), head);
     Ok((out, false))
+}
+
+/// A cursor that fell behind retention continues from the earliest record still kept. The
+/// positions it never got (done or handed-out ones aside) are counted, in
+/// `ssf_hub_delivery_skipped_total`; they include records the stream would not have wanted.
+fn skip_removed(earliest: u64, method: &'static str, cursor: &mut Cursor) {
+    let gone_through = earliest.saturating_sub(1);
+    if cursor.through >= gone_through {
+        return;
+    }
+    let settled = cursor
+        .done_above
+        .range(..=gone_through)
+        .chain(cursor.outstanding.range(..=gone_through))
+        .count() as u64;
+    let skipped = (gone_through - cursor.through).saturating_sub(settled);
+    metrics::counter!("ssf_hub_delivery_skipped_total", "method" => method).increment(skipped);
+    tracing::warn!(
+        method,
+        skipped,
+        "a stream fell behind log retention; it continues from the earliest record kept"
+    );
+    cursor.through = gone_through;
+    cursor.done_above.retain(|p| *p > gone_through);
+    cursor.outstanding.retain(|p| *p > gone_through);
 }
 
 /// Records how long a record took from the log to the receiver, against the stream's budget.

@@ -203,7 +203,15 @@ async fn collect(
     }
     let room = limit - sets.len();
     // With no room left, a zero-sized look still tells whether more is waiting.
-    let (records, more) = pending(&d.log, stream, d.config.default_subjects, cursor, room).await?;
+    let (records, more) = pending(
+        &d.log,
+        "poll",
+        stream,
+        d.config.default_subjects,
+        cursor,
+        room,
+    )
+    .await?;
     for record in &records {
         let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, record)?;
         record_latency("poll", record, budget);

@@ -338,9 +338,16 @@ async fn deliver_pending(
         save(d, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
     }
     let scanned_from = cursor.through;
-    let (records, more) = pending(&d.log, stream, d.config.default_subjects, cursor, 64)
-        .await
-        .map_err(fail("reading the log failed"))?;
+    let (records, more) = pending(
+        &d.log,
+        "push",
+        stream,
+        d.config.default_subjects,
+        cursor,
+        64,
+    )
+    .await
+    .map_err(fail("reading the log failed"))?;
     // The scan may have moved the cursor over positions this stream does not want.
     let through = cursor.through;
     // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
@@ -476,7 +483,11 @@ fn dead_letter(d: &Delivery, stream: &Stream, set: &str, reason: &str) {
     metrics::counter!("ssf_hub_push_dead_letters_total").increment(1);
     tracing::warn!(stream = %stream.stream_id, %reason, "SET refused for good; dead-lettered");
     let record = json!({ "at_ms": crate::unix_now_ms(), "reason": reason, "set": set });
-    if let Err(e) = d.cursors.dead_letter(&stream.stream_id, &record) {
+    if let Err(e) = d.cursors.dead_letter(
+        &stream.stream_id,
+        &record,
+        d.config.max_dead_letters_per_stream,
+    ) {
         tracing::error!(error = %e, "storing a dead letter failed");
     }
 }

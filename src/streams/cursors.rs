@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RegistryError;
 use crate::set::events::StreamStatus;
-use crate::storage::{Position, Tables};
+use crate::storage::{Op, Position, Tables};
 
 /// A control event (verification, stream-updated) waiting for delivery. It is signed when it
 /// is sent, not when queued, so a long wait cannot outlive the signing key's publication.
@@ -170,8 +170,16 @@ impl Cursors {
         Ok(self.flusher.flush().await?)
     }
 
+    /// Forgets a deleted stream: its cursor, its lock and its dead letters.
     pub async fn remove(&self, stream_id: &str) -> Result<(), RegistryError> {
-        self.tables.delete(CURSORS, stream_id.as_bytes())?;
+        let mut ops = vec![Op::delete(CURSORS, stream_id.as_bytes())];
+        ops.extend(
+            self.tables
+                .prefix(DEAD_LETTERS, &letters_prefix(stream_id))?
+                .into_iter()
+                .map(|(k, _)| Op::delete(DEAD_LETTERS, k)),
+        );
+        self.tables.write(ops)?;
         self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -199,32 +207,42 @@ impl Cursors {
         Ok(true)
     }
 
-    /// Keeps a SET a receiver refused for good, for the operator to inspect.
+    /// Keeps a SET a receiver refused for good, for the operator to inspect; of one stream's
+    /// letters, the newest `keep` stay.
     pub fn dead_letter(
         &self,
         stream_id: &str,
         record: &serde_json::Value,
+        keep: usize,
     ) -> Result<(), RegistryError> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let mut key = stream_id.as_bytes().to_vec();
-        key.push(0);
+        let prefix = letters_prefix(stream_id);
+        let mut key = prefix.clone();
         // Time first keeps the order across restarts; the counter separates letters of one ms.
         key.extend_from_slice(&crate::unix_now_ms().to_be_bytes());
         key.extend_from_slice(
             &SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 .to_be_bytes(),
         );
-        self.tables
-            .put(DEAD_LETTERS, &key, &serde_json::to_vec(record)?)?;
+        let mut ops = vec![Op::put(DEAD_LETTERS, key, serde_json::to_vec(record)?)];
+        // Dead letters are rare (a receiver refusing for good); reading a stream's few hundred
+        // to bound them costs nothing that matters.
+        let stored = self.tables.prefix(DEAD_LETTERS, &prefix)?;
+        let excess = (stored.len() + 1).saturating_sub(keep.max(1));
+        ops.extend(
+            stored
+                .into_iter()
+                .take(excess)
+                .map(|(k, _)| Op::delete(DEAD_LETTERS, k)),
+        );
+        self.tables.write(ops)?;
         Ok(())
     }
 
     /// The dead letters of one stream, oldest first.
     pub fn dead_letters(&self, stream_id: &str) -> Result<Vec<serde_json::Value>, RegistryError> {
-        let mut prefix = stream_id.as_bytes().to_vec();
-        prefix.push(0);
         self.tables
-            .prefix(DEAD_LETTERS, &prefix)?
+            .prefix(DEAD_LETTERS, &letters_prefix(stream_id))?
             .iter()
             .map(|(_, v)| Ok(serde_json::from_slice(v)?))
             .collect()
@@ -233,6 +251,13 @@ impl Cursors {
     pub fn subscribe_control(&self) -> tokio::sync::watch::Receiver<u64> {
         self.control.subscribe()
     }
+}
+
+/// Dead letters of one stream sort together: stream id ++ NUL.
+fn letters_prefix(stream_id: &str) -> Vec<u8> {
+    let mut prefix = stream_id.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
 }
 
 /// Moves a stream's cursor for a status change (the caller holds the stream's lock): a disabled

@@ -292,7 +292,10 @@ async fn events_api_requires_the_admin_token() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let body: Value = r.json().await.expect("json");
-    assert_eq!(body, json!({"events": [], "next": 0, "head": 0}));
+    assert_eq!(
+        body,
+        json!({"events": [], "next": 0, "head": 0, "earliest": 1})
+    );
     hub.stop().await;
 }
 

@@ -12,6 +12,7 @@ mod interop;
 mod jwks;
 mod modules;
 mod push;
+mod retention;
 mod revocation;
 mod schemas;
 mod storage_conformance;
