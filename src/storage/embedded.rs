@@ -194,7 +194,7 @@ impl LogInner {
         let mut out = Vec::with_capacity(batch.len());
         // Keys earlier in this batch are not in the index until it commits.
         let mut fresh: HashMap<&[u8], Position> = HashMap::new();
-        let mut write = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut write = self.db.batch();
         for a in &batch {
             if let Some(&pos) = fresh.get(a.key.as_slice()) {
                 out.push(Appended::Duplicate(pos));
@@ -222,6 +222,9 @@ impl LogInner {
             write.insert(&self.meta, HEAD, be(next));
             // One journal write and one fdatasync for the whole batch; callers answer after it.
             write.commit()?;
+            fault::inside_commit(start + 1, next);
+            self.db.persist(PersistMode::SyncData)?;
+            fault::committed();
             self.head.store(next, Ordering::Release);
         }
         Ok(out)
@@ -332,5 +335,39 @@ impl EventLog for EmbeddedLog {
 
     fn approximate_bytes(&self) -> u64 {
         self.inner.events.disk_space()
+    }
+}
+
+/// Crash-test hook: with `SSF_FAULT_COMMIT_PAUSE_MS` and `SSF_FAULT_COMMIT_MARK` set,
+/// every log batch pauses between its journal write and its sync, with the positions it carries
+/// written to the mark file (removed once the batch is durable), so a test can kill the process
+/// inside a group commit and check what survives. Unset, it costs one cached lookup.
+mod fault {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    fn settings() -> Option<&'static (Duration, PathBuf)> {
+        static SETTINGS: OnceLock<Option<(Duration, PathBuf)>> = OnceLock::new();
+        SETTINGS
+            .get_or_init(|| {
+                let ms = std::env::var("SSF_FAULT_COMMIT_PAUSE_MS").ok()?;
+                let mark = std::env::var_os("SSF_FAULT_COMMIT_MARK")?;
+                Some((Duration::from_millis(ms.parse().ok()?), mark.into()))
+            })
+            .as_ref()
+    }
+
+    pub(super) fn inside_commit(first: u64, last: u64) {
+        if let Some((pause, mark)) = settings() {
+            let _ = std::fs::write(mark, format!("{first} {last}"));
+            std::thread::sleep(*pause);
+        }
+    }
+
+    pub(super) fn committed() {
+        if let Some((_, mark)) = settings() {
+            let _ = std::fs::remove_file(mark);
+        }
     }
 }

@@ -163,6 +163,123 @@ async fn every_acknowledged_set_survives_kill_9_exactly_once_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_a_group_commit_keeps_the_batch_whole_and_every_acknowledged_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = es256();
+    let config = write_config(dir.path(), &key);
+    let mark = dir.path().join("commit-in-flight");
+    let mark_env = mark.to_str().expect("utf-8 path");
+    // Every batch pauses two seconds between its journal write and its sync, saying which
+    // positions it carries: the kill below lands inside a commit, not between two.
+    let hub = HubProcess::start_env(
+        &config,
+        dir.path(),
+        &[
+            ("SSF_FAULT_COMMIT_PAUSE_MS", "2000"),
+            ("SSF_FAULT_COMMIT_MARK", mark_env),
+        ],
+    );
+    let base = hub.base();
+    let client = reqwest::Client::new();
+    let sets: Vec<String> = (0..SENDERS * 4)
+        .map(|_| key.sign(&session_revoked()).expect("sign"))
+        .collect();
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut senders = tokio::task::JoinSet::new();
+    for chunk in sets.chunks(4) {
+        let (client, base, acked, chunk) =
+            (client.clone(), base.clone(), acked.clone(), chunk.to_vec());
+        senders.spawn(async move {
+            for set in chunk {
+                match client
+                    .post(format!("{base}/ingest/idp"))
+                    .header("content-type", "application/secevent+jwt")
+                    .body(set.clone())
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 202 => acked.lock().expect("lock").push(jti_of(&set)),
+                    _ => break,
+                }
+            }
+        });
+    }
+    // Once one batch is durable and acknowledged, and the next is inside its commit: kill.
+    let in_flight = loop {
+        if !acked.lock().expect("lock").is_empty() {
+            if let Ok(text) = std::fs::read_to_string(&mark) {
+                if let Some((first, last)) = text.split_once(' ') {
+                    let range = (
+                        first.parse::<u64>().expect("first"),
+                        last.parse::<u64>().expect("last"),
+                    );
+                    hub.kill9();
+                    break range;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    while senders.join_next().await.is_some() {}
+    let acked = acked.lock().expect("lock").clone();
+
+    let hub = HubProcess::start(&config, dir.path());
+    let events = all_events(&client, &hub.base()).await;
+    let positions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"].as_u64().expect("pos"))
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=positions.len() as u64).collect::<Vec<_>>(),
+        "dense from 1"
+    );
+    let stored: HashMap<String, u64> = events
+        .iter()
+        .map(|e| {
+            (
+                e["jti"].as_str().expect("jti").to_owned(),
+                e["position"].as_u64().expect("pos"),
+            )
+        })
+        .collect();
+    assert_eq!(stored.len(), events.len(), "a jti is stored twice");
+    for jti in &acked {
+        let p = stored
+            .get(jti)
+            .unwrap_or_else(|| panic!("acknowledged SET {jti} was lost"));
+        assert!(
+            *p < in_flight.0,
+            "a SET of the unsynced batch was acknowledged"
+        );
+    }
+    // The interrupted batch is all there (its journal write reached the OS) or not at all.
+    let head = positions.len() as u64;
+    assert!(
+        head == in_flight.0 - 1 || head == in_flight.1,
+        "the batch {in_flight:?} survived in part: head {head}"
+    );
+    // Whatever survived, sending everything again appends only what is missing, once.
+    for set in &sets {
+        let r = client
+            .post(format!("{}/ingest/idp", hub.base()))
+            .header("content-type", "application/secevent+jwt")
+            .body(set.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 202);
+    }
+    let after = all_events(&client, &hub.base()).await;
+    assert_eq!(
+        after.len(),
+        sets.len(),
+        "every SET exactly once after the resend"
+    );
+    hub.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_delivery_resumes_after_kill_9_with_no_gap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();

@@ -24,12 +24,18 @@ impl HubProcess {
 
     /// As [`HubProcess::start`], with `RUST_LOG` set to `filter`.
     pub fn start_logging(config: &Path, cwd: &Path, filter: &str) -> HubProcess {
+        HubProcess::start_env(config, cwd, &[("RUST_LOG", filter)])
+    }
+
+    /// As [`HubProcess::start`], with these environment variables set.
+    pub fn start_env(config: &Path, cwd: &Path, env: &[(&str, &str)]) -> HubProcess {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
             .current_dir(cwd)
             .env_remove("SSF_HUB_ADMIN_TOKEN")
-            .env("RUST_LOG", filter)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
