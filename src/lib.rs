@@ -5,12 +5,17 @@
 //! and claim, normalizes the event, and appends it to an ordered, durable log.
 //!
 //! ```text
-//!  POST /ingest/{source}      verify.rs            normalize.rs          log/
-//!  ───────────────────► ingest ─────────► Verified ────────────► Record ──────► EventLog (fjall)
-//!   RFC 8935 push        (HTTP,  keys.rs:         schema.rs: JSON        group commit,
-//!                        auth,   JWKS cache       Schemas; set/: typed   202 after durable
-//!                        limits)                  events + subjects
-//!                                                          GET /events, `ssf-hub tail` ◄──┘
+//!  POST /ingest/{source}     verify.rs           normalize.rs         log.rs            storage/
+//!  ──────────────────► ingest ────────► Verified ───────────► Record ───────► Log ─────────► EventLog
+//!   RFC 8935 push       (HTTP, keys.rs:        schema.rs: JSON      group commit,   (fjall, memory)
+//!                       auth,  JWKS cache      Schemas; set/:       202 after
+//!                       limits)                typed events         durable
+//!                                                                     │ head watch + decoded-record cache
+//!            ┌─────────────────────────┬──────────────────────────┬───┴──────────────────┐
+//!            ▼                         ▼                          ▼                      ▼
+//!   delivery/push.rs, poll.rs    revocation.rs (fold,       feed.rs (/feed)        ops.rs (GET /events,
+//!   per stream: streams/         state.rs) → deltas ──────► /revocations/ws         `ssf-hub tail`)
+//!   cursors, outbound.rs Minter  snapshot, decisions        by subscription
 //! ```
 //!
 //! Modules, in data-flow order:
@@ -19,10 +24,17 @@
 //! - [`ingest`]: stage 1, the RFC 8935 push endpoint and configured sources.
 //! - [`keys`] and [`verify`]: stage 2, JWKS caching and JWS/claims verification.
 //! - [`schema`] and [`normalize`]: stage 3, schema-checked, typed, canonical records.
-//! - [`log`]: stage 4, the ordered durable log: group commit and head notifications.
+//! - [`log`]: stage 4, the journal: group commit, the record codec and a decoded-record cache,
+//!   head notifications, retention.
 //! - [`storage`]: the storage seams (`EventLog`, `Tables`) and their backends (fjall, memory).
-//! - [`sign`]: signing keys and SET encoding (operator tools, the hub's own key).
-//! - [`http`], [`error`], [`telemetry`], [`app`], [`cli`]: the edges and the wiring.
+//! - [`streams`], [`manage`], [`outbound`]: stage 5, the SSF transmitter: receivers and streams
+//!   with their cursors, the management API, and the SETs the hub signs.
+//! - The log's followers, each woken by its head: [`delivery`] (stage 6, push and poll per
+//!   stream), [`revocation`] with [`state`] (stage 5a, the fold, deltas and decisions) and
+//!   [`feed`] (websockets; it subscribes to the fold's deltas).
+//! - [`sign`], [`keyring`]: signing keys and SET encoding (operator tools, the hub's own keys).
+//! - [`http`], [`error`], [`ops`], [`guard`], [`telemetry`]: the edges. [`app`] composes the
+//!   parts and is imported by nothing but [`cli`]; the module graph has no cycle.
 
 pub mod app;
 pub mod cli;
