@@ -29,6 +29,19 @@ fn write_config(dir: &std::path::Path, key: &ssf_hub::sign::SetSigner) -> std::p
     config
 }
 
+/// POSTs one SET to the hub's `idp` source; the status.
+async fn ingest(client: &reqwest::Client, base: &str, set: &str) -> u16 {
+    client
+        .post(format!("{base}/ingest/idp"))
+        .header("content-type", "application/secevent+jwt")
+        .body(set.to_owned())
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
 async fn all_events(client: &reqwest::Client, base: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut since = 0;
@@ -140,14 +153,7 @@ async fn every_acknowledged_set_survives_kill_9_exactly_once_in_order() {
     let before = events.len();
     for batch in &sets {
         for set in batch.iter().take(5) {
-            let r = client
-                .post(format!("{}/ingest/idp", hub.base()))
-                .header("content-type", "application/secevent+jwt")
-                .body(set.clone())
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(r.status(), 202);
+            assert_eq!(ingest(&client, &hub.base(), set).await, 202);
         }
     }
     let after = all_events(&client, &hub.base()).await.len();
@@ -261,14 +267,7 @@ async fn kill_9_inside_a_group_commit_keeps_the_batch_whole_and_every_acknowledg
     );
     // Whatever survived, sending everything again appends only what is missing, once.
     for set in &sets {
-        let r = client
-            .post(format!("{}/ingest/idp", hub.base()))
-            .header("content-type", "application/secevent+jwt")
-            .body(set.clone())
-            .send()
-            .await
-            .expect("send");
-        assert_eq!(r.status(), 202);
+        assert_eq!(ingest(&client, &hub.base(), set).await, 202);
     }
     let after = all_events(&client, &hub.base()).await;
     assert_eq!(
