@@ -310,3 +310,18 @@ fn a_data_directory_from_the_sled_era_is_refused_by_name() {
         "nothing new is created beside it"
     );
 }
+
+#[tokio::test]
+async fn the_hub_refuses_to_start_on_a_sled_era_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::support::base_config(dir.path());
+    let old = config.data_dir.join("log");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    std::fs::write(old.join("conf"), b"segment_size: 524288").expect("conf");
+    std::fs::write(old.join("db"), [0u8; 64]).expect("db");
+    let err = ssf_hub::app::spawn(config)
+        .await
+        .expect_err("a sled data directory must stop the hub");
+    let msg = err.to_string();
+    assert!(msg.contains("sled") && msg.contains("move the old data"), "{msg}");
+}
