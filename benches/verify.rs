@@ -24,63 +24,30 @@ use base64::Engine as _;
 use criterion::{BatchSize, Criterion};
 use josekit::jwk::Jwk;
 use josekit::jws::JwsVerifier;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use ssf_hub::config::{Config, JwksConfig};
+use ssf_hub::config::Config;
 use ssf_hub::keys::SourceKeys;
 use ssf_hub::normalize::{self, Options};
 use ssf_hub::schema::Schemas;
 use ssf_hub::sign::{SetSigner, SignAlg};
 use ssf_hub::verify::{Alg, Policy, Unverified};
 
-#[path = "support/machine.rs"]
-mod machine;
-use machine::MachineCpu;
+#[expect(dead_code, reason = "the load support is shared with benches/load.rs")]
+mod support;
+use support::hub::{credential_change, object, pad_to, SOURCE_AUD, SOURCE_ISS};
+use support::machine::{wait_quiet, Phase};
 
-const ISSUER: &str = "https://idp.bench.example";
-const AUDIENCE: &str = "https://hub.bench.example";
-/// Target size of the compact SET, in bytes.
-const TARGET_LEN: usize = 1024;
-
-/// Claims of a realistic CAEP credential-change SET with a complex subject, with `reason_admin`
-/// padded so the compact serialization is about `target_len` bytes.
-fn claims(jti: &str, pad: usize) -> Map<String, Value> {
-    let now = ssf_hub::unix_now();
-    let mut reason = String::from("Security key registered after step-up; ticket SEC-48213");
-    reason.extend(std::iter::repeat_n('.', pad));
-    let v = json!({
-        "iss": ISSUER,
-        "aud": [AUDIENCE],
-        "jti": jti,
-        "iat": now,
-        "sub_id": {
-            "format": "complex",
-            "user": {"format": "email", "email": "ana.lopez@corp.example"},
-            "device": {"format": "opaque", "id": "dev-7f3a9c21-58e4"}
-        },
-        "events": {
-            "https://schemas.openid.net/secevent/caep/event-type/credential-change": {
-                "credential_type": "fido2-roaming",
-                "change_type": "create",
-                "friendly_name": "Ana's YubiKey 5C NFC",
-                "initiating_entity": "user",
-                "event_timestamp": now,
-                "reason_admin": {"en": reason}
-            }
-        }
-    });
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    }
-}
-
-/// Signs a SET of about `TARGET_LEN` bytes with `signer`.
+/// Signs a credential-change SET of about 1,024 bytes compact with `signer`.
 fn make_set(signer: &SetSigner, jti: &str) -> String {
-    let first = signer.sign(&claims(jti, 0)).expect("sign");
-    // Each payload byte costs 4/3 characters of base64url.
-    let pad = TARGET_LEN.saturating_sub(first.len()) * 3 / 4;
-    signer.sign(&claims(jti, pad)).expect("sign")
+    let claims = credential_change(
+        SOURCE_ISS,
+        json!([SOURCE_AUD]),
+        jti,
+        None,
+        pad_to(signer, jti, 1024),
+    );
+    signer.sign(&claims).expect("sign")
 }
 
 /// The signing input and decoded signature of a compact JWS.
@@ -91,18 +58,8 @@ fn split(compact: &str) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn verifier(signer: &SetSigner, alg: Alg) -> Box<dyn JwsVerifier> {
-    let map = match signer.public_jwk() {
-        Value::Object(m) => m,
-        _ => unreachable!(),
-    };
-    let jwk = Jwk::from_map(map).expect("jwk");
+    let jwk = Jwk::from_map(object(signer.public_jwk())).expect("jwk");
     alg.verifier(&jwk).expect("verifier")
-}
-
-fn jwks_config() -> JwksConfig {
-    Config::load_from(None, figment::providers::Env::prefixed("SSF_BENCH_UNUSED_"))
-        .expect("default config")
-        .jwks
 }
 
 struct Fixture {
@@ -129,7 +86,9 @@ impl Fixture {
         let jwks = json!({"keys": [es.public_jwk(), rs.public_jwk()]});
         std::fs::write(&path, jwks.to_string()).expect("write jwks");
         let algorithms = vec![Alg::ES256, Alg::RS256, Alg::PS256, Alg::EdDSA];
-        let keys = SourceKeys::from_file("bench", &path, algorithms.clone(), jwks_config())
+        let env = figment::providers::Env::prefixed("SSF_BENCH_UNUSED_");
+        let jwks_config = Config::load_from(None, env).expect("default config").jwks;
+        let keys = SourceKeys::from_file("bench", &path, algorithms.clone(), jwks_config)
             .expect("source keys");
         Fixture {
             es_bare: verifier(&es, Alg::ES256),
@@ -138,7 +97,7 @@ impl Fixture {
             rs_set,
             keys,
             schemas: Schemas::compile().expect("schemas"),
-            audiences: vec![AUDIENCE.to_owned()],
+            audiences: vec![SOURCE_AUD.to_owned()],
             algorithms,
             rt: tokio::runtime::Builder::new_current_thread()
                 .build()
@@ -149,7 +108,7 @@ impl Fixture {
 
     fn policy(&self) -> Policy<'_> {
         Policy {
-            issuer: ISSUER,
+            issuer: SOURCE_ISS,
             audiences: &self.audiences,
             algorithms: &self.algorithms,
             legacy: false,
@@ -159,24 +118,10 @@ impl Fixture {
 
     /// The hub's per-SET work before the log: parse, verify, normalize.
     fn pipeline(&self, set: &[u8]) -> normalize::Record {
-        let policy = self.policy();
-        let verified = self
-            .rt
-            .block_on(async {
-                Unverified(set)
-                    .parse(&policy)?
-                    .verify(&self.keys, &policy)
-                    .await
-            })
-            .expect("verifies");
-        normalize::normalize(
-            &self.schemas,
-            verified,
-            "bench",
-            ssf_hub::unix_now_ms(),
-            Options::default(),
-        )
-        .expect("normalizes")
+        let verified = self.verified(set);
+        let now = ssf_hub::unix_now_ms();
+        normalize::normalize(&self.schemas, verified, "bench", now, Options::default())
+            .expect("normalizes")
     }
 
     fn verified(&self, set: &[u8]) -> ssf_hub::verify::Verified {
@@ -192,76 +137,40 @@ impl Fixture {
     }
 }
 
-/// Percent of the machine used by other processes (steal included) since `before`.
-fn others_since(before: MachineCpu) -> f64 {
-    let (_, others, steal) = MachineCpu::now().since(&before);
-    others + steal
-}
-
-/// Median per-iteration time of `f` over `rounds` rounds of `iters` calls.
-fn interleaved(
-    rounds: usize,
-    iters: u32,
-    a: &mut dyn FnMut(),
-    b: &mut dyn FnMut(),
-) -> (Duration, Duration) {
-    let mut ta = Vec::with_capacity(rounds);
-    let mut tb = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
+/// Median per-call time (µs) of `a` and of `b` over `rounds` rounds of 1,000 calls each,
+/// alternating, so frequency drift and noisy neighbours hit both sides alike.
+fn interleaved(rounds: usize, a: &mut dyn FnMut(), b: &mut dyn FnMut()) -> (f64, f64) {
+    let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
-        for _ in 0..iters {
-            a();
-        }
-        ta.push(t.elapsed() / iters);
-        let t = Instant::now();
-        for _ in 0..iters {
-            b();
-        }
-        tb.push(t.elapsed() / iters);
-    }
-    ta.sort();
-    tb.sort();
+        (0..1000).for_each(|_| f());
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut ta, mut tb): (Vec<f64>, Vec<f64>) = (0..rounds).map(|_| (time(a), time(b))).unzip();
+    ta.sort_by(f64::total_cmp);
+    tb.sort_by(f64::total_cmp);
     (ta[rounds / 2], tb[rounds / 2])
 }
 
-fn criterion_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"))
-        .join("criterion")
-}
-
-/// Criterion's median estimate (ns) for `group/name` from this run, if it wrote one.
+/// Criterion's median estimate (µs) for `group/name` from this run, if it wrote one.
 fn criterion_median(group: &str, name: &str) -> Option<f64> {
-    let path = criterion_dir()
-        .join(group)
-        .join(name)
-        .join("new")
-        .join("estimates.json");
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    let path = PathBuf::from(target).join(format!("criterion/{group}/{name}/new/estimates.json"));
     let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    v["median"]["point_estimate"].as_f64()
+    Some(v["median"]["point_estimate"].as_f64()? / 1e3)
 }
 
 fn main() {
     // A real benchmark run (`cargo bench`) passes `--bench`; `cargo test --benches`, `--list` and
     // `--profile-time` get criterion's own behaviour only, without the waiting and the ratio loop.
     let args: Vec<String> = std::env::args().collect();
-    let benching = args.iter().any(|a| a == "--bench")
-        && !args
-            .iter()
-            .any(|a| a == "--list" || a.starts_with("--profile-time"));
+    let other_mode = args
+        .iter()
+        .any(|a| a == "--list" || a.starts_with("--profile-time"));
+    let benching = args.iter().any(|a| a == "--bench") && !other_mode;
     if benching {
-        // Wait (up to 2 minutes) for other work on the machine to stop before measuring.
-        for _ in 0..240 {
-            let t = MachineCpu::now();
-            std::thread::sleep(Duration::from_millis(500));
-            if others_since(t) < 5.0 {
-                break;
-            }
-        }
+        wait_quiet(Duration::from_secs(120));
     }
-    let run_start = MachineCpu::now();
-    let fx = Fixture::new();
+    let (run, fx) = (Phase::start(), Fixture::new());
     let (es_input, es_sig) = split(&fx.es_set);
     let (rs_input, rs_sig) = split(&fx.rs_set);
     fx.es_bare
@@ -271,12 +180,9 @@ fn main() {
         .verify(&rs_input, &rs_sig)
         .expect("rs256 verifies");
     let record = fx.pipeline(fx.es_set.as_bytes());
-    println!(
-        "SET sizes: ES256 {} bytes, RS256 {} bytes (compact); normalized record {} bytes",
-        fx.es_set.len(),
-        fx.rs_set.len(),
-        serde_json::to_vec(&record).map(|v| v.len()).unwrap_or(0)
-    );
+    let (es_len, rs_len) = (fx.es_set.len(), fx.rs_set.len());
+    let record_len = serde_json::to_vec(&record).map_or(0, |v| v.len());
+    println!("SET sizes: ES256 {es_len} bytes, RS256 {rs_len} bytes (compact); normalized record {record_len} bytes");
 
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -284,115 +190,71 @@ fn main() {
         .sample_size(50)
         .without_plots()
         .configure_from_args();
-
-    {
-        let mut g = c.benchmark_group("bare_verify");
-        g.bench_function("es256", |b| {
-            b.iter(|| fx.es_bare.verify(black_box(&es_input), black_box(&es_sig)))
-        });
-        g.bench_function("rs256", |b| {
-            b.iter(|| fx.rs_bare.verify(black_box(&rs_input), black_box(&rs_sig)))
-        });
-        g.finish();
-    }
-    {
-        let mut g = c.benchmark_group("pipeline");
-        g.bench_function("es256", |b| {
-            b.iter(|| fx.pipeline(black_box(fx.es_set.as_bytes())))
-        });
-        g.bench_function("rs256", |b| {
-            b.iter(|| fx.pipeline(black_box(fx.rs_set.as_bytes())))
-        });
-        g.finish();
-    }
-    {
-        let mut g = c.benchmark_group("parts");
-        g.bench_function("es256_parse_verify", |b| {
-            b.iter(|| fx.verified(black_box(fx.es_set.as_bytes())))
-        });
-        let verified = fx.verified(fx.es_set.as_bytes());
-        g.bench_function("normalize", |b| {
-            b.iter_batched(
-                || verified.clone(),
-                |v| {
-                    normalize::normalize(&fx.schemas, v, "bench", 0, Options::default())
-                        .expect("normalizes")
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        g.bench_function("record_to_json", |b| {
-            b.iter(|| serde_json::to_vec(black_box(&record)).expect("encode"))
-        });
-        g.finish();
-    }
+    let mut g = c.benchmark_group("bare_verify");
+    g.bench_function("es256", |b| {
+        b.iter(|| fx.es_bare.verify(black_box(&es_input), &es_sig))
+    });
+    g.bench_function("rs256", |b| {
+        b.iter(|| fx.rs_bare.verify(black_box(&rs_input), &rs_sig))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("pipeline");
+    g.bench_function("es256", |b| {
+        b.iter(|| fx.pipeline(black_box(fx.es_set.as_bytes())))
+    });
+    g.bench_function("rs256", |b| {
+        b.iter(|| fx.pipeline(black_box(fx.rs_set.as_bytes())))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("parts");
+    g.bench_function("es256_parse_verify", |b| {
+        b.iter(|| fx.verified(black_box(fx.es_set.as_bytes())))
+    });
+    let verified = fx.verified(fx.es_set.as_bytes());
+    let normalize = |v| normalize::normalize(&fx.schemas, v, "bench", 0, Options::default());
+    g.bench_function("normalize", |b| {
+        b.iter_batched(
+            || verified.clone(),
+            |v| normalize(v).expect("normalizes"),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("record_to_json", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&record)))
+    });
+    g.finish();
     c.final_summary();
-
     if !benching {
         return;
     }
-    // Same-process, interleaved comparison: alternate rounds so frequency drift and noisy
-    // neighbours hit both sides alike.
-    let loop_start = MachineCpu::now();
-    let (bare, pipe) = interleaved(
-        31,
-        1000,
-        &mut || {
-            black_box(fx.es_bare.verify(black_box(&es_input), black_box(&es_sig))).ok();
-        },
-        &mut || {
-            black_box(fx.pipeline(black_box(fx.es_set.as_bytes())));
-        },
-    );
-    let (rs_bare, rs_pipe) = interleaved(
-        31,
-        1000,
-        &mut || {
-            black_box(fx.rs_bare.verify(black_box(&rs_input), black_box(&rs_sig))).ok();
-        },
-        &mut || {
-            black_box(fx.pipeline(black_box(fx.rs_set.as_bytes())));
-        },
-    );
-    println!();
-    println!(
-        "other processes used {:.0}% of the machine during the whole run, {:.0}% during the timed loop",
-        others_since(run_start),
-        others_since(loop_start)
-    );
+
+    // The interleaved timed loop, in the same process: median of 31 rounds x 1,000.
+    let loop_start = Phase::start();
+    let mut bare_es = || drop(black_box(fx.es_bare.verify(black_box(&es_input), &es_sig)));
+    let mut pipe_es = || drop(black_box(fx.pipeline(black_box(fx.es_set.as_bytes()))));
+    let (bare, pipe) = interleaved(31, &mut bare_es, &mut pipe_es);
+    let mut bare_rs = || drop(black_box(fx.rs_bare.verify(black_box(&rs_input), &rs_sig)));
+    let mut pipe_rs = || drop(black_box(fx.pipeline(black_box(fx.rs_set.as_bytes()))));
+    let (rs_bare, rs_pipe) = interleaved(31, &mut bare_rs, &mut pipe_rs);
+    let (all, in_loop) = (run.others(), loop_start.others());
+    println!("\nother processes used {all:.0}% of the machine during the whole run, {in_loop:.0}% during the timed loop");
     println!("interleaved timed loop (median of 31 rounds x 1000):");
-    println!(
-        "  bare_verify/es256 = {:.2} us, pipeline/es256 = {:.2} us",
-        bare.as_secs_f64() * 1e6,
-        pipe.as_secs_f64() * 1e6
-    );
-    println!(
-        "  bare_verify/rs256 = {:.2} us, pipeline/rs256 = {:.2} us",
-        rs_bare.as_secs_f64() * 1e6,
-        rs_pipe.as_secs_f64() * 1e6
-    );
+    println!("  bare_verify/es256 = {bare:.2} us, pipeline/es256 = {pipe:.2} us");
+    println!("  bare_verify/rs256 = {rs_bare:.2} us, pipeline/rs256 = {rs_pipe:.2} us");
     println!(
         "  pipeline overhead over bare ES256 = {:.2} us",
-        (pipe.as_secs_f64() - bare.as_secs_f64()) * 1e6
+        pipe - bare
     );
-    let ratio = pipe.as_secs_f64() / bare.as_secs_f64();
+    let met = if pipe / bare <= 1.3 { "met" } else { "NOT met" };
     println!(
-        "ratio pipeline/bare_es256 = {ratio:.3} (goal <= 1.30: {})",
-        if ratio <= 1.3 { "met" } else { "NOT met" }
+        "ratio pipeline/bare_es256 = {:.3} (goal <= 1.30: {met})",
+        pipe / bare
     );
-    println!(
-        "ratio pipeline/bare_rs256 = {:.3}",
-        rs_pipe.as_secs_f64() / rs_bare.as_secs_f64()
-    );
+    println!("ratio pipeline/bare_rs256 = {:.3}", rs_pipe / rs_bare);
     if let (Some(b), Some(p)) = (
         criterion_median("bare_verify", "es256"),
         criterion_median("pipeline", "es256"),
     ) {
-        println!(
-            "criterion medians: bare_verify/es256 = {:.2} us, pipeline/es256 = {:.2} us, ratio = {:.3}",
-            b / 1e3,
-            p / 1e3,
-            p / b
-        );
+        println!("criterion medians: bare_verify/es256 = {b:.2} us, pipeline/es256 = {p:.2} us, ratio = {:.3}", p / b);
     }
 }

@@ -323,5 +323,8 @@ async fn the_hub_refuses_to_start_on_a_sled_era_data_directory() {
         .await
         .expect_err("a sled data directory must stop the hub");
     let msg = err.to_string();
-    assert!(msg.contains("sled") && msg.contains("move the old data"), "{msg}");
+    assert!(
+        msg.contains("sled") && msg.contains("move the old data"),
+        "{msg}"
+    );
 }
