@@ -72,8 +72,10 @@ impl Feeds {
         let deltas = broadcast::channel(capacity.max(1)).0;
         let ring = deltas.clone();
         revocations.on_delta(move |d| {
-            // No receivers is not an error: nobody is watching right now.
-            let _ = ring.send(Arc::new(delta_item(d)));
+            // Nobody watching: nothing to serialize (a client that connects later replays).
+            if ring.receiver_count() > 0 {
+                let _ = ring.send(Arc::new(delta_item(d)));
+            }
         });
         Feeds {
             log,

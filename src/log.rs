@@ -24,51 +24,68 @@ pub struct Retention {
 /// Most appends one durable write carries. Bounded so one flush cannot grow without limit.
 const MAX_BATCH: usize = 1024;
 
-type Pending = (Append, oneshot::Sender<Result<Appended, Arc<LogError>>>);
+/// One append waiting for the committer: the bytes, the decoded record to hand to followers
+/// once it is durable (when the caller has one), and where to answer.
+type Pending = (
+    Append,
+    Option<Record>,
+    oneshot::Sender<Result<Appended, Arc<LogError>>>,
+);
 
 /// The log as the rest of the hub uses it: group commit over a backend, plus head notifications.
+/// Cloning is one reference count: every request handler holds one.
 #[derive(Debug, Clone)]
 pub struct Log {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     backend: Arc<dyn EventLog>,
     appends: mpsc::Sender<Pending>,
     head: watch::Receiver<Position>,
-    committer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     closing: tokio_util::sync::CancellationToken,
     recent: Arc<Recent>,
 }
 
 impl Log {
-    /// Starts the committer task; it runs until every `Log` clone is dropped.
+    /// Starts the committer task; it runs until [`Log::close`] or every `Log` clone is dropped.
     pub fn start(backend: Arc<dyn EventLog>) -> Log {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let (head_tx, head) = watch::channel(backend.head());
         let closing = tokio_util::sync::CancellationToken::new();
-        let committer = tokio::spawn(commit_loop(backend.clone(), rx, head_tx, closing.clone()));
+        let recent = Arc::<Recent>::default();
+        let committer = tokio::spawn(commit_loop(
+            backend.clone(),
+            recent.clone(),
+            rx,
+            head_tx,
+            closing.clone(),
+        ));
         Log {
-            backend,
-            appends: tx,
-            head,
-            committer: Arc::new(std::sync::Mutex::new(Some(committer))),
-            closing,
-            recent: Arc::default(),
+            inner: Arc::new(Inner {
+                backend,
+                appends: tx,
+                head,
+                committer: Mutex::new(Some(committer)),
+                closing,
+                recent,
+            }),
         }
     }
 
     /// Stops accepting appends and waits until the committer has written what it had and let go
-    /// of the backend (so its directory can be opened again in the same process). Appends
-    /// through other clones of this `Log` fail with [`LogError::Closed`] afterwards.
+    /// of the backend (so its directory can be opened again in the same process once the other
+    /// clones are gone). Appends through other clones fail with [`LogError::Closed`] afterwards.
     pub async fn close(self) {
-        let Log {
-            backend,
-            appends,
-            committer,
-            closing,
-            ..
-        } = self;
-        drop(appends);
-        drop(backend);
-        closing.cancel();
-        let handle = committer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner.closing.cancel();
+        let handle = self
+            .inner
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.await;
         }
@@ -76,9 +93,14 @@ impl Log {
 
     /// Appends one record and resolves once it is durable (or found to be a repeat).
     pub async fn append(&self, append: Append) -> Result<Appended, LogError> {
+        self.submit(append, None).await
+    }
+
+    async fn submit(&self, append: Append, record: Option<Record>) -> Result<Appended, LogError> {
         let (tx, rx) = oneshot::channel();
-        self.appends
-            .send((append, tx))
+        self.inner
+            .appends
+            .send((append, record, tx))
             .await
             .map_err(|_| LogError::Closed)?;
         match rx.await {
@@ -88,11 +110,12 @@ impl Log {
         }
     }
 
-    /// Appends a normalized record (with the key that identifies repeats of it) and, once it is
-    /// durable, hands it decoded to the log's followers.
+    /// Appends a normalized record (with the key that identifies repeats of it). The committer
+    /// puts it, decoded, in the followers' cache before it announces the new head, so no
+    /// follower reads it back from storage.
     pub async fn append_record(
         &self,
-        mut record: Record,
+        record: Record,
         key: Vec<u8>,
         key_expires_at: u64,
     ) -> Result<Appended, LogError> {
@@ -101,12 +124,7 @@ impl Log {
             key_expires_at,
             record: serde_json::to_vec(&record)?,
         };
-        let appended = self.append(append).await?;
-        if let Appended::New(position) = appended {
-            record.position = position;
-            self.recent.insert(Arc::new(record));
-        }
-        Ok(appended)
+        self.submit(append, Some(record)).await
     }
 
     /// Up to `limit` durable records after `after`, in order, decoded: from the cache when it
@@ -123,6 +141,7 @@ impl Log {
         let after = after.max(self.earliest().saturating_sub(1));
         let head = self.head();
         let cached = self
+            .inner
             .recent
             .run_after(after, head.min(after.saturating_add(limit as u64)));
         if !cached.is_empty() {
@@ -132,7 +151,7 @@ impl Log {
             .read(after, limit)
             .await?
             .into_iter()
-            .map(|entry| (entry.position, self.recent.decode(&entry)))
+            .map(|entry| (entry.position, self.inner.recent.decode(&entry)))
             .collect())
     }
 
@@ -150,33 +169,33 @@ impl Log {
     /// made durable are not returned: nothing downstream may act on what a crash could undo.
     pub async fn read(&self, after: Position, limit: usize) -> Result<Vec<Entry>, LogError> {
         let head = self.head();
-        let mut entries = self.backend.read(after, limit).await?;
+        let mut entries = self.inner.backend.read(after, limit).await?;
         entries.retain(|e| e.position <= head);
         Ok(entries)
     }
 
     /// Position of the last durable record.
     pub fn head(&self) -> Position {
-        *self.head.borrow()
+        *self.inner.head.borrow()
     }
 
     /// A receiver that changes whenever new records become durable.
     pub fn subscribe(&self) -> watch::Receiver<Position> {
-        self.head.clone()
+        self.inner.head.clone()
     }
 
     pub async fn prune_keys(&self, now: u64) -> Result<usize, LogError> {
-        self.backend.prune_keys(now).await
+        self.inner.backend.prune_keys(now).await
     }
 
     /// The earliest position still kept; retention removed everything before it.
     pub fn earliest(&self) -> Position {
-        self.backend.earliest()
+        self.inner.backend.earliest()
     }
 
     /// Removes the records at or before `through` (retention); returns how many.
     pub async fn remove_through(&self, through: Position) -> Result<u64, LogError> {
-        self.backend.remove_through(through).await
+        self.inner.backend.remove_through(through).await
     }
 
     /// Removes what `policy` no longer keeps at `now_ms`: the oldest records beyond
@@ -220,7 +239,11 @@ impl Log {
         struct Stamp {
             received_at_ms: u64,
         }
-        let entries = self.backend.read(position.saturating_sub(1), 1).await?;
+        let entries = self
+            .inner
+            .backend
+            .read(position.saturating_sub(1), 1)
+            .await?;
         Ok(entries
             .first()
             .filter(|e| e.position == position)
@@ -230,7 +253,7 @@ impl Log {
 
     /// Bytes the records take, as the backend estimates them.
     pub fn approximate_bytes(&self) -> u64 {
-        self.backend.approximate_bytes()
+        self.inner.backend.approximate_bytes()
     }
 }
 
@@ -239,6 +262,7 @@ impl Log {
 #[tracing::instrument(name = "log_committer", skip_all)]
 async fn commit_loop(
     backend: Arc<dyn EventLog>,
+    recent: Arc<Recent>,
     mut rx: mpsc::Receiver<Pending>,
     head: watch::Sender<Position>,
     closing: tokio_util::sync::CancellationToken,
@@ -254,12 +278,27 @@ async fn commit_loop(
         if received == 0 {
             break;
         }
-        let (batch, replies): (Vec<Append>, Vec<_>) = waiting.drain(..).unzip();
+        let mut batch = Vec::with_capacity(waiting.len());
+        let mut records = Vec::with_capacity(waiting.len());
+        let mut replies = Vec::with_capacity(waiting.len());
+        for (append, record, reply) in waiting.drain(..) {
+            batch.push(append);
+            records.push(record);
+            replies.push(reply);
+        }
         let started = std::time::Instant::now();
         let size = batch.len();
         match backend.append_batch(batch).await {
             Ok(outcomes) => {
                 crate::telemetry::record_log_commit(size, started.elapsed());
+                // Followers wake on the head; what they will read is in the cache first.
+                recent.insert_all(outcomes.iter().zip(records).filter_map(|(o, r)| match o {
+                    Appended::New(position) => r.map(|mut r| {
+                        r.position = *position;
+                        Arc::new(r)
+                    }),
+                    Appended::Duplicate(_) => None,
+                }));
                 head.send_replace(backend.head());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -329,8 +368,14 @@ impl Recent {
     }
 
     fn insert(&self, record: Arc<Record>) {
+        self.insert_all(std::iter::once(record));
+    }
+
+    fn insert_all(&self, records: impl IntoIterator<Item = Arc<Record>>) {
         let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(record.position, record);
+        for record in records {
+            map.insert(record.position, record);
+        }
         while map.len() > RECENT_CAPACITY {
             map.pop_first();
         }

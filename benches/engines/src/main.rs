@@ -39,7 +39,10 @@ const ENGINES: &[&str] = &["sled", "fjall", "redb"];
 const TTL_SECS: u64 = 7 * 86_400;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// xorshift64*: cheap, deterministic, good enough for "random-ish" bytes.
@@ -87,7 +90,13 @@ fn make_record(rng: &mut Rng, i: u64, base_ts: u64) -> Rec {
         st = c % 64,
     )
     .unwrap();
-    Rec { pos, hash, key_val, expiry_key, body: s.into_bytes() }
+    Rec {
+        pos,
+        hash,
+        key_val,
+        expiry_key,
+        body: s.into_bytes(),
+    }
 }
 
 trait Engine {
@@ -148,8 +157,11 @@ impl Engine for Redb {
         use redb::ReadableTable;
         let tx = self.0.begin_write().unwrap();
         {
-            let (mut events, mut keys, mut expiry) =
-                (tx.open_table(EVENTS).unwrap(), tx.open_table(KEYS).unwrap(), tx.open_table(EXPIRY).unwrap());
+            let (mut events, mut keys, mut expiry) = (
+                tx.open_table(EVENTS).unwrap(),
+                tx.open_table(KEYS).unwrap(),
+                tx.open_table(EXPIRY).unwrap(),
+            );
             for r in batch {
                 assert!(keys.get(&r.hash[..]).unwrap().is_none());
                 events.insert(&r.pos[..], r.body.as_slice()).unwrap();
@@ -165,26 +177,59 @@ fn open(engine: &str, dir: &Path, cache: u64) -> Box<dyn Engine> {
     match engine {
         "sled" => {
             // As the hub opened it before the engine change (src/log/sled.rs, now removed).
-            let db = sled::Config::new().path(dir).cache_capacity(cache).mode(sled::Mode::HighThroughput).open().unwrap();
-            let trees = (db.open_tree("events").unwrap(), db.open_tree("keys").unwrap(), db.open_tree("key_expiry").unwrap());
+            let db = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache)
+                .mode(sled::Mode::HighThroughput)
+                .open()
+                .unwrap();
+            let trees = (
+                db.open_tree("events").unwrap(),
+                db.open_tree("keys").unwrap(),
+                db.open_tree("key_expiry").unwrap(),
+            );
             Box::new(Sled { db, trees })
         }
         "fjall" => {
             // As the hub opens it (src/storage/embedded.rs): fjall 3.1 bounds memory per keyspace
             // only (its database-wide write buffer limit is not wired up), so the log's records
             // get the write buffer and the index keyspaces an eighth of it.
-            let db = fjall::Database::builder(dir).cache_size(cache).open().unwrap();
+            let db = fjall::Database::builder(dir)
+                .cache_size(cache)
+                .open()
+                .unwrap();
             let wb = env_or("FJALL_WRITE_BUFFER_MB", 16u64) << 20;
+            let pin = env_or("FJALL_PIN", 0u8) == 1;
             let ks = |n, mem: u64| {
-                db.keyspace(n, || fjall::KeyspaceCreateOptions::default().max_memtable_size(mem))
-                    .unwrap()
+                db.keyspace(n, || {
+                    let o = fjall::KeyspaceCreateOptions::default().max_memtable_size(mem);
+                    if pin {
+                        o
+                    } else {
+                        // As the hub: index and filter blocks go through the bounded block cache.
+                        o.index_block_pinning_policy(fjall::config::PinningPolicy::disabled())
+                            .filter_block_pinning_policy(fjall::config::PinningPolicy::disabled())
+                    }
+                })
+                .unwrap()
             };
-            let (events, keys, expiry) =
-                (ks("events", wb), ks("keys", (wb / 8).max(1 << 20)), ks("key_expiry", (wb / 8).max(1 << 20)));
-            Box::new(Fjall { db, events, keys, expiry })
+            let (events, keys, expiry) = (
+                ks("events", wb),
+                ks("keys", (wb / 8).max(1 << 20)),
+                ks("key_expiry", (wb / 8).max(1 << 20)),
+            );
+            Box::new(Fjall {
+                db,
+                events,
+                keys,
+                expiry,
+            })
         }
         "redb" => {
-            let db = redb::Database::builder().set_cache_size(cache as usize).create(dir.join("log.redb")).unwrap();
+            let db = redb::Database::builder()
+                .set_cache_size(cache as usize)
+                .create(dir.join("log.redb"))
+                .unwrap();
             Box::new(Redb(db))
         }
         other => panic!("unknown engine {other}"),
@@ -201,7 +246,12 @@ fn cpu_secs() -> f64 {
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 /// (allocated bytes as `du` counts them, apparent bytes) of everything under `dir`.
@@ -223,7 +273,14 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
 /// Child: one engine, one batch size, in `dir`. Prints one `RESULT` line for the parent.
 fn child(engine: &str, b: usize, n: u64, dir: &Path) {
     let cache = env_or("CACHE_MB", 32u64) << 20;
-    let ck_at = { let c = env_or("RSS_AT", 100_000u64); if n > c { c } else { n / 5 } };
+    let ck_at = {
+        let c = env_or("RSS_AT", 100_000u64);
+        if n > c {
+            c
+        } else {
+            n / 5
+        }
+    };
     let mut db = open(engine, dir, cache);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ b as u64);
     let base_ts = 1_767_225_600; // 2026-01-01
@@ -262,32 +319,49 @@ fn fsync_rate(dir: &Path, secs: f64, overwrite: bool) -> (f64, f64) {
     let buf = [0x5Au8; 4096];
     const SLOTS: u64 = 1024;
     if overwrite {
-        for i in 0..SLOTS { f.write_all_at(&buf, i * 4096).unwrap(); }
+        for i in 0..SLOTS {
+            f.write_all_at(&buf, i * 4096).unwrap();
+        }
         f.sync_all().unwrap();
     }
     let (t0, mut i, mut lat) = (Instant::now(), 0u64, Vec::new());
     while t0.elapsed() < Duration::from_secs_f64(secs) {
         let t = Instant::now();
-        f.write_all_at(&buf, if overwrite { i % SLOTS } else { i } * 4096).unwrap();
+        f.write_all_at(&buf, if overwrite { i % SLOTS } else { i } * 4096)
+            .unwrap();
         assert_eq!(unsafe { libc::fdatasync(f.as_raw_fd()) }, 0);
         lat.push(t.elapsed());
         i += 1;
     }
     lat.sort();
-    (i as f64 / t0.elapsed().as_secs_f64(), lat[lat.len() / 2].as_secs_f64() * 1e6)
+    (
+        i as f64 / t0.elapsed().as_secs_f64(),
+        lat[lat.len() / 2].as_secs_f64() * 1e6,
+    )
 }
 
-fn mib(b: f64) -> String { format!("{:.1} MiB", b / (1u64 << 20) as f64) }
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / (1u64 << 20) as f64)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("child") {
-        return child(&args[2], args[3].parse().unwrap(), args[4].parse().unwrap(), Path::new(&args[5]));
+        return child(
+            &args[2],
+            args[3].parse().unwrap(),
+            args[4].parse().unwrap(),
+            Path::new(&args[5]),
+        );
     }
     let base = std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into());
-    let batches: Vec<usize> = std::env::var("BATCHES").unwrap_or_else(|_| "64,1".into())
-        .split(',').map(|s| s.trim().parse().unwrap()).collect();
-    let engines: Vec<String> = std::env::var("ENGINES").map(|s| s.split(',').map(|e| e.trim().to_string()).collect())
+    let batches: Vec<usize> = std::env::var("BATCHES")
+        .unwrap_or_else(|_| "64,1".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let engines: Vec<String> = std::env::var("ENGINES")
+        .map(|s| s.split(',').map(|e| e.trim().to_string()).collect())
         .unwrap_or_else(|_| ENGINES.iter().map(|e| e.to_string()).collect());
     let fs_secs = env_or("FSYNC_SECS", 2.0);
     let (ap_rate, ap_p50) = fsync_rate(Path::new(&base), fs_secs, false);
@@ -295,21 +369,52 @@ fn main() {
     eprintln!("bare fsync: append {ap_rate:.0}/s, overwrite {fs_rate:.0}/s");
     let mut rows = Vec::new();
     for &b in &batches {
-        let n = env_or(&format!("N_{b}"), if b == 1 { 20_000u64 } else { 1_000_000 });
+        let n = env_or(
+            &format!("N_{b}"),
+            if b == 1 { 20_000u64 } else { 1_000_000 },
+        );
         for e in &engines {
-            let dir = tempfile::Builder::new().prefix(&format!("engines-{e}-")).tempdir_in(&base).unwrap();
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("engines-{e}-"))
+                .tempdir_in(&base)
+                .unwrap();
             eprintln!("{e} B={b} N={n} in {} ...", dir.path().display());
             let out = Command::new(std::env::current_exe().unwrap())
-                .args(["child", e, &b.to_string(), &n.to_string(), dir.path().to_str().unwrap()])
-                .output().unwrap();
-            assert!(out.status.success(), "{e} failed: {}", String::from_utf8_lossy(&out.stderr));
+                .args([
+                    "child",
+                    e,
+                    &b.to_string(),
+                    &n.to_string(),
+                    dir.path().to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{e} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let line = String::from_utf8(out.stdout).unwrap();
-            let v: Vec<f64> = line.lines().find(|l| l.starts_with("RESULT")).unwrap()
-                .split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
-            let [written, secs, cpu, ck_n, ck_rss, mid_n, mid_rss, rss_end, alloc, apparent] = v[..] else { panic!() };
+            let v: Vec<f64> = line
+                .lines()
+                .find(|l| l.starts_with("RESULT"))
+                .unwrap()
+                .split_whitespace()
+                .skip(1)
+                .map(|x| x.parse().unwrap())
+                .collect();
+            let [written, secs, cpu, ck_n, ck_rss, mid_n, mid_rss, rss_end, alloc, apparent] =
+                v[..]
+            else {
+                panic!()
+            };
             let batches_done = (written / b as f64).ceil();
             eprintln!("  {:.0} records/s", written / secs);
-            let at = if ck_n % 1000.0 == 0.0 { format!("{:.0}k", ck_n / 1000.0) } else { format!("{ck_n:.0}") };
+            let at = if ck_n % 1000.0 == 0.0 {
+                format!("{:.0}k", ck_n / 1000.0)
+            } else {
+                format!("{ck_n:.0}")
+            };
             rows.push(format!(
                 "| {e} | {b} | {written:.0} | {:.0} | {:.1} | {:.0} ({:.0}% / {:.0}%) | {} @{at} | {} | {} | {:.0} | {:.0} | {} | {} |",
                 written / secs, cpu / written * 1e6, batches_done / secs,
@@ -326,5 +431,7 @@ fn main() {
     println!("| engine | B | records | records/s | CPU µs/record | durable batches/s (% of bare append / overwrite) \
         | RSS @checkpoint | RSS @N/2 | RSS @N | RSS slope checkpoint→N, B/record | RSS slope N/2→N, B/record | disk (du) | disk (apparent) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows { println!("{r}"); }
+    for r in rows {
+        println!("{r}");
+    }
 }
