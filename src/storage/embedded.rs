@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::{
@@ -79,8 +80,13 @@ impl Embedded {
             LOG_EVENTS => self.budgets.write_buffer_bytes,
             _ => (self.budgets.write_buffer_bytes / 8).max(1 << 20),
         };
+        // Index and filter blocks go through the block cache instead of being pinned beside it,
+        // so `cache_bytes` bounds them too and memory does not grow with the data.
         let k = self.db.keyspace(name, || {
-            KeyspaceCreateOptions::default().max_memtable_size(memtable)
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(memtable)
+                .index_block_pinning_policy(PinningPolicy::disabled())
+                .filter_block_pinning_policy(PinningPolicy::disabled())
         })?;
         self.tables
             .write()
