@@ -193,3 +193,31 @@ async fn feeds_and_deltas_say_what_retention_removed() {
     assert_eq!(frames[1]["items"][0]["position"], 6, "{}", frames[1]);
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_beyond_the_window_are_removed_and_the_state_keeps_every_subject() {
+    let key = es256();
+    let hub = TestHub::start(|dir, c| {
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
+        c.sources = vec![s];
+        c.revocation.delta_window = 3;
+        c.log.retention.sweep_secs = 1;
+    })
+    .await;
+    push_n(&hub, &key, 8, "w").await;
+    // Every record caused a delta; the fold is at 8, so only deltas after 5 stay.
+    let page = until(&hub, "/revocations?since=0", ADMIN, |v| v["earliest"] == 6).await;
+    let positions: Vec<u64> = page["deltas"]
+        .as_array()
+        .expect("deltas")
+        .iter()
+        .map(|d| d["position"].as_u64().expect("position"))
+        .collect();
+    assert_eq!(positions, vec![6, 7, 8]);
+    // The log itself is untouched, and the snapshot still has all eight subjects.
+    assert_eq!(get(&hub, "/events?since=0", ADMIN).await["earliest"], 1);
+    let snapshot = get(&hub, "/revocations/snapshot", ADMIN).await;
+    assert_eq!(snapshot["subjects"].as_array().expect("subjects").len(), 8);
+    hub.stop().await;
+}
