@@ -400,3 +400,60 @@ async fn many_push_streams_each_get_every_event_once_in_order() {
     assert!(first.windows(2).all(|w| w[0] < w[1]));
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn dead_letters_are_capped_per_stream_keeping_the_newest() {
+    let key = es256();
+    let hub = TestHub::start(|dir, c| {
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
+        c.sources = vec![s];
+        c.delivery.max_dead_letters_per_stream = 2;
+    })
+    .await;
+    let (_, token) = hub.receiver("gw").await;
+    let rx = TestReceiver::start(|_, claims| {
+        if claims["events"].get(STREAM_UPDATED).is_some() {
+            (202, vec![], String::new())
+        } else {
+            (
+                400,
+                vec![("content-type", "application/json".into())],
+                r#"{"err":"invalid_request","description":"no"}"#.into(),
+            )
+        }
+    })
+    .await;
+    let stream = create_push_stream(&hub, &token, &rx.url(), None).await;
+    let id = stream["stream_id"].as_str().expect("id").to_owned();
+    for _ in 0..3 {
+        hub.push("idp", key.sign(&session_revoked()).expect("sign"))
+            .await
+            .assert_accepted();
+    }
+    // Three refusals in a row pause the stream; each was dead-lettered first.
+    rx.wait_for("the pause announcement", |got| {
+        got.iter()
+            .any(|r| r.claims["events"].get(STREAM_UPDATED).is_some())
+    })
+    .await;
+    let r = hub
+        .client
+        .get(format!("{}/admin/streams/{id}/dead-letters", hub.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("dead letters");
+    assert_eq!(r.status(), 200);
+    let letters: Vec<Value> = r.json().await.expect("json");
+    let jtis: Vec<String> = letters
+        .iter()
+        .map(|l| decode_claims(l["set"].as_str().expect("set"))["jti"].to_string())
+        .collect();
+    assert_eq!(
+        jtis,
+        vec![format!("\"{id}.2\""), format!("\"{id}.3\"")],
+        "the two newest of three"
+    );
+    hub.stop().await;
+}
