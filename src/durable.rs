@@ -63,7 +63,7 @@ mod tests {
         };
         {
             let tables: Arc<dyn Tables> =
-                Arc::new(crate::storage::Embedded::open(dir.path(), budgets).expect("open"));
+                Arc::new(crate::storage::Embedded::open(dir.path(), budgets, 1).expect("open"));
             let flusher = Flusher::new(tables.clone());
             let mut tasks = tokio::task::JoinSet::new();
             for i in 0u32..200 {
@@ -79,7 +79,7 @@ mod tests {
             assert!(flusher.inner.done.load(Ordering::Acquire) >= 200);
         }
         let tables: Arc<dyn Tables> =
-            Arc::new(crate::storage::Embedded::open(dir.path(), budgets).expect("reopen"));
+            Arc::new(crate::storage::Embedded::open(dir.path(), budgets, 1).expect("reopen"));
         assert_eq!(tables.prefix("t", b"").expect("scan").len(), 200);
     }
 }

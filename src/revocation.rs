@@ -260,11 +260,20 @@ pub async fn run(revocations: Arc<Revocations>, log: Log, shutdown: Cancellation
             let Some(&(through, _)) = page.last() else {
                 break;
             };
-            let records = page.iter().filter_map(|(_, r)| r.as_deref());
-            match revocations.fold(records, through) {
-                Ok(_) => {}
-                Err(e) => {
+            let records: Vec<Arc<Record>> = page.into_iter().filter_map(|(_, r)| r).collect();
+            // Storing is file I/O that may wait for a sync of the state tables: not on a worker.
+            let r = revocations.clone();
+            let folded =
+                tokio::task::spawn_blocking(move || r.fold(records.iter().map(|r| &**r), through))
+                    .await;
+            match folded {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "storing revocation state failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the revocation fold failed");
                     break;
                 }
             }

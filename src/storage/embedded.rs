@@ -24,7 +24,8 @@ impl From<fjall::Error> for StorageError {
 /// Memory the engine may use, from `log.cache_capacity_bytes` and `log.write_buffer_bytes`.
 #[derive(Debug, Clone, Copy)]
 pub struct Budgets {
-    /// Block cache for reads that miss the memtables.
+    /// Block cache for reads that miss the memtables (the log's; the state tables' database
+    /// gets a quarter of it).
     pub cache_bytes: u64,
     /// Memtable of the log's records: writes kept in memory before they are flushed to sorted
     /// files. Every other table gets an eighth (at least 1 MiB). fjall 3.1 fixes a table's
@@ -32,7 +33,7 @@ pub struct Budgets {
     pub write_buffer_bytes: u64,
 }
 
-/// The open database; implements [`Tables`] and hands out the [`EventLog`] over it.
+/// An open database; implements [`Tables`] and hands out the [`EventLog`] over it.
 #[derive(Clone)]
 pub struct Embedded {
     db: Database,
@@ -54,9 +55,12 @@ const LOG_META: &str = "log_meta";
 const HEAD: &[u8] = b"head";
 
 impl Embedded {
-    pub fn open(dir: &Path, budgets: Budgets) -> Result<Embedded, StorageError> {
+    /// Opens (or creates) a database in `dir` with `workers` background threads for flushes and
+    /// compactions.
+    pub fn open(dir: &Path, budgets: Budgets, workers: usize) -> Result<Embedded, StorageError> {
         let db = Database::builder(dir)
             .cache_size(budgets.cache_bytes)
+            .worker_threads(workers)
             .open()?;
         Ok(Embedded {
             db,

@@ -189,16 +189,25 @@ impl Storage {
     }
 
     /// The embedded engine in `dir`; `data_dir` is checked for state an older engine left.
+    ///
+    /// Two databases of the one engine: `dir/log` (records and dedupe keys) and `dir/state`.
+    /// fjall holds a database's journal lock for the length of a sync, and the log syncs once
+    /// per group commit; in a database of their own, state writes (cursors, the revocation fold)
+    /// never wait behind the log's `fdatasync`, nor the log behind theirs.
     pub fn embedded(
         data_dir: &Path,
         dir: &Path,
         budgets: Budgets,
     ) -> Result<Storage, StorageError> {
         refuse_sled_era(data_dir, dir)?;
-        let engine = Embedded::open(dir, budgets)?;
+        let log = Embedded::open(&dir.join("log"), budgets, 2)?;
+        let state = Budgets {
+            cache_bytes: (budgets.cache_bytes / 4).max(1 << 20),
+            ..budgets
+        };
         Ok(Storage {
-            log: Arc::new(engine.log()?),
-            tables: Arc::new(engine),
+            log: Arc::new(log.log()?),
+            tables: Arc::new(Embedded::open(&dir.join("state"), state, 1)?),
         })
     }
 }
