@@ -6,21 +6,21 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
-use super::{fail, signed_us, Pct};
+use super::{fail, lock, signed_us, Pct};
 
-/// One request: `Ok(tag)` (what the caller wants to remember: a position, a count) or an error.
+/// One request, by its index: `Ok` or an error.
 pub(crate) type Job =
-    Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<u64, String>> + Send>> + Send + Sync>;
+    Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 pub(crate) fn job<F, Fut>(f: F) -> Job
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<u64, String>> + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     Arc::new(move |i| Box::pin(f(i)))
 }
@@ -32,7 +32,6 @@ pub(crate) struct Sample {
     pub(crate) sched: Instant,
     pub(crate) start: Instant,
     pub(crate) end: Instant,
-    pub(crate) tag: u64,
     pub(crate) ok: bool,
 }
 
@@ -49,10 +48,10 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    fn new(began: Instant) -> Run {
+    fn new(began: Instant, total: u64) -> Run {
         Run {
             samples: Vec::new(),
-            total: 0,
+            total,
             done: 0,
             errors: 0,
             first_error: None,
@@ -61,11 +60,11 @@ impl Run {
         }
     }
 
-    /// Counts request `i`, (scheduled, started, ended) at `t`, and keeps its sample if `keep`.
-    fn add(&mut self, i: u64, t: [Instant; 3], r: Result<u64, String>, keep: bool) {
+    /// Counts request `i`, (scheduled, started, ended), and keeps its sample if `keep`.
+    fn add(&mut self, i: u64, t: [Instant; 3], r: Result<(), String>, keep: bool) {
         let [sched, start, end] = t;
         (self.done, self.ended) = (self.done + 1, self.ended.max(end));
-        let (tag, ok) = (*r.as_ref().unwrap_or(&0), r.is_ok());
+        let ok = r.is_ok();
         if let Err(e) = r {
             self.errors += 1;
             self.first_error.get_or_insert(e);
@@ -76,31 +75,19 @@ impl Run {
                 sched,
                 start,
                 end,
-                tag,
                 ok,
             });
         }
     }
 
-    /// Adds what another client of the same loop counted.
-    fn merge(&mut self, r: Run) {
-        self.samples.extend(r.samples);
-        (self.done, self.errors) = (self.done + r.done, self.errors + r.errors);
-        self.first_error = self.first_error.take().or(r.first_error);
-        self.ended = self.ended.max(r.ended);
-    }
-
     /// Records a failure unless every request was answered without error.
     pub(crate) fn check(&self, what: &str) -> bool {
-        let ok = self.errors == 0 && self.done >= self.total;
-        if !ok {
-            let (errors, first, total) = (self.errors, &self.first_error, self.total);
-            let unanswered = total - self.done.min(total);
-            fail(format!(
-                "{what}: {errors} errors (first: {first:?}), {unanswered} unanswered of {total}"
-            ));
+        let (errors, first, total) = (self.errors, &self.first_error, self.total);
+        let unanswered = total.saturating_sub(self.done);
+        if errors + unanswered > 0 {
+            fail!("{what}: {errors} errors (first: {first:?}), {unanswered} unanswered of {total}");
         }
-        ok
+        errors + unanswered == 0
     }
 
     /// The samples from index `i0` on (after a warm-up).
@@ -117,10 +104,9 @@ impl Run {
 
     /// Requests started per second (first scheduled to last started).
     pub(crate) fn dispatched_rate(&self) -> f64 {
-        let last = self.samples.iter().map(|s| s.start).max();
-        match last {
-            Some(l) if self.samples.len() > 1 => {
-                (self.samples.len() - 1) as f64 / (l - self.began).as_secs_f64()
+        match self.samples.iter().map(|s| s.start).max() {
+            Some(last) if self.samples.len() > 1 => {
+                (self.samples.len() - 1) as f64 / (last - self.began).as_secs_f64()
             }
             _ => 0.0,
         }
@@ -152,39 +138,30 @@ impl Run {
 /// thread (`load-timer`), and waits for every answer.
 pub(crate) fn open_loop(rt: &Handle, rate: f64, n: u64, job: Job) -> Run {
     let began = Instant::now() + Duration::from_millis(5);
+    let spawn = |i| {
+        let sched = began + Duration::from_secs_f64(i as f64 / rate);
+        if let Some(d) = sched.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let job = job.clone();
+        rt.spawn(async move {
+            let start = Instant::now();
+            let r = job(i).await;
+            (i, [sched, start, Instant::now()], r)
+        })
+    };
+    let timer = std::thread::Builder::new().name("load-timer".into());
     let handles = std::thread::scope(|s| {
-        let timer = std::thread::Builder::new().name("load-timer".into());
-        let timer = timer.spawn_scoped(s, || {
-            (0..n)
-                .map(|i| {
-                    let sched = began + Duration::from_secs_f64(i as f64 / rate);
-                    if let Some(d) = sched.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(d);
-                    }
-                    let job = job.clone();
-                    rt.spawn(async move {
-                        let start = Instant::now();
-                        let r = job(i).await;
-                        (i, [sched, start, Instant::now()], r)
-                    })
-                })
-                .collect::<Vec<_>>()
-        });
+        let timer = timer.spawn_scoped(s, || (0..n).map(spawn).collect::<Vec<_>>());
         timer.expect("timer thread").join().expect("timer thread")
     });
-    let mut run = Run::new(began);
-    run.total = n;
-    rt.block_on(async {
-        for h in handles {
-            let (i, t, r) = h.await.expect("open-loop job");
-            run.add(i, t, r, true);
-        }
-    });
+    let mut run = Run::new(began, n);
+    for h in handles {
+        let (i, t, r) = rt.block_on(h).expect("open-loop job");
+        run.add(i, t, r, true);
+    }
     run
 }
-
-/// A closed loop's measurement window: (warm-up, length).
-pub(crate) type Window = Option<(Duration, Duration)>;
 
 /// `clients` clients run `job(0..n)` between them, each starting its next request when the
 /// previous one is answered. With a `window` of (warm-up, length) they stop at its end and only
@@ -194,7 +171,7 @@ pub(crate) fn closed_loop(
     rt: &Handle,
     clients: usize,
     n: u64,
-    window: Window,
+    window: Option<(Duration, Duration)>,
     keep: bool,
     job: Job,
 ) -> Run {
@@ -204,35 +181,30 @@ pub(crate) fn closed_loop(
         None => (start, None),
     };
     let next = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (job, next) = (job.clone(), next.clone());
-            rt.spawn(async move {
-                let mut run = Run::new(from);
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n || until.is_some_and(|u| Instant::now() >= u) {
-                        return run;
-                    }
-                    let t0 = Instant::now();
-                    let r = job(i).await;
-                    let t1 = Instant::now();
-                    let inside = t0 >= from && until.is_none_or(|u| t1 <= u);
-                    run.add(i, [t0, t0, t1], r, keep && inside);
+    let run = Arc::new(Mutex::new(Run::new(from, n)));
+    let client = |_| {
+        let (job, next, run) = (job.clone(), next.clone(), run.clone());
+        rt.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || until.is_some_and(|u| Instant::now() >= u) {
+                    return;
                 }
-            })
+                let t0 = Instant::now();
+                let r = job(i).await;
+                let t1 = Instant::now();
+                let inside = t0 >= from && until.is_none_or(|u| t1 <= u);
+                lock(&run).add(i, [t0, t0, t1], r, keep && inside);
+            }
         })
-        .collect();
-    let mut run = Run::new(from);
-    rt.block_on(async {
-        for t in tasks {
-            run.merge(t.await.expect("closed-loop client"));
-        }
-    });
+    };
+    for task in (0..clients).map(client).collect::<Vec<_>>() {
+        rt.block_on(task).expect("closed-loop client");
+    }
+    let mut run = lock(&run).clone();
     run.samples.sort_unstable_by_key(|s| s.i);
-    run.total = if until.is_some() { run.done } else { n };
     if let Some(u) = until {
-        run.ended = run.ended.min(u);
+        (run.total, run.ended) = (run.done, run.ended.min(u));
     }
     run
 }

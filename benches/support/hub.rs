@@ -3,17 +3,19 @@
 //! machine's bare rate of any operation on every core.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::Method;
+use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Map, Value};
 use ssf_hub::config::{Config, Secret, SourceConfig};
 use ssf_hub::sign::{SetSigner, SignAlg};
 use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
 
 use super::drive::{job, Job};
 
@@ -32,8 +34,7 @@ pub(crate) fn runtime(name: &'static str, workers: usize) -> Runtime {
     let thread_name = move || {
         // Tokio starts its workers first; later threads are the blocking pool.
         let n = started.fetch_add(1, Ordering::Relaxed);
-        let kind = if n < workers { "w" } else { "blk" };
-        format!("{name}-{kind}{n}")
+        format!("{name}-{}{n}", if n < workers { "w" } else { "blk" })
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.worker_threads(workers).thread_name_fn(thread_name);
@@ -44,9 +45,8 @@ pub(crate) fn runtime(name: &'static str, workers: usize) -> Runtime {
 pub(crate) fn http_client() -> reqwest::Client {
     let c = reqwest::Client::builder().no_proxy().tcp_nodelay(true);
     let c = c.pool_max_idle_per_host(usize::MAX);
-    c.timeout(Duration::from_secs(30))
-        .build()
-        .expect("http client")
+    let c = c.timeout(Duration::from_secs(30));
+    c.build().expect("http client")
 }
 
 /// The documented defaults, on a free loopback port, with data in `dir/data`, the bench's admin
@@ -64,8 +64,7 @@ pub(crate) fn config(dir: &Path, jwks: &Value) -> Config {
         "id": SOURCE, "issuer": SOURCE_ISS, "jwks_file": jwks_file,
         "audiences": [SOURCE_AUD], "algorithms": ["ES256"],
     });
-    let source: SourceConfig = serde_json::from_value(source).expect("source config");
-    c.sources = vec![source];
+    c.sources = vec![serde_json::from_value::<SourceConfig>(source).expect("source config")];
     c
 }
 
@@ -80,8 +79,11 @@ impl Hub {
         config.validate().expect("valid config");
         let running = rt.block_on(ssf_hub::app::spawn(config));
         let running = running.expect("hub starts");
-        let (base, client) = (format!("http://{}", running.addr), http_client());
-        let api = Api { base, client };
+        let api = Api {
+            base: format!("http://{}", running.addr),
+            client: http_client(),
+            accepted: Arc::default(),
+        };
         Hub { running, api }
     }
 
@@ -97,11 +99,12 @@ impl std::ops::Deref for Hub {
     }
 }
 
-/// A hub's HTTP API: its base URL and a keep-alive client.
+/// A hub's HTTP API: its base URL, a keep-alive client and the count of 202s it gave us.
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     pub(crate) base: String,
     pub(crate) client: reqwest::Client,
+    pub(crate) accepted: Arc<AtomicU64>,
 }
 
 impl Api {
@@ -123,23 +126,14 @@ impl Api {
         body: Option<Value>,
         want: u16,
     ) -> Result<Value, String> {
-        let mut req = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base));
+        let url = format!("{}{path}", self.base);
+        let mut req = self.client.request(method.clone(), url).bearer_auth(bearer);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.bearer_auth(bearer).send().await;
-        let resp = resp.map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        if status != want {
-            let text = text.get(..300).unwrap_or(&text);
-            return Err(format!(
-                "{method} {path}: HTTP {status} (expected {want}): {text}"
-            ));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or_default())
+        let answer = send(req, want).await;
+        let answer = answer.map_err(|e| format!("{method} {path}: {e}"))?;
+        Ok(serde_json::from_slice(&answer).unwrap_or_default())
     }
 
     pub(crate) async fn get(&self, path: &str) -> Result<Value, String> {
@@ -159,74 +153,104 @@ impl Api {
 
     /// The log position the revocation state reflects (`GET /revocations`).
     pub(crate) async fn folded(&self) -> u64 {
-        self.number("/revocations?since=0&limit=1", "position")
-            .await
+        let path = "/revocations?since=0&limit=1";
+        self.number(path, "position").await
     }
 
-    /// `GET /metrics` (the process-wide recorder: every hub in this process counts into it).
-    pub(crate) async fn metrics(&self) -> Result<String, String> {
-        let r = self.client.get(format!("{}/metrics", self.base));
-        let r = r.send().await.map_err(|e| e.to_string())?;
-        r.text().await.map_err(|e| e.to_string())
+    /// `GET /metrics` (the process-wide recorder: every hub in this process counts into it);
+    /// empty if it fails.
+    pub(crate) async fn metrics(&self) -> Metrics {
+        let url = format!("{}/metrics", self.base);
+        let text = async { self.client.get(url).send().await?.text().await };
+        Metrics(text.await.unwrap_or_default())
     }
 
     /// Registers a receiver; its bearer token.
     pub(crate) async fn receiver(&self, audience: &str) -> String {
         let body = json!({"name": "bench", "audience": audience});
         let r = self.call(Method::POST, "/admin/receivers", ADMIN, Some(body), 201);
-        let token = r.await.expect("receiver")["token"].take();
-        token.as_str().expect("token").to_owned()
+        let answer = r.await.expect("receiver");
+        answer["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Pushes one SET and counts its 202; the instant the 202 arrived.
+    pub(crate) async fn ingest(&self, url: &str, body: Bytes) -> Result<Instant, String> {
+        let req = self.client.post(url).body(body);
+        send(req.header("content-type", "application/secevent+jwt"), 202).await?;
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(Instant::now())
     }
 }
 
-/// Sum of a Prometheus metric's samples whose labels contain `filter`.
-pub(crate) fn metric(page: &str, name: &str, filter: &str) -> f64 {
-    let named = |k: &str| {
-        k.strip_prefix(name)
-            .is_some_and(|r| r.is_empty() || r.starts_with('{'))
-    };
-    let samples = page.lines().filter(|l| !l.starts_with('#'));
-    let samples = samples.filter_map(|l| l.rsplit_once(' '));
-    let wanted = samples.filter(|(k, _)| named(k) && k.contains(filter));
-    wanted
-        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-        .sum()
-}
-
-/// Pushes one SET; the instant its 202 arrived.
-pub(crate) async fn ingest(
-    client: &reqwest::Client,
-    url: &str,
-    body: Bytes,
-) -> Result<Instant, String> {
-    let req = client
-        .post(url)
-        .header("content-type", "application/secevent+jwt");
-    let resp = req.body(body).send().await;
+/// Sends `req`: the answer's body if its status is `want`.
+pub(crate) async fn send(req: RequestBuilder, want: u16) -> Result<Bytes, String> {
+    let resp = req.send().await;
     let resp = resp.map_err(|e| format!("transport error: {e}"))?;
-    let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
-    if status != reqwest::StatusCode::ACCEPTED {
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if status != want {
         let text = String::from_utf8_lossy(body.get(..300).unwrap_or(&body)).into_owned();
-        return Err(format!("HTTP {status}: {text}"));
+        return Err(format!("HTTP {status} (expected {want}): {text}"));
     }
-    Ok(Instant::now())
+    Ok(body)
 }
 
-/// Pushes `sets[i]` for request `i`.
-pub(crate) fn ingest_job(api: &Api, sets: Arc<Vec<Bytes>>) -> Job {
-    let (client, url) = (api.client.clone(), Arc::<str>::from(api.ingest_url()));
+/// A `GET /metrics` page.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Metrics(pub(crate) String);
+
+impl Metrics {
+    /// Sum of a Prometheus metric's samples whose labels contain `filter`.
+    pub(crate) fn get(&self, name: &str, filter: &str) -> f64 {
+        let value = |(key, v): (&str, &str)| {
+            let labels = key.strip_prefix(name)?;
+            let wanted = labels.is_empty() || labels.starts_with('{');
+            (wanted && labels.contains(filter)).then(|| v.trim().parse::<f64>().ok())?
+        };
+        let values = self.0.lines().filter_map(|l| value(l.rsplit_once(' ')?));
+        values.sum()
+    }
+
+    /// How much the metric grew since the page `before`.
+    pub(crate) fn since(&self, before: &Metrics, name: &str, filter: &str) -> f64 {
+        self.get(name, filter) - before.get(name, filter)
+    }
+}
+
+/// SETs signed while they are pushed; see [`sign_queue`].
+pub(crate) type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>;
+
+/// Pushes `pool[skip + i]` for request `i`, or once the pool is used up the next SET in `queue`.
+pub(crate) fn ingest_job(api: &Api, pool: Arc<Vec<Bytes>>, skip: u64, queue: Option<Queue>) -> Job {
+    let (api, url) = (api.clone(), Arc::<str>::from(api.ingest_url()));
     job(move |i| {
-        let (client, url, set) = (client.clone(), url.clone(), sets[i as usize].clone());
-        async move { ingest(&client, &url, set).await.map(|_| 0) }
+        let (api, url, queue) = (api.clone(), url.clone(), queue.clone());
+        let pooled = pool.get((skip + i) as usize).cloned();
+        async move {
+            let set = match (pooled, queue) {
+                (Some(set), _) => set,
+                (None, Some(q)) => q.lock().await.recv().await.ok_or("the signers stopped")?,
+                (None, None) => return Err("the pre-signed pool ran out".into()),
+            };
+            api.ingest(&url, set).await.map(drop)
+        }
+    })
+}
+
+/// `make()` sent once per request, answered with `want` (a machine limit: `/healthz`, a bare
+/// receiver).
+pub(crate) fn request_job<F>(want: u16, make: F) -> Job
+where
+    F: Fn() -> RequestBuilder + Send + Sync + 'static,
+{
+    job(move |_| {
+        let req = send(make(), want);
+        async move { req.await.map(drop) }
     })
 }
 
 pub(crate) fn object(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("an object literal"),
-    }
+    serde_json::from_value(v).expect("an object")
 }
 
 /// A realistic CAEP credential-change SET with a complex subject (user email + device), its
@@ -286,39 +310,59 @@ pub(crate) fn source_key() -> SetSigner {
     SetSigner::generate(SignAlg::ES256).expect("source key").0
 }
 
+/// `claims` signed, in an exact-size allocation (a pool's footprint is just the SETs' bytes).
+pub(crate) fn sign(signer: &SetSigner, claims: &Map<String, Value>) -> Bytes {
+    let set = signer.sign(claims).expect("sign");
+    Bytes::from(set.into_bytes().into_boxed_slice())
+}
+
 /// Signs `claims(i)` for every `i` in `range` on every core (threads `load-sign`).
-pub(crate) fn presign<F>(signer: &SetSigner, range: std::ops::Range<u64>, claims: F) -> Vec<Bytes>
+pub(crate) fn presign<F>(signer: &SetSigner, range: Range<u64>, claims: F) -> Vec<Bytes>
 where
     F: Fn(u64) -> Map<String, Value> + Sync,
 {
     let threads = super::machine::cores() as u64;
-    let chunk = (range.end - range.start).div_ceil(threads).max(1);
-    // Exact-size allocations: a pool's footprint is just the SETs' bytes.
-    let sign = |i| {
-        Bytes::from(
-            signer
-                .sign(&claims(i))
-                .expect("sign")
-                .into_bytes()
-                .into_boxed_slice(),
-        )
-    };
-    let part = |t: u64| {
-        (range.start + t * chunk).min(range.end)..(range.start + (t + 1) * chunk).min(range.end)
-    };
+    let (chunk, claims) = ((range.end - range.start).div_ceil(threads).max(1), &claims);
     std::thread::scope(|s| {
-        let spawn = |t| {
-            let (b, sign) = (std::thread::Builder::new().name("load-sign".into()), &sign);
-            b.spawn_scoped(s, move || part(t).map(sign).collect::<Vec<_>>())
+        let spawn = |from: u64| {
+            let part = from..(from + chunk).min(range.end);
+            let sign = move || Vec::from_iter(part.map(|i| sign(signer, &claims(i))));
+            let thread = std::thread::Builder::new().name("load-sign".into());
+            thread.spawn_scoped(s, sign).expect("signer thread")
         };
-        let parts: Vec<_> = (0..threads)
-            .map(|t| spawn(t).expect("signer thread"))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().expect("signer thread"))
-            .collect()
+        let parts: Vec<_> = range.clone().step_by(chunk as usize).map(spawn).collect();
+        let parts = parts.into_iter().map(|h| h.join().expect("signer thread"));
+        parts.flatten().collect()
     })
+}
+
+/// SETs `claims(i)` for `range`, signed by `threads` threads (`load-sign`) into a bounded queue
+/// while they are pushed, so the load generator's memory stays flat however many there are.
+/// The threads stop when the range is done or the queue is dropped.
+pub(crate) fn sign_queue<'s, F>(
+    s: &'s std::thread::Scope<'s, '_>,
+    threads: usize,
+    signer: &'s SetSigner,
+    range: Range<u64>,
+    claims: &'s F,
+) -> Queue
+where
+    F: Fn(u64) -> Map<String, Value> + Sync,
+{
+    let (tx, rx) = mpsc::channel(4096);
+    let (next, end) = (Arc::new(AtomicU64::new(range.start)), range.end);
+    for _ in 0..threads {
+        let (tx, next) = (tx.clone(), next.clone());
+        let sign = move || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= end || tx.blocking_send(sign(signer, &claims(i))).is_err() {
+                return;
+            }
+        };
+        let thread = std::thread::Builder::new().name("load-sign".into());
+        thread.spawn_scoped(s, sign).expect("signer thread");
+    }
+    Arc::new(tokio::sync::Mutex::new(rx))
 }
 
 /// Operations per second of `threads` threads each running its own `make()` for `dur`, summed:
@@ -340,9 +384,7 @@ where
     };
     std::thread::scope(|s| {
         let threads: Vec<_> = (0..threads).map(|_| s.spawn(rate)).collect();
-        threads
-            .into_iter()
-            .map(|h| h.join().expect("rate thread"))
-            .sum()
+        let rates = threads.into_iter().map(|h| h.join().expect("rate thread"));
+        rates.sum()
     })
 }

@@ -35,15 +35,9 @@ fn first<T: std::str::FromStr>(text: &str) -> Option<T> {
 /// What follows `key` (and a `:`) on the first line of `file` that starts with `key`.
 fn field(file: &str, key: &str) -> String {
     let text = read(file);
-    let line = text.lines().find(|l| l.starts_with(key));
-    let value = line
-        .unwrap_or_default()
-        .get(key.len()..)
-        .unwrap_or_default();
-    value
-        .trim_start_matches(|c: char| c == ':' || c.is_whitespace())
-        .trim()
-        .to_owned()
+    let value = text.lines().find_map(|l| l.strip_prefix(key));
+    let value = value.unwrap_or_default().trim_start();
+    value.trim_start_matches(':').trim().to_owned()
 }
 
 /// Cores, CPU model, memory, kernel and open-file limit, for the top of a report.
@@ -79,11 +73,6 @@ pub(crate) fn status_kib(name: &str) -> u64 {
     first(&field("/proc/self/status", &format!("{name}:"))).unwrap_or(0)
 }
 
-/// Resident set size of this process, in KiB.
-pub(crate) fn rss_kib() -> u64 {
-    status_kib("VmRSS")
-}
-
 /// A thread name without its trailing number: its group (`hub-w`, `hub-blk`, `load-w`, ...).
 fn group_of(name: &str) -> String {
     let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit());
@@ -92,10 +81,8 @@ fn group_of(name: &str) -> String {
 
 /// utime + stime from a `stat` file, in clock ticks (1/100 s).
 fn ticks(stat: &str) -> Option<u64> {
-    let f: Vec<&str> = stat
-        .get(stat.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
+    let fields = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = fields.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
@@ -168,9 +155,8 @@ impl Phase {
     fn shares(&self) -> [f64; 3] {
         let now = Phase::start();
         let d = |i: usize| now.ticks[i].saturating_sub(self.ticks[i]) as f64;
-        let total = d(2).max(1.0);
         let others = (d(1) - d(0) - d(3)).max(0.0);
-        [d(0), others, d(3)].map(|t| 100.0 * t / total)
+        [d(0), others, d(3)].map(|t| 100.0 * t / d(2).max(1.0))
     }
 
     /// Percent of the machine other processes and the hypervisor took since the start.
@@ -183,15 +169,10 @@ impl Phase {
     pub(crate) fn note(&self) -> String {
         let [own, others, steal] = self.shares();
         let now = Phase::start().disk;
-        let d = |i: usize| mib(now[i].saturating_sub(self.disk[i]));
-        let (disk, own_disk) = (d(0), d(1));
-        let noisy = others > 5.0 || steal > 2.0;
-        let noisy = if noisy {
-            "  <-- NOISY: other load on the machine"
-        } else {
-            ""
-        };
-        format!("[machine: CPU this process {own:.0}%, others {others:.0}%, steal {steal:.0}%; disk: {disk:.0} MiB written to the device, {own_disk:.0} MiB by this process]{noisy}")
+        let [disk, own_disk] = [0, 1].map(|i| mib(now[i].saturating_sub(self.disk[i])));
+        let noisy =
+            (others > 5.0 || steal > 2.0).then_some("  <-- NOISY: other load on the machine");
+        format!("[machine: CPU this process {own:.0}%, others {others:.0}%, steal {steal:.0}%; disk: {disk:.0} MiB written to the device, {own_disk:.0} MiB by this process]{}", noisy.unwrap_or_default())
     }
 
     /// CPU used since the start.
@@ -234,11 +215,8 @@ pub(crate) struct CpuUse {
 
 impl CpuUse {
     pub(crate) fn of(&self, pred: impl Fn(&str) -> bool) -> f64 {
-        self.groups
-            .iter()
-            .filter(|(g, _)| pred(g))
-            .map(|g| g.1)
-            .sum()
+        let groups = self.groups.iter().filter(|(g, _)| pred(g));
+        groups.map(|g| g.1).sum()
     }
 
     /// Everything the hub ran (its runtime, the storage engine's threads, threads that exited

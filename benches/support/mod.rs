@@ -6,7 +6,7 @@ pub(crate) mod drive;
 pub(crate) mod hub;
 pub(crate) mod machine;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Percentiles of a sample, in microseconds; signed, since an arrival may precede the instant
@@ -22,30 +22,30 @@ pub(crate) struct Pct {
 
 impl Pct {
     pub(crate) fn of(mut v: Vec<f64>) -> Pct {
-        if v.is_empty() {
-            return Pct::default();
-        }
         v.sort_by(f64::total_cmp);
-        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        let n = v.len();
+        let at = |q: f64| match n {
+            0 => 0.0,
+            _ => v[((q * n as f64).ceil() as usize).clamp(1, n) - 1],
+        };
+        let [p50, p99, p999, max] = [0.5, 0.99, 0.999, 1.0].map(at);
         Pct {
-            n: v.len(),
-            p50: at(0.5),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: v[v.len() - 1],
+            n,
+            p50,
+            p99,
+            p999,
+            max,
         }
+    }
+
+    fn cells(&self) -> [String; 4] {
+        [self.p50, self.p99, self.p999, self.max].map(ms)
     }
 
     /// `p50 X ms, p99 Y ms, p99.9 Z ms, max W ms (n N)`.
     pub(crate) fn line(&self) -> String {
-        format!(
-            "p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms (n {})",
-            ms(self.p50),
-            ms(self.p99),
-            ms(self.p999),
-            ms(self.max),
-            self.n
-        )
+        let ([p50, p99, p999, max], n) = (self.cells(), self.n);
+        format!("p50 {p50} ms, p99 {p99} ms, p99.9 {p999} ms, max {max} ms (n {n})")
     }
 
     /// `p50 X ms, p99 Y ms`.
@@ -55,25 +55,13 @@ impl Pct {
 
     /// A row under [`PCT_HEADER`].
     pub(crate) fn row(&self, label: &str) -> String {
-        let cells = [self.p50, self.p99, self.p999, self.max].map(ms);
-        row(&[
-            label,
-            &self.n.to_string(),
-            &cells[0],
-            &cells[1],
-            &cells[2],
-            &cells[3],
-        ])
+        let ([p50, p99, p999, max], n) = (self.cells(), self.n);
+        format!("| {label} | {n} | {p50} | {p99} | {p999} | {max} |\n")
     }
 }
 
 pub(crate) const PCT_HEADER: &str =
     "| What | n | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---:|---:|---:|---:|---:|\n";
-
-/// A markdown table row.
-pub(crate) fn row(cells: &[&str]) -> String {
-    format!("| {} |\n", cells.join(" | "))
-}
 
 /// Microseconds as milliseconds, three decimals.
 pub(crate) fn ms(us: f64) -> String {
@@ -109,48 +97,73 @@ pub(crate) fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// A goal's verdict.
+pub(crate) fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+/// A mutex's contents, even if a panicking thread held it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 static FAILURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static REPORT: Mutex<String> = Mutex::new(String::new());
 
-/// Records a failed check; a run with any exits non-zero after its report.
-pub(crate) fn fail(msg: impl Into<String>) {
-    let msg = msg.into();
+/// Records a failed check (`format!` arguments); a run with any exits non-zero after its report.
+macro_rules! fail {
+    ($($arg:tt)*) => { $crate::support::failure(format!($($arg)*)) };
+}
+
+/// Adds markdown (`format!` arguments) to the report printed at the end of the run.
+macro_rules! report {
+    ($($arg:tt)*) => { $crate::support::add_to_report(&format!($($arg)*)) };
+}
+
+/// Progress (`format!` arguments) on stderr, so stdout holds the results.
+macro_rules! progress {
+    ($($arg:tt)*) => { eprintln!("[load] {}", format!($($arg)*)) };
+}
+
+pub(crate) use {fail, progress, report};
+
+/// Use [`fail!`].
+pub(crate) fn failure(msg: String) {
     eprintln!("CHECK FAILED: {msg}");
-    FAILURES.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+    lock(&FAILURES).push(msg);
 }
 
-pub(crate) fn failures() -> Vec<String> {
-    FAILURES.lock().unwrap_or_else(|p| p.into_inner()).clone()
+/// How many checks failed so far.
+pub(crate) fn failed() -> usize {
+    lock(&FAILURES).len()
 }
 
-/// Adds markdown to the report printed at the end of the run.
-pub(crate) fn report(text: impl AsRef<str>) {
-    REPORT
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push_str(text.as_ref());
+/// Use [`report!`].
+pub(crate) fn add_to_report(text: &str) {
+    lock(&REPORT).push_str(text);
+}
+
+/// The hub's logging as `ssf-hub serve` sets it up, at `level` unless `RUST_LOG` is set.
+pub(crate) fn init_tracing(level: &str) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", level);
+    }
+    ssf_hub::telemetry::init_tracing();
 }
 
 /// Prints the report and the checks; exits non-zero if any failed.
 pub(crate) fn finish(started: Instant) -> ! {
-    let failures = failures();
-    let report = std::mem::take(&mut *REPORT.lock().unwrap_or_else(|p| p.into_inner()));
-    println!(
-        "\n{report}\nRun time {:.0} s.",
-        started.elapsed().as_secs_f64()
-    );
+    let (failures, secs) = (lock(&FAILURES), started.elapsed().as_secs_f64());
+    println!("\n{}\nRun time {secs:.0} s.", lock(&REPORT));
     if failures.is_empty() {
         println!("Checks: all passed.");
         std::process::exit(0);
     }
     println!("Checks: **{} failed**:", failures.len());
-    for f in failures.iter().take(20) {
-        println!("  - {f}");
-    }
+    failures.iter().take(20).for_each(|f| println!("  - {f}"));
     std::process::exit(1)
-}
-
-/// Progress on stderr, so stdout holds the results.
-pub(crate) fn progress(msg: impl AsRef<str>) {
-    eprintln!("[load] {}", msg.as_ref());
 }
