@@ -2,7 +2,7 @@
 //! log, its key index and every state table, so one journal `fdatasync` makes a whole batch
 //! durable. Leaves group commit to `log` and the meaning of tables to their services.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -47,7 +47,12 @@ impl std::fmt::Debug for Embedded {
     }
 }
 
-const LOG_EVENTS: &str = "log_events";
+/// Records live in segments of [`SEGMENT`] positions, one keyspace each (`log_events_<n>`).
+/// Retention drops whole segments, which frees their files at once: in an LSM tree a removed
+/// record is a tombstone until compaction reaches it, so removing record by record left the
+/// disk growing.
+const LOG_EVENTS: &str = "log_events_";
+const SEGMENT: u64 = 1 << 16;
 const LOG_KEYS: &str = "log_keys";
 /// expires_at (BE) ++ key → (), so pruning reads only what has expired.
 const LOG_EXPIRY: &str = "log_key_expiry";
@@ -79,19 +84,10 @@ impl Embedded {
             return Ok(k.clone());
         }
         // The only memory bound fjall 3.1 enforces is per table (its database-wide write
-        // buffer limit is not wired up), so the budget is split here.
-        let memtable = match name {
-            LOG_EVENTS => self.budgets.write_buffer_bytes,
-            _ => (self.budgets.write_buffer_bytes / 8).max(1 << 20),
-        };
-        // Index and filter blocks go through the block cache instead of being pinned beside it,
-        // so `cache_bytes` bounds them too and memory does not grow with the data.
-        let k = self.db.keyspace(name, || {
-            KeyspaceCreateOptions::default()
-                .max_memtable_size(memtable)
-                .index_block_pinning_policy(PinningPolicy::disabled())
-                .filter_block_pinning_policy(PinningPolicy::disabled())
-        })?;
+        // buffer limit is not wired up), so the budget is split: the log's segments get it
+        // whole (only the newest is written), every other table an eighth.
+        let memtable = (self.budgets.write_buffer_bytes / 8).max(1 << 20);
+        let k = self.db.keyspace(name, || options(memtable))?;
         self.tables
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -101,22 +97,36 @@ impl Embedded {
 
     /// The log in this database.
     pub fn log(&self) -> Result<EmbeddedLog, StorageError> {
-        let events = self.table(LOG_EVENTS)?;
         let meta = self.table(LOG_META)?;
+        let memtable = self.budgets.write_buffer_bytes;
+        let mut segments = BTreeMap::new();
+        for name in self.db.list_keyspace_names() {
+            if let Some(n) = name.strip_prefix(LOG_EVENTS).and_then(|n| n.parse().ok()) {
+                segments.insert(n, self.db.keyspace(&name, || options(memtable))?);
+            }
+        }
         let stored_head = meta.get(HEAD)?.map(|v| from_be(&v)).transpose()?;
-        let last = match events.last_key_value() {
+        let last = match segments
+            .values()
+            .next_back()
+            .and_then(|s| s.last_key_value())
+        {
             Some(g) => from_be(&g.key()?)?,
             None => 0,
         };
         let head = stored_head.unwrap_or(0).max(last);
-        let earliest = match events.first_key_value() {
-            Some(g) => from_be(&g.key()?)?,
-            None => head + 1,
-        };
+        let mut earliest = head + 1;
+        for segment in segments.values() {
+            if let Some(g) = segment.first_key_value() {
+                earliest = from_be(&g.key()?)?;
+                break;
+            }
+        }
         Ok(EmbeddedLog {
             inner: Arc::new(LogInner {
                 db: self.db.clone(),
-                events,
+                segments: RwLock::new(segments),
+                memtable,
                 keys: self.table(LOG_KEYS)?,
                 expiry: self.table(LOG_EXPIRY)?,
                 meta,
@@ -177,8 +187,10 @@ pub struct EmbeddedLog {
 
 struct LogInner {
     db: Database,
-    /// position (BE) → record
-    events: Keyspace,
+    /// Segment number (position / SEGMENT) → its keyspace of position (BE) → record.
+    segments: RwLock<BTreeMap<u64, Keyspace>>,
+    /// Memtable budget of a segment.
+    memtable: u64,
     /// key → position (BE) ++ expires_at (BE)
     keys: Keyspace,
     expiry: Keyspace,
@@ -196,7 +208,49 @@ impl std::fmt::Debug for LogInner {
     }
 }
 
+/// Options of every keyspace: `memtable` bytes of write buffer, and index and filter blocks
+/// through the block cache instead of pinned beside it, so `cache_bytes` bounds them too.
+fn options(memtable: u64) -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(memtable)
+        .index_block_pinning_policy(PinningPolicy::disabled())
+        .filter_block_pinning_policy(PinningPolicy::disabled())
+}
+
 impl LogInner {
+    /// The keyspace of segment `n`, created when `create` and missing.
+    fn segment(&self, n: u64, create: bool) -> Result<Option<Keyspace>, StorageError> {
+        if let Some(k) = self
+            .segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&n)
+        {
+            return Ok(Some(k.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let name = format!("{LOG_EVENTS}{n:010}");
+        let k = self.db.keyspace(&name, || options(self.memtable))?;
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        // The previous segment is written no more: flush its memtable now rather than keep it.
+        if let Some(previous) = segments.get(&(n.wrapping_sub(1))) {
+            previous.rotate_memtable()?;
+        }
+        segments.insert(n, k.clone());
+        Ok(Some(k))
+    }
+
+    fn segments_from(&self, n: u64) -> Vec<(u64, Keyspace)> {
+        self.segments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(n..)
+            .map(|(n, k)| (*n, k.clone()))
+            .collect()
+    }
+
     fn append_blocking(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StorageError> {
         let now = crate::unix_now();
         let start = self.head.load(Ordering::Acquire);
@@ -205,6 +259,7 @@ impl LogInner {
         // Keys earlier in this batch are not in the index until it commits.
         let mut fresh: HashMap<&[u8], Position> = HashMap::new();
         let mut write = self.db.batch();
+        let mut segment: Option<(u64, Keyspace)> = None;
         for a in &batch {
             if let Some(&pos) = fresh.get(a.key.as_slice()) {
                 out.push(Appended::Duplicate(pos));
@@ -218,7 +273,14 @@ impl LogInner {
                 }
             }
             next += 1;
-            write.insert(&self.events, be(next), a.record.as_slice());
+            let n = next / SEGMENT;
+            if segment.as_ref().is_none_or(|(m, _)| *m != n) {
+                let k = self.segment(n, true)?.expect("created");
+                segment = Some((n, k));
+            }
+            if let Some((_, k)) = &segment {
+                write.insert(k, be(next), a.record.as_slice());
+            }
             let mut val = be(next).to_vec();
             val.extend_from_slice(&be(a.key_expires_at));
             write.insert(&self.keys, a.key.as_slice(), val);
@@ -244,38 +306,60 @@ impl LogInner {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
-        self.events
-            .range(be(from)..)
-            .take(limit)
-            .map(|g| {
+        let mut out = Vec::new();
+        for (_, segment) in self.segments_from(from / SEGMENT) {
+            for g in segment.range(be(from)..).take(limit - out.len()) {
                 let (k, v) = g.into_inner()?;
-                Ok(Entry {
+                out.push(Entry {
                     position: from_be(&k)?,
                     record: v.to_vec(),
-                })
-            })
-            .collect()
+                });
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn remove_blocking(&self, through: Position) -> Result<u64, StorageError> {
-        let through = through.min(self.head.load(Ordering::Acquire));
+        let head = self.head.load(Ordering::Acquire);
+        let through = through.min(head);
         let mut removed = 0;
-        // In slices, so a large sweep never holds one huge batch in memory; a crash midway
-        // only leaves records that the next sweep removes.
-        loop {
+        for (n, segment) in self.segments_from(0) {
             let from = self.earliest.load(Ordering::Acquire);
             if from > through {
-                return Ok(removed);
+                break;
             }
-            let upto = through.min(from.saturating_add(4095));
-            let mut write = self.db.batch();
-            for g in self.events.range(be(from)..=be(upto)) {
-                write.remove(&self.events, g.key()?);
-                removed += 1;
+            let last = (n + 1) * SEGMENT - 1;
+            if last <= through && n < head / SEGMENT {
+                // All of it goes, and it is not the segment being written: drop it whole.
+                self.segments
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&n);
+                self.db.delete_keyspace(segment)?;
+                removed += (last + 1).saturating_sub(from.max(n * SEGMENT));
+                self.earliest.fetch_max(last + 1, Ordering::AcqRel);
+                continue;
             }
-            write.commit()?;
-            self.earliest.store(upto + 1, Ordering::Release);
+            // Part of a segment: record by record, in slices, so a large sweep never holds one
+            // huge batch; a crash midway leaves records the next sweep removes.
+            let upto_in_segment = through.min(last);
+            let mut from = from;
+            while from <= upto_in_segment {
+                let upto = upto_in_segment.min(from.saturating_add(4095));
+                let mut write = self.db.batch();
+                for g in segment.range(be(from)..=be(upto)) {
+                    write.remove(&segment, g.key()?);
+                    removed += 1;
+                }
+                write.commit()?;
+                from = upto + 1;
+                self.earliest.store(from, Ordering::Release);
+            }
         }
+        Ok(removed)
     }
 
     fn prune_blocking(&self, now: u64) -> Result<usize, StorageError> {
@@ -344,7 +428,11 @@ impl EventLog for EmbeddedLog {
     }
 
     fn approximate_bytes(&self) -> u64 {
-        self.inner.events.disk_space()
+        self.inner
+            .segments_from(0)
+            .iter()
+            .map(|(_, k)| k.disk_space())
+            .sum()
     }
 }
 

@@ -328,3 +328,48 @@ async fn the_hub_refuses_to_start_on_a_sled_era_data_directory() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_log_segments_are_read_across_and_dropped_whole_by_retention() {
+    // The embedded log keeps 65,536 positions per segment; 140,000 records span three.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = || Storage::embedded(dir.path(), &dir.path().join("db"), BUDGETS).expect("open");
+    {
+        let s = open();
+        for chunk in 0..28 {
+            let batch = (0..5000)
+                .map(|i| append(&format!("k{chunk}-{i}"), "r", far()))
+                .collect();
+            s.log.append_batch(batch).await.expect("append");
+        }
+        assert_eq!(s.log.head(), 140_000);
+        let across: Vec<u64> = s
+            .log
+            .read(131_068, 8)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        assert_eq!(across, (131_069..=131_076).collect::<Vec<_>>());
+        assert_eq!(s.log.remove_through(70_000).await.expect("remove"), 70_000);
+        assert_eq!(s.log.earliest(), 70_001);
+        let first = s.log.read(0, 1).await.expect("read");
+        assert_eq!(first[0].position, 70_001);
+    }
+    let s = open();
+    assert_eq!((s.log.head(), s.log.earliest()), (140_000, 70_001));
+    assert_eq!(
+        s.log.read(69_999, 1).await.expect("read")[0].position,
+        70_001
+    );
+    let out = s
+        .log
+        .append_batch(vec![
+            append("k0-0", "again", far()),
+            append("new", "n", far()),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(out, vec![Appended::Duplicate(1), Appended::New(140_001)]);
+}
