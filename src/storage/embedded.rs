@@ -58,6 +58,9 @@ const LOG_KEYS: &str = "log_keys";
 const LOG_EXPIRY: &str = "log_key_expiry";
 const LOG_META: &str = "log_meta";
 const HEAD: &[u8] = b"head";
+/// The first position retention keeps; records below it may still sit in a segment that is not
+/// wholly removed yet, and are never read.
+const EARLIEST: &[u8] = b"earliest";
 
 impl Embedded {
     /// Opens (or creates) a database in `dir` with `workers` background threads for flushes and
@@ -115,13 +118,15 @@ impl Embedded {
             None => 0,
         };
         let head = stored_head.unwrap_or(0).max(last);
-        let mut earliest = head + 1;
+        let mut first = head + 1;
         for segment in segments.values() {
             if let Some(g) = segment.first_key_value() {
-                earliest = from_be(&g.key()?)?;
+                first = from_be(&g.key()?)?;
                 break;
             }
         }
+        let stored_earliest = meta.get(EARLIEST)?.map(|v| from_be(&v)).transpose()?;
+        let earliest = first.max(stored_earliest.unwrap_or(0));
         Ok(EmbeddedLog {
             inner: Arc::new(LogInner {
                 db: self.db.clone(),
@@ -306,6 +311,7 @@ impl LogInner {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
+        let from = from.max(self.earliest.load(Ordering::Acquire));
         let mut out = Vec::new();
         for (_, segment) in self.segments_from(from / SEGMENT) {
             for g in segment.range(be(from)..).take(limit - out.len()) {
@@ -322,44 +328,32 @@ impl LogInner {
         Ok(out)
     }
 
+    /// Retention moves `earliest` (stored, so a restart agrees) and drops every segment that
+    /// lies wholly below it and is not the one being written. Records below `earliest` in a
+    /// segment that stays are never read again and go with their segment: no tombstones, so a
+    /// sweep writes next to nothing while ingest runs.
     fn remove_blocking(&self, through: Position) -> Result<u64, StorageError> {
         let head = self.head.load(Ordering::Acquire);
         let through = through.min(head);
-        let mut removed = 0;
+        let earliest = self.earliest.load(Ordering::Acquire);
+        if through < earliest {
+            return Ok(0);
+        }
+        let mut write = self.db.batch();
+        write.insert(&self.meta, EARLIEST, be(through + 1));
+        write.commit()?;
+        self.earliest.store(through + 1, Ordering::Release);
         for (n, segment) in self.segments_from(0) {
-            let from = self.earliest.load(Ordering::Acquire);
-            if from > through {
+            if (n + 1) * SEGMENT - 1 > through || n >= head / SEGMENT {
                 break;
             }
-            let last = (n + 1) * SEGMENT - 1;
-            if last <= through && n < head / SEGMENT {
-                // All of it goes, and it is not the segment being written: drop it whole.
-                self.segments
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&n);
-                self.db.delete_keyspace(segment)?;
-                removed += (last + 1).saturating_sub(from.max(n * SEGMENT));
-                self.earliest.fetch_max(last + 1, Ordering::AcqRel);
-                continue;
-            }
-            // Part of a segment: record by record, in slices, so a large sweep never holds one
-            // huge batch; a crash midway leaves records the next sweep removes.
-            let upto_in_segment = through.min(last);
-            let mut from = from;
-            while from <= upto_in_segment {
-                let upto = upto_in_segment.min(from.saturating_add(4095));
-                let mut write = self.db.batch();
-                for g in segment.range(be(from)..=be(upto)) {
-                    write.remove(&segment, g.key()?);
-                    removed += 1;
-                }
-                write.commit()?;
-                from = upto + 1;
-                self.earliest.store(from, Ordering::Release);
-            }
+            self.segments
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&n);
+            self.db.delete_keyspace(segment)?;
         }
-        Ok(removed)
+        Ok(through + 1 - earliest)
     }
 
     fn prune_blocking(&self, now: u64) -> Result<usize, StorageError> {
