@@ -13,7 +13,8 @@
 //! Retention (off by default): `SSF_LOAD_RETAIN_EVENTS` and `SSF_LOAD_RETAIN_AGE_SECS` set
 //! `log.retention`, swept every `SSF_LOAD_SWEEP_SECS` (1); disk use is reported at each 100,000
 //! with RSS, and (c) reports how many records the sweep removed while it ran (an age of about 15
-//! s expires (b)'s records during (c)).
+//! s expires (b)'s records during (c)). `SSF_LOAD_DEDUPE_SECS` sets
+//! `ingest.dedupe_retention_secs` (default 14 days), which bounds the de-duplication index.
 //!
 //! Every answer must be 202. Before each phase the run waits up to `SSF_LOAD_QUIET_WAIT_SECS`
 //! (120) for other load on the machine to stop; after it, it prints CPU by thread group, how much
@@ -97,12 +98,15 @@ pub(crate) fn run() {
     if memory {
         config.log.url = "memory://".into();
     }
+    config.ingest.dedupe_retention_secs =
+        env_u64("SSF_LOAD_DEDUPE_SECS", config.ingest.dedupe_retention_secs);
     let retention = &mut config.log.retention;
     retention.max_events = env_u64("SSF_LOAD_RETAIN_EVENTS", 0);
     retention.max_age_secs = env_u64("SSF_LOAD_RETAIN_AGE_SECS", 0);
     retention.sweep_secs = env_u64("SSF_LOAD_SWEEP_SECS", 1);
     if retention.max_events + retention.max_age_secs > 0 {
-        report!("| log retention | {retention:?} |\n");
+        let dedupe = config.ingest.dedupe_retention_secs;
+        report!("| log retention | {retention:?}; dedupe keys kept {dedupe} s |\n");
     }
     let (data_dir, hub_rt) = (config.data_dir.clone(), hub::runtime("hub", cores));
     let load_threads = env_u64("SSF_LOAD_CLIENT_THREADS", cores as u64) as usize;

@@ -66,9 +66,14 @@ impl Embedded {
     /// Opens (or creates) a database in `dir` with `workers` background threads for flushes and
     /// compactions.
     pub fn open(dir: &Path, budgets: Budgets, workers: usize) -> Result<Embedded, StorageError> {
+        // fjall deletes a journal only once every table's memtable it covers is flushed; small
+        // tables (log_meta, cursors) fill theirs slowly, so journals piled up to the 512 MiB
+        // default before a forced flush. The smallest bound fjall allows keeps disk use close to
+        // the data.
         let db = Database::builder(dir)
             .cache_size(budgets.cache_bytes)
             .worker_threads(workers)
+            .max_journaling_size(64 << 20)
             .open()?;
         Ok(Embedded {
             db,
