@@ -99,24 +99,26 @@ async fn every_event_arrives_in_order_through_outage_errors_and_throttling() {
     hub.stop().await;
 }
 
+/// A receiver that refuses every event with RFC 8935 code `err` and accepts the stream-updated
+/// announcement.
+async fn refusing(err: &'static str) -> TestReceiver {
+    TestReceiver::start(move |_, claims| {
+        if claims["events"].get(STREAM_UPDATED).is_some() {
+            (202, vec![], String::new())
+        } else {
+            let body = json!({"err": err, "description": "refused"}).to_string();
+            (400, vec![("content-type", "application/json".into())], body)
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn permanent_refusals_are_not_retried_and_pause_the_stream_with_an_announcement() {
     let key = es256();
     let hub = TestHub::with_signer(&key).await;
     let (_, token) = hub.receiver("gw").await;
-    // Refuses every event as invalid_audience; accepts the stream-updated announcement.
-    let rx = TestReceiver::start(|_, claims| {
-        if claims["events"].get(STREAM_UPDATED).is_some() {
-            (202, vec![], String::new())
-        } else {
-            (
-                400,
-                vec![("content-type", "application/json".into())],
-                r#"{"err":"invalid_audience","description":"not for us"}"#.into(),
-            )
-        }
-    })
-    .await;
+    let rx = refusing("invalid_audience").await;
     let stream = create_push_stream(&hub, &token, &rx.url(), None).await;
     let id = stream["stream_id"].as_str().expect("id").to_owned();
     for _ in 0..5 {
@@ -412,18 +414,7 @@ async fn dead_letters_are_capped_per_stream_keeping_the_newest() {
     })
     .await;
     let (_, token) = hub.receiver("gw").await;
-    let rx = TestReceiver::start(|_, claims| {
-        if claims["events"].get(STREAM_UPDATED).is_some() {
-            (202, vec![], String::new())
-        } else {
-            (
-                400,
-                vec![("content-type", "application/json".into())],
-                r#"{"err":"invalid_request","description":"no"}"#.into(),
-            )
-        }
-    })
-    .await;
+    let rx = refusing("invalid_request").await;
     let stream = create_push_stream(&hub, &token, &rx.url(), None).await;
     let id = stream["stream_id"].as_str().expect("id").to_owned();
     for _ in 0..3 {
