@@ -15,13 +15,24 @@ async fn hub_keeping(
     max_events: u64,
     max_age_secs: u64,
 ) -> TestHub {
+    hub_swept(key, |c| {
+        c.log.retention.max_events = max_events;
+        c.log.retention.max_age_secs = max_age_secs;
+    })
+    .await
+}
+
+/// A hub with source `idp` trusting `key`, retention swept every second, and `edit` applied.
+async fn hub_swept(
+    key: &ssf_hub::sign::SetSigner,
+    edit: impl FnOnce(&mut ssf_hub::config::Config),
+) -> TestHub {
     TestHub::start(|dir, c| {
         let mut s = source("idp");
         s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[key]));
         c.sources = vec![s];
-        c.log.retention.max_events = max_events;
-        c.log.retention.max_age_secs = max_age_secs;
         c.log.retention.sweep_secs = 1;
+        edit(c);
     })
     .await
 }
@@ -197,14 +208,7 @@ async fn feeds_and_deltas_say_what_retention_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deltas_beyond_the_window_are_removed_and_the_state_keeps_every_subject() {
     let key = es256();
-    let hub = TestHub::start(|dir, c| {
-        let mut s = source("idp");
-        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
-        c.sources = vec![s];
-        c.revocation.delta_window = 3;
-        c.log.retention.sweep_secs = 1;
-    })
-    .await;
+    let hub = hub_swept(&key, |c| c.revocation.delta_window = 3).await;
     push_n(&hub, &key, 8, "w").await;
     // Every record caused a delta; the fold is at 8, so only deltas after 5 stay.
     let page = until(&hub, "/revocations?since=0", ADMIN, |v| v["earliest"] == 6).await;
