@@ -96,9 +96,17 @@ where
     }
 }
 
+/// Who a [`Reader`] is: the operator, or one registered receiver (by id). Per-credential limits
+/// (sockets, long polls) and revocation of open connections key on this.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Principal {
+    Admin,
+    Receiver(String),
+}
+
 /// A request from an operator or from any receiver (the revocation views are for both).
-#[derive(Debug, Clone, Copy)]
-pub struct Reader;
+#[derive(Debug, Clone)]
+pub struct Reader(pub Principal);
 
 impl<S> FromRequestParts<S> for Reader
 where
@@ -114,16 +122,18 @@ where
             &AdminToken::from_ref(state),
             &Registry::from_ref(state),
             token,
-        )?;
-        Ok(Reader)
+        )
+        .map(Reader)
     }
 }
 
-/// Accepts the admin token or a receiver's credential.
-pub fn admit(admin: &AdminToken, registry: &Registry, token: &str) -> Result<(), Error> {
-    if admin.0.matches(token.as_bytes()) || registry.authenticate(token)?.is_some() {
-        Ok(())
-    } else {
-        Err(Error::InvalidToken)
+/// Accepts the admin token or a receiver's credential, and says whose it is.
+pub fn admit(admin: &AdminToken, registry: &Registry, token: &str) -> Result<Principal, Error> {
+    if admin.0.matches(token.as_bytes()) {
+        return Ok(Principal::Admin);
+    }
+    match registry.authenticate(token)? {
+        Some(r) => Ok(Principal::Receiver(r.id)),
+        None => Err(Error::InvalidToken),
     }
 }
