@@ -134,9 +134,11 @@ impl Subject {
     }
 
     /// A canonical string for equality and matching: the identifier as JSON with keys sorted at
-    /// every level, and email addresses lower-cased (RFC 9493 §3.2.2.1 leaves canonicalisation
-    /// to the recipient; case is the one variant every mail provider agrees on). Other values are
-    /// compared exactly, as SSF §8.1.3.1 asks.
+    /// every level, and email addresses lower-cased in the ASCII range only (RFC 9493 §3.2.2.1
+    /// leaves canonicalisation to the recipient; ASCII case is the one variant every mail provider
+    /// agrees on). Unicode case folding is deliberately not applied: it maps look-alikes such as
+    /// the Kelvin sign U+212A onto `k`, which would let one address act for another. Other values
+    /// are compared exactly, as SSF §8.1.3.1 asks.
     pub fn canonical_key(&self) -> String {
         let mut out = String::with_capacity(64);
         write_canonical(&Value::Object(self.0.clone()), false, &mut out);
@@ -325,7 +327,8 @@ fn write_canonical(value: &Value, lower: bool, out: &mut String) {
             out.push(']');
         }
         Value::String(s) if lower => {
-            let _ = write!(out, "{}", Value::String(s.to_lowercase()));
+            // ASCII only: see `canonical_key`.
+            let _ = write!(out, "{}", Value::String(s.to_ascii_lowercase()));
         }
         other => {
             let _ = write!(out, "{other}");

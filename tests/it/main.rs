@@ -8,6 +8,7 @@ mod durability;
 mod feed;
 mod hostile;
 mod ingest;
+mod integrity;
 mod interop;
 mod jwks;
 mod modules;
