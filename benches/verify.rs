@@ -112,6 +112,7 @@ impl Fixture {
             algorithms: &self.algorithms,
             legacy: false,
             max_future_iat_secs: 300,
+            max_iat_age_secs: 1_209_600,
         };
         let parsed = Unverified(black_box(set)).parse(&policy);
         let verify = async { parsed?.verify(&self.keys, &policy).await };

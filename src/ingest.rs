@@ -191,6 +191,7 @@ async fn accept(
         algorithms: &source.algorithms,
         legacy: source.legacy,
         max_future_iat_secs: ingest.limits.max_future_iat_secs,
+        max_iat_age_secs: ingest.limits.dedupe_retention_secs,
     };
     let verified = Unverified(&body)
         .parse(&policy)?
@@ -214,7 +215,10 @@ async fn accept(
     }
 
     let key = dedupe_key(&record.iss, &record.jti);
-    let expires_at = received_at_ms / 1000 + ingest.limits.dedupe_retention_secs;
+    // Remembered until the SET's `iat` leaves the window `verify` accepts, so a replay is either
+    // recognized here or refused there; an `iat` a little ahead (clock skew) extends it.
+    let iat = u64::try_from(record.iat).unwrap_or(0);
+    let expires_at = (received_at_ms / 1000).max(iat) + ingest.limits.dedupe_retention_secs;
     let started = Instant::now();
     // The journal hands the decoded record to the log's followers once it is durable.
     let appended = ingest.log.append_record(record, key, expires_at).await?;

@@ -61,8 +61,13 @@ pub enum VerifyError {
     Forbidden(&'static str),
     #[error("claim `{0}` is {1}")]
     Claim(&'static str, &'static str),
-    #[error("`iat` lies too far in the future")]
+    #[error("`iat` lies further in the future than the clock skew allowance")]
     FutureIat,
+    #[error(
+        "`iat` is older than the de-duplication window (ingest.dedupe_retention_secs), so a \
+         replay could not be recognized"
+    )]
+    StaleIat,
 }
 
 impl VerifyError {
@@ -81,7 +86,8 @@ impl VerifyError {
             | VerifyError::Critical
             | VerifyError::Forbidden(_)
             | VerifyError::Claim(..)
-            | VerifyError::FutureIat => ErrCode::InvalidRequest,
+            | VerifyError::FutureIat
+            | VerifyError::StaleIat => ErrCode::InvalidRequest,
         }
     }
 }
@@ -95,6 +101,9 @@ pub struct Policy<'a> {
     /// Accept a missing `typ` (pre-1.0 transmitters).
     pub legacy: bool,
     pub max_future_iat_secs: u64,
+    /// Oldest `iat` accepted, as an age in seconds: the de-duplication window. A SET older than
+    /// the window could be a replay whose `(iss, jti)` the hub has already forgotten.
+    pub max_iat_age_secs: u64,
 }
 
 /// A pushed body that nobody has checked yet. Nothing in it may be trusted.
@@ -255,10 +264,15 @@ fn check_claims(claims: Map<String, Value>, policy: &Policy<'_>) -> Result<Verif
         }
         None => return Err(VerifyError::Claim("iat", "missing")),
     };
-    // Old `iat` is fine (paused streams and backlogs deliver late by design); the future is not.
+    // Late delivery is normal (paused streams and backlogs), but only within the de-duplication
+    // window: past it, the hub no longer remembers `(iss, jti)` and would store a replay again.
+    // The future is bounded by the clock skew allowance.
     let now = crate::unix_now() as i64;
     if iat > now.saturating_add(policy.max_future_iat_secs as i64) {
         return Err(VerifyError::FutureIat);
+    }
+    if iat < now.saturating_sub(policy.max_iat_age_secs as i64) {
+        return Err(VerifyError::StaleIat);
     }
     Ok(Verified {
         claims,

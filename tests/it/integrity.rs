@@ -86,3 +86,29 @@ async fn a_kelvin_sign_email_does_not_disable_the_ascii_one() {
     assert_eq!(same["reason"], "account_disabled", "{same}");
     hub.stop().await;
 }
+
+/// Finding 10: past `ingest.dedupe_retention_secs` the hub no longer remembers `(iss, jti)`, so a
+/// validly signed SET that old is refused rather than stored a second time.
+#[tokio::test]
+async fn an_iat_older_than_the_dedupe_window_is_refused_and_not_stored() {
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let window = hub.config.ingest.dedupe_retention_secs;
+    let now = ssf_hub::unix_now();
+    for iat in [1_500_000_000, now - window - 60] {
+        let mut c = session_revoked();
+        c["iat"] = json!(iat);
+        let r = hub.push("idp", key.sign(&c).expect("sign")).await;
+        r.assert_set_error("invalid_request");
+        assert!(r.json()["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("dedupe_retention_secs")));
+    }
+    assert!(hub.events().await.is_empty(), "nothing was stored");
+    // Inside the window a late SET is still fine.
+    let mut c = session_revoked();
+    c["iat"] = json!(now - window + 3600);
+    push_ok(&hub, "idp", &key, &c).await;
+    assert_eq!(hub.events().await.len(), 1);
+    hub.stop().await;
+}
