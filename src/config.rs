@@ -170,6 +170,41 @@ pub struct SourceConfig {
     /// Empty means any. Others are refused with `access_denied` (RFC 8935 §2.4).
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// Subjects this source owns: only their owner may restore access (account-enabled, a
+    /// device compliant again, ...); deny-type events count from every source (see `state`).
+    #[serde(default)]
+    pub owns: OwnsConfig,
+}
+
+/// `sources[].owns`: which subjects a source is authoritative for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnsConfig {
+    /// `iss` of owned `iss_sub` / `jwt_id` subjects (`issuer` of `saml_assertion_id` ones).
+    /// Unset means the source's own `issuer`; `[]` owns none.
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
+    /// Domains of owned `email` (and `acct:` `account`) subjects.
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    /// Simple formats owned whatever the value (e.g. `opaque` device ids for an MDM).
+    #[serde(default)]
+    pub formats: Vec<String>,
+}
+
+impl SourceConfig {
+    /// The ownership rules of this source, with the default filled in.
+    pub fn ownership(&self) -> crate::state::Ownership {
+        crate::state::Ownership {
+            issuers: self
+                .owns
+                .issuers
+                .clone()
+                .unwrap_or_else(|| vec![self.issuer.clone()]),
+            email_domains: self.owns.email_domains.clone(),
+            formats: self.owns.formats.clone(),
+        }
+    }
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -357,6 +392,31 @@ impl Config {
                     return Err(invalid(
                         key("event_types"),
                         format!("unknown event type {t:?}"),
+                    ));
+                }
+            }
+            let owns = &s.owns;
+            if owns.issuers.iter().flatten().any(String::is_empty) {
+                return Err(invalid(key("owns.issuers"), "values must not be empty"));
+            }
+            if owns
+                .email_domains
+                .iter()
+                .any(|d| d.is_empty() || d.contains('@') || d.contains(char::is_whitespace))
+            {
+                return Err(invalid(
+                    key("owns.email_domains"),
+                    "values must be domain names, without `@`",
+                ));
+            }
+            for f in &owns.formats {
+                if f.is_empty() || matches!(f.as_str(), "complex" | "aliases") {
+                    return Err(invalid(
+                        key("owns.formats"),
+                        format!(
+                            "{f:?} is not a simple format (complex and aliases subjects are \
+                             owned when every identifier in them is)"
+                        ),
                     ));
                 }
             }

@@ -71,6 +71,8 @@ pub struct Source {
     pub legacy: bool,
     /// Event types this source may send; empty means any.
     pub event_types: Vec<EventKind>,
+    /// Subjects whose access this source may restore (`sources[].owns`).
+    pub owns: crate::state::Ownership,
     pub keys: SourceKeys,
 }
 
@@ -101,6 +103,7 @@ impl Source {
                 .iter()
                 .filter_map(|t| EventKind::parse_name(t))
                 .collect(),
+            owns: c.ownership(),
             keys,
         })
     }
@@ -198,15 +201,19 @@ async fn accept(
         .verify(&source.keys, &policy)
         .await?;
     let received_at_ms = crate::unix_now_ms();
-    let record = normalize::normalize(
+    let mut record = normalize::normalize(
         &ingest.schemas,
         verified,
         &source.id,
         received_at_ms,
         Options {
             legacy: source.legacy,
+            max_event_timestamp: Some(
+                (received_at_ms / 1000).saturating_add(ingest.limits.max_future_iat_secs),
+            ),
         },
     )?;
+    record.authoritative = source.owns.owns(&record.subject);
     telemetry::record_verify(started.elapsed());
     let kind = EventKind::from_uri(&record.event_type);
     *event_type = kind.map(EventKind::label).unwrap_or("unknown");

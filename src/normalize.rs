@@ -34,6 +34,12 @@ pub struct Record {
     pub subject_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_timestamp: Option<u64>,
+    /// Whether the source that sent it owns the subject (`sources[].owns`), decided at ingest
+    /// and kept with the record so that the fold stays a pure function of the log. Only an
+    /// owner's event can restore access (see `state`); records written before this field existed
+    /// read as `false`.
+    #[serde(default)]
+    pub authoritative: bool,
     /// The event payload after legacy upgrades.
     pub claims: Value,
     /// The compact SET exactly as received, for audit.
@@ -74,6 +80,11 @@ pub enum NormalizeError {
     SubjectSchema(SchemaViolation),
     #[error("`txn` must be a string")]
     Txn,
+    #[error(
+        "`event_timestamp` lies further in the future than the clock skew allowance \
+         (ingest.max_future_iat_secs)"
+    )]
+    FutureEventTimestamp,
 }
 
 /// Options that differ per source.
@@ -81,6 +92,9 @@ pub enum NormalizeError {
 pub struct Options {
     /// Take the subject from the payload's `subject` when `sub_id` is missing (pre-1.0).
     pub legacy: bool,
+    /// The latest `event_timestamp` accepted (now plus the clock skew allowance); `None` sets no
+    /// bound. A timestamp from the future would win every later comparison in the fold.
+    pub max_event_timestamp: Option<u64>,
 }
 
 /// Normalizes a verified SET. `received_at_ms` and `source` describe its arrival.
@@ -113,7 +127,14 @@ pub fn normalize(
                 .map_err(|violation| NormalizeError::Schema { kind, violation })?;
             let event =
                 Event::decode(kind, &payload).map_err(|_| NormalizeError::Typed { kind })?;
-            event.event_timestamp()
+            let at = event.event_timestamp();
+            if at
+                .zip(opts.max_event_timestamp)
+                .is_some_and(|(at, max)| at > max)
+            {
+                return Err(NormalizeError::FutureEventTimestamp);
+            }
+            at
         }
         None => {
             metrics::counter!("ssf_hub_ingest_unknown_event_type_total", "source" => source.to_owned())
@@ -154,6 +175,7 @@ pub fn normalize(
         subject_key: subject.canonical_key(),
         subject,
         event_timestamp,
+        authoritative: false,
         claims: payload,
         set: compact,
     })

@@ -6,6 +6,35 @@
 //! event time is `event_timestamp` or, when the event has none, the SET's `iat`. A stale event
 //! therefore never undoes a newer one, out-of-order arrival converges, and applying the same
 //! record twice changes nothing (so replaying a log prefix is harmless).
+//!
+//! # Who may change what
+//!
+//! Several sources feed one state: an identity provider, an MDM, a risk scanner. Each may be
+//! wrong or compromised, so what one source says about a subject another source is responsible
+//! for is trusted only in the safe direction:
+//!
+//! - **Deny-type events take effect from every configured source**: account disabled or purged,
+//!   session and token revocations, credential changes and compromise, a device no longer
+//!   compliant, an identifier changed or recycled, a risk level that does not go down, an
+//!   assurance level going down. A false one costs a re-login; a missed one costs a breach.
+//! - **Restoring events take effect only from the subject's owner**: account enabled, a device
+//!   compliant again, a risk level going down, an assurance level going up (or changing without
+//!   a stated direction), token claims changed. Ownership is per source
+//!   (`sources[].owns`, [`Ownership`]): by default a source owns the `iss_sub`, `jwt_id` and
+//!   `saml_assertion_id` subjects of its own issuer and nothing else; email domains and whole
+//!   formats (say, an MDM's opaque device ids) are owned only when configured. A complex or
+//!   aliases subject is owned when every identifier in it is.
+//! - A restoring event from a non-owner was verified, so it **is stored in the log** (and reaches
+//!   streams and feeds like any event), but it changes no state and yields no delta. Ingest
+//!   decides ownership once and records it in [`Record::authoritative`], so replaying the log
+//!   gives the same state whatever the configuration says later.
+//! - Event times come from the transmitter, so ingest refuses an `iat` or `event_timestamp`
+//!   beyond now plus the clock skew allowance: a timestamp from the future would otherwise win
+//!   every later comparison, locking or unlocking a subject for good.
+//!
+//! Each subject's state is its own entry: a restore about one identifier never undoes a deny
+//! recorded under another (a complex subject, an aliases subject or a different identifier), and
+//! a decision denies if any entry relevant to the token denies.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -269,6 +298,77 @@ pub fn action_for(record: &Record) -> Option<Action> {
     })
 }
 
+/// Whether `action` loosens access for the subject at `key` given its current state, and so may
+/// come only from the subject's owner (see the module docs for the rules).
+fn restores(action: &Action, current: Option<&SubjectState>) -> bool {
+    match action {
+        Action::Restore | Action::UnrestrictDevice | Action::SetClaims { .. } => true,
+        // Assurance has no order across namespaces; only a stated decrease is the safe direction.
+        Action::SetAssurance { direction, .. } => direction.as_deref() != Some("decrease"),
+        Action::SetRisk { level, .. } => current
+            .and_then(|s| s.risk.as_ref())
+            .is_some_and(|((_, now), _)| level < now),
+        Action::RevokeTokensBefore { .. }
+        | Action::Deny { .. }
+        | Action::RestrictDevice
+        | Action::IdentifierChanged { .. } => false,
+    }
+}
+
+/// Which subjects a source owns: only the owner's events may restore access to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// `iss_sub` and `jwt_id` subjects with one of these `iss`, `saml_assertion_id` subjects with
+    /// one of these `issuer` (exact string comparison, as for a SET's `iss`).
+    pub issuers: Vec<String>,
+    /// `email` subjects, and `account` subjects (`acct:` URIs), in one of these domains (ASCII
+    /// case-insensitive; subdomains are separate domains).
+    pub email_domains: Vec<String>,
+    /// Every subject of these simple formats, whatever its value.
+    pub formats: Vec<String>,
+}
+
+impl Ownership {
+    /// Whether `subject` belongs to this source. Complex and aliases subjects need every
+    /// identifier in them to be owned.
+    pub fn owns(&self, subject: &Subject) -> bool {
+        let map = subject.as_map();
+        let member = |name: &str| map.get(name).and_then(Value::as_str);
+        let all = |ids: &mut dyn Iterator<Item = &Value>| {
+            let mut any = false;
+            for id in ids {
+                match Subject::parse(id) {
+                    Ok(s) if self.owns(&s) => any = true,
+                    _ => return false,
+                }
+            }
+            any
+        };
+        let in_domain = |addr: Option<&str>| {
+            addr.and_then(|a| a.rsplit_once('@'))
+                .is_some_and(|(_, domain)| {
+                    self.email_domains
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(domain))
+                })
+        };
+        let issuer = |iss: Option<&str>| iss.is_some_and(|i| self.issuers.iter().any(|o| o == i));
+        match subject.format() {
+            "complex" => all(&mut map.iter().filter(|(k, _)| *k != "format").map(|(_, v)| v)),
+            "aliases" => match map.get("identifiers") {
+                Some(Value::Array(ids)) => all(&mut ids.iter()),
+                _ => false,
+            },
+            f if self.formats.iter().any(|o| o == f) => true,
+            "iss_sub" | "jwt_id" => issuer(member("iss")),
+            "saml_assertion_id" => issuer(member("issuer")),
+            "email" => in_domain(member("email")),
+            "account" => in_domain(member("uri").and_then(|u| u.strip_prefix("acct:"))),
+            _ => false,
+        }
+    }
+}
+
 /// `event_timestamp`, or `iat` when the event carries none.
 pub fn event_time(record: &Record) -> u64 {
     record
@@ -291,6 +391,15 @@ impl State {
     pub fn apply_record(&mut self, record: &Record) -> Option<Delta> {
         self.position = self.position.max(record.position);
         let action = action_for(record)?;
+        if !record.authoritative
+            && restores(
+                &action,
+                self.subjects.get(&record.subject_key).map(|s| &**s),
+            )
+        {
+            // Stored in the log, but only the subject's owner may loosen its state.
+            return None;
+        }
         let delta = Delta {
             position: record.position,
             subject: record.subject.clone(),
@@ -430,4 +539,138 @@ pub struct Decision {
     pub allow: bool,
     pub reason: String,
     pub position: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::set::EventKind;
+    use serde_json::json;
+
+    fn subject(v: Value) -> Subject {
+        Subject::parse(&v).expect("subject")
+    }
+
+    fn record(
+        position: u64,
+        kind: EventKind,
+        payload: Value,
+        sub: &Subject,
+        owner: bool,
+    ) -> Record {
+        let at = 1000 + position;
+        let mut claims = payload;
+        claims["event_timestamp"] = json!(at);
+        Record {
+            position,
+            received_at_ms: 0,
+            source: if owner { "idp" } else { "scanner" }.into(),
+            iss: "https://idp.test".into(),
+            jti: format!("j{position}"),
+            txn: None,
+            iat: at as i64,
+            event_type: kind.uri(),
+            known: true,
+            subject: sub.clone(),
+            subject_key: sub.canonical_key(),
+            event_timestamp: Some(at),
+            authoritative: owner,
+            claims,
+            set: String::new(),
+        }
+    }
+
+    #[test]
+    fn ownership_defaults_to_the_issuer_and_needs_every_member() {
+        let own = Ownership {
+            issuers: vec!["https://idp.test".into()],
+            email_domains: vec!["corp.test".into()],
+            formats: vec![],
+        };
+        let mine = json!({"format": "iss_sub", "iss": "https://idp.test", "sub": "u"});
+        let theirs = json!({"format": "iss_sub", "iss": "https://other.test", "sub": "u"});
+        let email = json!({"format": "email", "email": "ana@CORP.test"});
+        let device = json!({"format": "opaque", "id": "d"});
+        assert!(own.owns(&subject(mine.clone())));
+        assert!(!own.owns(&subject(theirs.clone())));
+        assert!(own.owns(&subject(email.clone())));
+        assert!(!own.owns(&subject(
+            json!({"format": "email", "email": "ana@evil.corp.test"})
+        )));
+        assert!(own.owns(&subject(
+            json!({"format": "account", "uri": "acct:ana@corp.test"})
+        )));
+        assert!(!own.owns(&subject(device.clone())), "opaque needs config");
+        assert!(own.owns(&subject(
+            json!({"format": "complex", "user": mine, "tenant": email})
+        )));
+        assert!(!own.owns(&subject(
+            json!({"format": "complex", "user": mine, "device": device})
+        )));
+        assert!(!own.owns(&subject(
+            json!({"format": "aliases", "identifiers": [mine, theirs]})
+        )));
+        let mdm = Ownership {
+            formats: vec!["opaque".into()],
+            ..Ownership::default()
+        };
+        assert!(mdm.owns(&subject(device)));
+        assert!(!mdm.owns(&subject(mine)), "an empty issuer list owns none");
+    }
+
+    #[test]
+    fn only_the_owner_restores_but_anyone_denies() {
+        use EventKind as K;
+        let u = subject(json!({"format": "iss_sub", "iss": "https://idp.test", "sub": "u"}));
+        let q = Query {
+            parts: vec![("user".into(), u.clone())],
+            iat: Some(5000),
+        };
+        let mut s = State::default();
+        assert!(s
+            .apply_record(&record(1, K::AccountDisabled, json!({}), &u, true))
+            .is_some());
+        // A non-owner's account-enabled is newer, yet changes nothing.
+        assert!(s
+            .apply_record(&record(2, K::AccountEnabled, json!({}), &u, false))
+            .is_none());
+        assert_eq!(s.decide(&q).reason, "account_disabled");
+        // The owner's restores.
+        assert!(s
+            .apply_record(&record(3, K::AccountEnabled, json!({}), &u, true))
+            .is_some());
+        assert!(s.decide(&q).allow);
+        // A non-owner's deny takes effect.
+        assert!(s
+            .apply_record(&record(4, K::AccountDisabled, json!({}), &u, false))
+            .is_some());
+        assert_eq!(s.decide(&q).reason, "account_disabled");
+        // Device compliance: anyone restricts, only the owner lifts it.
+        let not = json!({"previous_status": "compliant", "current_status": "not-compliant"});
+        let ok = json!({"previous_status": "not-compliant", "current_status": "compliant"});
+        assert!(s
+            .apply_record(&record(5, K::DeviceComplianceChange, not, &u, false))
+            .is_some());
+        assert!(s
+            .apply_record(&record(6, K::DeviceComplianceChange, ok.clone(), &u, false))
+            .is_none());
+        assert!(s
+            .apply_record(&record(7, K::DeviceComplianceChange, ok, &u, true))
+            .is_some());
+        // Risk: a non-owner may raise it but not lower it.
+        let risk = |level: &str| json!({"principal": "USER", "current_level": level});
+        assert!(s
+            .apply_record(&record(8, K::RiskLevelChange, risk("HIGH"), &u, false))
+            .is_some());
+        assert!(s
+            .apply_record(&record(9, K::RiskLevelChange, risk("LOW"), &u, false))
+            .is_none());
+        assert!(s
+            .apply_record(&record(10, K::RiskLevelChange, risk("LOW"), &u, true))
+            .is_some());
+        // Revocations count from anyone.
+        assert!(s
+            .apply_record(&record(11, K::SessionRevoked, json!({}), &u, false))
+            .is_some());
+    }
 }

@@ -681,6 +681,7 @@ fn child_state_mem() -> Value {
             subject_key: s.canonical_key(),
             subject: s,
             event_timestamp: Some(ts),
+            authoritative: true,
             claims,
             set: String::new(),
         });

@@ -37,6 +37,7 @@ async fn append(hub: &TestHub, n: usize, padding: usize) {
             subject_key: subject.canonical_key(),
             subject: subject.clone(),
             event_timestamp: Some(ts),
+            authoritative: true,
             claims: json!({"event_timestamp": ts, "note": "x".repeat(padding)}),
             set: String::new(),
         };

@@ -112,3 +112,180 @@ async fn an_iat_older_than_the_dedupe_window_is_refused_and_not_stored() {
     assert_eq!(hub.events().await.len(), 1);
     hub.stop().await;
 }
+
+const ACCOUNT_ENABLED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-enabled";
+const DEVICE_COMPLIANCE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/device-compliance-change";
+const SCANNER_ISS: &str = "https://scanner.example.test";
+/// 99,999,999,999 seconds: a day in the year 5138.
+const YEAR_5138: u64 = 99_999_999_999;
+
+/// A hub with two sources: `idp` (issuer [`ISS`], owning its own `iss_sub` users by default and,
+/// as configured, the `corp.example.test` email domain) and `scanner` (its own issuer, owning
+/// nothing of the IdP's).
+async fn two_sources(idp: &SetSigner, scanner: &SetSigner) -> TestHub {
+    let (idp_jwks, scanner_jwks) = (idp.public_jwk(), scanner.public_jwk());
+    TestHub::start(move |dir, c| {
+        let write = |name: &str, jwk: &Value| {
+            let path = dir.join(name);
+            std::fs::write(&path, json!({"keys": [jwk]}).to_string()).expect("jwks");
+            path
+        };
+        let mut a = source("idp");
+        a.jwks_file = Some(write("idp.jwks.json", &idp_jwks));
+        a.owns.email_domains = vec!["corp.example.test".into()];
+        let mut b = source("scanner");
+        b.issuer = SCANNER_ISS.into();
+        b.jwks_file = Some(write("scanner.jwks.json", &scanner_jwks));
+        c.sources = vec![a, b];
+    })
+    .await
+}
+
+fn from_scanner(mut c: Map<String, Value>) -> Map<String, Value> {
+    c.insert("iss".into(), json!(SCANNER_ISS));
+    c
+}
+
+/// Finding 7: the attack, then the ownership rules. A scanner may deny anyone, but it
+/// cannot restore another issuer's user, and a timestamp from the future is refused outright.
+#[tokio::test]
+async fn a_source_cannot_restore_or_lock_another_issuers_subjects() {
+    let (idp, scanner) = (es256(), es256());
+    let hub = two_sources(&idp, &scanner).await;
+    let now = ssf_hub::unix_now();
+    let user = json!({"format": "iss_sub", "iss": ISS, "sub": "u-1"});
+    let ask = |subject: Value| {
+        let hub = &hub;
+        async move { check(hub, json!({"user": subject}), now + 10).await["reason"].clone() }
+    };
+
+    // The IdP disables its user.
+    let disable = about(
+        ACCOUNT_DISABLED,
+        json!({"event_timestamp": now - 100}),
+        user.clone(),
+    );
+    push_ok(&hub, "idp", &idp, &disable).await;
+    // The attack: the scanner re-enables it with a year-5138 timestamp. Refused, not stored.
+    for (event, payload) in [
+        (ACCOUNT_ENABLED, json!({"event_timestamp": YEAR_5138})),
+        (ACCOUNT_DISABLED, json!({"event_timestamp": YEAR_5138})),
+        (SESSION_REVOKED, json!({"event_timestamp": YEAR_5138})),
+    ] {
+        let c = from_scanner(about(event, payload, user.clone()));
+        let r = hub.push("scanner", scanner.sign(&c).expect("sign")).await;
+        r.assert_set_error("invalid_request");
+        assert!(r.body.contains("event_timestamp"), "{}", r.body);
+    }
+    // The IdP's own clock gets the same bound.
+    let c = about(
+        ACCOUNT_ENABLED,
+        json!({"event_timestamp": now + 3600}),
+        user.clone(),
+    );
+    hub.push("idp", idp.sign(&c).expect("sign"))
+        .await
+        .assert_set_error("invalid_request");
+    assert_eq!(hub.events().await.len(), 1, "refused SETs are not stored");
+
+    // A current account-enabled from the scanner is verified and stored, but does not re-enable.
+    let c = from_scanner(about(
+        ACCOUNT_ENABLED,
+        json!({"event_timestamp": now - 50}),
+        user.clone(),
+    ));
+    push_ok(&hub, "scanner", &scanner, &c).await;
+    folded(&hub, 2).await;
+    assert_eq!(ask(user.clone()).await, "account_disabled");
+    let events = hub.events().await;
+    assert_eq!(events.len(), 2, "the non-owner's restore is in the log");
+    assert_eq!(events[0]["authoritative"], true);
+    assert_eq!(events[1]["authoritative"], false);
+
+    // A later real event from the owner still wins.
+    let c = about(
+        ACCOUNT_ENABLED,
+        json!({"event_timestamp": now - 40}),
+        user.clone(),
+    );
+    push_ok(&hub, "idp", &idp, &c).await;
+    folded(&hub, 3).await;
+    assert_eq!(ask(user.clone()).await, "ok");
+
+    // A deny from the non-owner still takes effect...
+    let c = from_scanner(about(
+        ACCOUNT_DISABLED,
+        json!({"event_timestamp": now - 30}),
+        user.clone(),
+    ));
+    push_ok(&hub, "scanner", &scanner, &c).await;
+    folded(&hub, 4).await;
+    assert_eq!(ask(user.clone()).await, "account_disabled");
+    // ...and only the owner lifts it.
+    let c = from_scanner(about(
+        ACCOUNT_ENABLED,
+        json!({"event_timestamp": now - 20}),
+        user.clone(),
+    ));
+    push_ok(&hub, "scanner", &scanner, &c).await;
+    folded(&hub, 5).await;
+    assert_eq!(ask(user.clone()).await, "account_disabled");
+    let c = about(
+        ACCOUNT_ENABLED,
+        json!({"event_timestamp": now - 10}),
+        user.clone(),
+    );
+    push_ok(&hub, "idp", &idp, &c).await;
+    folded(&hub, 6).await;
+    assert_eq!(ask(user.clone()).await, "ok");
+
+    // Configured ownership: the IdP owns its email domain, the scanner does not; a device
+    // (opaque, owned by nobody here) can be restricted by anyone and lifted by no one.
+    let ana = json!({"format": "email", "email": "ana@corp.example.test"});
+    let device = json!({"format": "opaque", "id": "laptop-7"});
+    let not_ok = json!({"previous_status": "compliant", "current_status": "not-compliant",
+                        "event_timestamp": now - 5});
+    let ok = json!({"previous_status": "not-compliant", "current_status": "compliant",
+                    "event_timestamp": now - 1});
+    let pushes = [
+        (
+            "scanner",
+            about(
+                ACCOUNT_DISABLED,
+                json!({"event_timestamp": now - 5}),
+                ana.clone(),
+            ),
+        ),
+        (
+            "scanner",
+            about(
+                ACCOUNT_ENABLED,
+                json!({"event_timestamp": now - 3}),
+                ana.clone(),
+            ),
+        ),
+        ("scanner", about(DEVICE_COMPLIANCE, not_ok, device.clone())),
+        ("idp", about(DEVICE_COMPLIANCE, ok, device.clone())),
+    ];
+    for (source, c) in pushes {
+        let (key, c) = match source {
+            "idp" => (&idp, c),
+            _ => (&scanner, from_scanner(c)),
+        };
+        push_ok(&hub, source, key, &c).await;
+    }
+    folded(&hub, 10).await;
+    assert_eq!(ask(ana.clone()).await, "account_disabled");
+    let r = check(&hub, json!({"device": device}), now + 10).await;
+    assert_eq!(r["reason"], "device_not_compliant", "{r}");
+    let c = about(
+        ACCOUNT_ENABLED,
+        json!({"event_timestamp": now}),
+        ana.clone(),
+    );
+    push_ok(&hub, "idp", &idp, &c).await;
+    folded(&hub, 11).await;
+    assert_eq!(ask(ana).await, "ok");
+    hub.stop().await;
+}

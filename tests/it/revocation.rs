@@ -32,6 +32,7 @@ fn record(position: u64, kind: EventKind, payload: Value, sub: &Subject, ts: u64
         subject: sub.clone(),
         subject_key: sub.canonical_key(),
         event_timestamp: kind.has_common_claims().then_some(ts),
+        authoritative: true,
         claims,
         set: String::new(),
     }

@@ -55,6 +55,7 @@ pub fn source(id: &str) -> SourceConfig {
         authorization: None,
         legacy: false,
         event_types: vec![],
+        owns: Default::default(),
     }
 }
 
