@@ -440,32 +440,41 @@ impl State {
         self.subjects.insert(key, Arc::new(state));
     }
 
+    /// Indexes a subject under every identifier it names: each member of a complex subject and
+    /// each alias (of an aliases subject, or of an aliases member), so that a query naming any
+    /// one of them finds its state.
     fn index(&mut self, subject: &Subject, key: &str) {
-        if subject.is_complex() {
-            for (name, member) in subject.as_map().iter().filter(|(k, _)| *k != "format") {
-                if let Ok(m) = Subject::parse(member) {
-                    let _ = name;
-                    self.members
-                        .entry(m.canonical_key())
-                        .or_default()
-                        .insert(key.to_owned());
-                }
-            }
+        let names: Vec<String> = if subject.is_complex() {
+            subject
+                .as_map()
+                .iter()
+                .filter(|(k, _)| *k != "format")
+                .filter_map(|(_, member)| Subject::parse(member).ok())
+                .flat_map(|m| m.identity_keys())
+                .collect()
+        } else {
+            subject.identity_keys().into_iter().skip(1).collect()
+        };
+        for name in names {
+            self.members.entry(name).or_default().insert(key.to_owned());
         }
     }
 
-    /// Subject states relevant to `query`: the query's own identifiers, and every complex
-    /// subject that matches the query's combination (SSF §8.1.3.1 semantics).
+    /// Subject states relevant to `query`: the query's own identifiers (and their aliases), every
+    /// aliases subject naming one of them, and every complex subject that matches the query's
+    /// combination (SSF §8.1.3.1 semantics, a member matching on any alias).
     fn relevant(&self, query: &Query) -> Vec<Arc<SubjectState>> {
         let mut keys: Vec<String> = Vec::new();
-        let mut members: BTreeMap<&str, String> = BTreeMap::new();
+        let mut members: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (role, subject) in &query.parts {
-            let k = subject.canonical_key();
-            members.insert(role.as_str(), k.clone());
-            keys.push(k.clone());
-            if let Some(complex) = self.members.get(&k) {
-                keys.extend(complex.iter().cloned());
+            let ids = subject.identity_keys();
+            for k in &ids {
+                keys.push(k.clone());
+                if let Some(indexed) = self.members.get(k) {
+                    keys.extend(indexed.iter().cloned());
+                }
             }
+            members.entry(role.as_str()).or_default().extend(ids);
         }
         keys.sort();
         keys.dedup();
@@ -479,7 +488,7 @@ impl State {
                         .filter(|(name, _)| *name != "format")
                         .all(|(name, member)| {
                             match (members.get(name.as_str()), Subject::parse(member)) {
-                                (Some(q), Ok(m)) => *q == m.canonical_key(),
+                                (Some(q), Ok(m)) => m.identity_keys().iter().any(|k| q.contains(k)),
                                 // A member the query does not mention is a wildcard.
                                 (None, _) => true,
                                 (Some(_), Err(_)) => false,

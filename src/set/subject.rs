@@ -144,6 +144,30 @@ impl Subject {
         write_canonical(&Value::Object(self.0.clone()), false, &mut out);
         out
     }
+
+    /// The canonical keys this identifier is known by: its own and, for an RFC 9493 `aliases`
+    /// subject, each of its identifiers' (§3.2.8: they all denote the same entity). Indexes and
+    /// matching use these, so that a match on any alias is a match.
+    pub fn identity_keys(&self) -> Vec<String> {
+        let mut keys = vec![self.canonical_key()];
+        if self.format() == "aliases" {
+            if let Some(Value::Array(ids)) = self.0.get("identifiers") {
+                keys.extend(
+                    ids.iter()
+                        .filter_map(|id| Subject::parse(id).ok())
+                        .map(|id| id.canonical_key()),
+                );
+            }
+        }
+        keys
+    }
+
+    /// Whether two simple identifiers name the same entity: identical after canonicalisation, or
+    /// sharing an alias.
+    pub fn same_entity(&self, other: &Subject) -> bool {
+        let theirs = other.identity_keys();
+        self.identity_keys().iter().any(|k| theirs.contains(k))
+    }
 }
 
 impl<'de> Deserialize<'de> for Subject {

@@ -128,16 +128,21 @@ impl Stream {
     }
 }
 
-/// SSF §8.1.3.1 matching. Simple vs simple: identical (after canonicalisation). Complex vs
-/// complex: every member present in both is identical (a missing member is a wildcard). Simple
-/// vs complex is undefined in SSF; we match when the simple subject equals any member of the
-/// complex one (digest §14.2 #3), so a stream subject `email:ana` sees events about Ana's
-/// sessions and devices.
+/// SSF §8.1.3.1 matching. Simple vs simple: identical (after canonicalisation), where an RFC
+/// 9493 `aliases` subject is identical to each of its identifiers, so a match on any alias is a
+/// match ([`Subject::same_entity`]). Complex vs complex: every member present in both is
+/// identical (a missing member is a wildcard). Simple vs complex is undefined in SSF; we match
+/// when the simple subject equals any member of the complex one (digest §14.2 #3), so a stream
+/// subject `email:ana` sees events about Ana's sessions and devices.
 pub fn subjects_match(a: &Subject, b: &Subject) -> bool {
     use serde_json::Map;
-    fn key(v: &Value) -> Option<String> {
-        Subject::parse(v).ok().map(|s| s.canonical_key())
+    fn parse(v: &Value) -> Option<Subject> {
+        Subject::parse(v).ok()
     }
+    let same = |x: &Value, y: &Value| match (parse(x), parse(y)) {
+        (Some(x), Some(y)) => x.same_entity(&y),
+        _ => false,
+    };
     let members = |s: &Subject| -> Map<String, Value> {
         s.as_map()
             .iter()
@@ -146,18 +151,18 @@ pub fn subjects_match(a: &Subject, b: &Subject) -> bool {
             .collect()
     };
     match (a.is_complex(), b.is_complex()) {
-        (false, false) => a.canonical_key() == b.canonical_key(),
+        (false, false) => a.same_entity(b),
         (true, true) => {
             let (ma, mb) = (members(a), members(b));
             ma.iter()
-                .all(|(k, va)| mb.get(k).is_none_or(|vb| key(va) == key(vb)))
+                .all(|(k, va)| mb.get(k).is_none_or(|vb| same(va, vb)))
         }
         (true, false) => members(a)
             .values()
-            .any(|m| key(m).as_deref() == Some(&b.canonical_key())),
+            .any(|m| parse(m).is_some_and(|m| m.same_entity(b))),
         (false, true) => members(b)
             .values()
-            .any(|m| key(m).as_deref() == Some(&a.canonical_key())),
+            .any(|m| parse(m).is_some_and(|m| m.same_entity(a))),
     }
 }
 
@@ -258,6 +263,18 @@ mod tests {
             &s(d),
             &s(json!({"format": "complex", "user": user}))
         ));
+        // Aliases: a match on any alias is a match, in every position.
+        let other = json!({"format": "iss_sub", "iss": "https://idp.test", "sub": "u"});
+        let aliases = json!({"format": "aliases", "identifiers": [user, other]});
+        assert!(subjects_match(&s(other.clone()), &s(aliases.clone())));
+        assert!(subjects_match(&s(aliases.clone()), &s(user.clone())));
+        assert!(subjects_match(
+            &s(
+                json!({"format": "complex", "user": other, "session": {"format": "opaque", "id": "s"}})
+            ),
+            &s(json!({"format": "complex", "user": aliases}))
+        ));
+        assert!(!subjects_match(&s(aliases), &s(g1)));
     }
 
     #[test]

@@ -289,3 +289,192 @@ async fn a_source_cannot_restore_or_lock_another_issuers_subjects() {
     assert_eq!(ask(ana).await, "ok");
     hub.stop().await;
 }
+
+/// Finding 8: an RFC 9493 `aliases` subject names one entity several ways. A decision about any
+/// alias must see its state (check and ext_authz), and so must a complex subject's aliases member.
+#[tokio::test]
+async fn every_alias_of_a_disabled_or_revoked_subject_is_denied() {
+    use base64::Engine as _;
+    let key = es256();
+    let hub = TestHub::with_signer(&key).await;
+    let now = ssf_hub::unix_now();
+    let email = json!({"format": "email", "email": "ana@corp.example.test"});
+    let iss_sub = json!({"format": "iss_sub", "iss": ISS, "sub": "u-9"});
+    let aliases = json!({"format": "aliases", "identifiers": [email, iss_sub]});
+    push_ok(
+        &hub,
+        "idp",
+        &key,
+        &about(ACCOUNT_DISABLED, json!({}), aliases.clone()),
+    )
+    .await;
+    // A session of Bob, named by a complex subject whose user is an aliases identifier.
+    let bob_mail = json!({"format": "email", "email": "bob@corp.example.test"});
+    let bob_sub = json!({"format": "iss_sub", "iss": ISS, "sub": "u-10"});
+    let session = json!({"format": "complex",
+        "user": {"format": "aliases", "identifiers": [bob_mail, bob_sub]},
+        "session": {"format": "opaque", "id": "s-1"}});
+    let revoke = about(
+        SESSION_REVOKED,
+        json!({"event_timestamp": now - 100}),
+        session,
+    );
+    push_ok(&hub, "idp", &key, &revoke).await;
+    folded(&hub, 2).await;
+
+    for subject in [&email, &iss_sub, &aliases] {
+        let r = check(&hub, json!({"user": subject}), now).await;
+        assert_eq!(r["reason"], "account_disabled", "{subject}: {r}");
+    }
+    let r = hub
+        .call(
+            "POST",
+            "/revocations/check",
+            ADMIN,
+            Some(json!({"iss": ISS, "sub": "u-9", "iat": now})),
+        )
+        .await
+        .json();
+    assert_eq!(r["reason"], "account_disabled", "{r}");
+    let stranger = json!({"format": "email", "email": "eve@corp.example.test"});
+    assert_eq!(
+        check(&hub, json!({"user": stranger}), now).await["allow"],
+        true
+    );
+
+    // Bob's revoked session, asked about through either alias; his other session is fine.
+    let sid = |id: &str| json!({"format": "opaque", "id": id});
+    for user in [&bob_mail, &bob_sub] {
+        let r = check(
+            &hub,
+            json!({"user": user, "session": sid("s-1")}),
+            now - 200,
+        )
+        .await;
+        assert_eq!(r["reason"], "revoked", "{user}: {r}");
+        let r = check(
+            &hub,
+            json!({"user": user, "session": sid("s-2")}),
+            now - 200,
+        )
+        .await;
+        assert_eq!(r["allow"], true, "{user}: {r}");
+    }
+
+    // The Envoy ext_authz path (user from `iss`+`sub`) denies the other alias too.
+    let payload =
+        |claims: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    for (claims, status) in [
+        (json!({"iss": ISS, "sub": "u-9", "iat": now}), 403),
+        (
+            json!({"iss": ISS, "sub": "u-10", "sid": "s-1", "iat": now - 200}),
+            403,
+        ),
+        (
+            json!({"iss": ISS, "sub": "u-10", "sid": "s-2", "iat": now - 200}),
+            200,
+        ),
+    ] {
+        let r = hub
+            .client
+            .get(format!("{}/revocations/ext-authz/x", hub.base))
+            .header("x-ssf-hub-token", ADMIN)
+            .header("x-jwt-payload", payload(claims.clone()))
+            .send()
+            .await
+            .expect("ext_authz");
+        assert_eq!(r.status(), status, "{claims}");
+    }
+    hub.stop().await;
+}
+
+/// Finding 8: a stream's subject filter matches an event when any alias matches, whichever side
+/// carries the aliases.
+#[tokio::test]
+async fn stream_subject_filters_match_on_any_alias() {
+    let key = es256();
+    let hub = TestHub::start(|dir, c| {
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
+        c.sources = vec![s];
+        c.delivery.default_subjects = ssf_hub::streams::DefaultSubjects::None;
+    })
+    .await;
+    let (_, token) = hub.receiver("gateway").await;
+    let r = hub
+        .call(
+            "POST",
+            "/ssf/streams",
+            &token,
+            Some(json!({"events_requested": [ACCOUNT_DISABLED]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let stream = r.json();
+    let id = stream["stream_id"].as_str().expect("id").to_owned();
+    let mail = |u: &str| json!({"format": "email", "email": format!("{u}@corp.example.test")});
+    let opaque = |u: &str| json!({"format": "opaque", "id": u});
+    // The stream follows Ana (by email) and Bob (by an aliases subject).
+    for subject in [
+        mail("ana"),
+        json!({"format": "aliases", "identifiers": [mail("bob"), opaque("bob-id")]}),
+    ] {
+        let r = hub
+            .call(
+                "POST",
+                "/ssf/subjects:add",
+                &token,
+                Some(json!({"stream_id": id, "subject": subject})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let mut jtis = Vec::new();
+    for sub_id in [
+        // Nobody the stream follows: not delivered.
+        mail("eve"),
+        // Ana, named by an aliases subject.
+        json!({"format": "aliases", "identifiers": [opaque("ana-id"), mail("ANA")]}),
+        // Bob, by one of his aliases.
+        opaque("bob-id"),
+    ] {
+        let c = about(ACCOUNT_DISABLED, json!({}), sub_id);
+        jtis.push(c["jti"].as_str().expect("jti").to_owned());
+        push_ok(&hub, "idp", &key, &c).await;
+    }
+    // The hub signs its own SET per stream, with `jti` `{stream_id}.{position}`.
+    let events = hub.events().await;
+    let jtis: Vec<String> = jtis
+        .iter()
+        .map(|jti| {
+            let record = events.iter().find(|e| e["jti"] == *jti).expect("stored");
+            format!("{id}.{}", record["position"])
+        })
+        .collect();
+    let path = stream["delivery"]["endpoint_url"]
+        .as_str()
+        .and_then(|u| u.strip_prefix(&hub.config.issuer))
+        .expect("poll path")
+        .to_owned();
+    let mut got = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let r = hub
+            .call(
+                "POST",
+                &path,
+                &token,
+                Some(json!({"returnImmediately": true})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        got.extend(r.json()["sets"].as_object().expect("sets").keys().cloned());
+        if got.contains(&jtis[1]) && got.contains(&jtis[2]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(got.contains(&jtis[1]), "Ana's aliases event is delivered");
+    assert!(got.contains(&jtis[2]), "Bob's alias event is delivered");
+    assert!(!got.contains(&jtis[0]), "Eve's event is not");
+    hub.stop().await;
+}
