@@ -122,6 +122,10 @@ pub fn normalize(
             if kind.has_common_claims() {
                 upgrade_legacy_claims(&mut payload);
             }
+            canonicalize_enums(kind, &mut payload);
+            if opts.legacy && kind == EventKind::AssuranceLevelChange {
+                infer_draft_02_namespace(&mut payload);
+            }
             schemas
                 .check_event(kind, &payload)
                 .map_err(|violation| NormalizeError::Schema { kind, violation })?;
@@ -181,8 +185,11 @@ pub fn normalize(
     })
 }
 
-/// Picks the one event of the SET. Several members are allowed only when they are aliases of
-/// the same known type (SSF §4.2.1); then the first known spelling wins (digest §14.2 #13).
+/// Picks the one event of the SET. Several members are allowed when they are aliases of the
+/// same known type (SSF §4.2.1; the first known spelling wins, digest §14.2 #13), or when one
+/// known event is accompanied by extension event URIs the hub does not know (RFC 8417 §2.2
+/// lets a SET carry several aspects of one event): the known one is normalized, the extensions
+/// stay in the raw SET. Two different known events, or several unknown ones, are refused.
 fn single_event(
     claims: &mut Map<String, Value>,
 ) -> Result<(String, Option<EventKind>, Value), NormalizeError> {
@@ -204,10 +211,9 @@ fn single_event(
         }
     }
     match (known, first_unknown) {
-        // Aliases must all be spellings of one known type; an unknown member beside a known
-        // one is a second event.
-        (Some(_), Some(_)) => Err(NormalizeError::SeveralEvents),
-        (Some((kind, uri, payload)), None) => Ok((uri, Some(kind), payload)),
+        // Known members must all be spellings of one type; unknown ones beside it are
+        // extensions of that event.
+        (Some((kind, uri, payload)), _) => Ok((uri, Some(kind), payload)),
         (None, Some((uri, payload))) if count == 1 => Ok((uri, None, payload)),
         (None, Some(_)) => Err(NormalizeError::SeveralEvents),
         (None, None) => Err(NormalizeError::NoEvents),
@@ -241,6 +247,49 @@ fn upgrade_legacy_claims(payload: &mut Value) {
     }
 }
 
+/// Rewrites enumerated payload values that match a spec value ASCII case-insensitively to the
+/// spec's spelling ([`EventKind::enum_claims`]); values matching none are left for the schema
+/// to refuse.
+fn canonicalize_enums(kind: EventKind, payload: &mut Value) {
+    let Some(obj) = payload.as_object_mut() else {
+        return;
+    };
+    let common: &[(&str, &[&str])] = if kind.has_common_claims() {
+        &[("initiating_entity", crate::set::events::INITIATING_ENTITIES)]
+    } else {
+        &[]
+    };
+    for (member, values) in common.iter().chain(kind.enum_claims()) {
+        if let Some(Value::String(v)) = obj.get_mut(*member) {
+            if let Some(canonical) = values.iter().find(|c| c.eq_ignore_ascii_case(v)) {
+                if v != canonical {
+                    *v = (*canonical).to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// CAEP draft 02 had no `namespace` in assurance-level-change: its levels were only
+/// `nist-aal1`..`nist-aal3`. For a legacy source, a missing namespace with such a level is the
+/// `NIST-AAL` namespace; any other level stays without one and is refused.
+fn infer_draft_02_namespace(payload: &mut Value) {
+    let Some(obj) = payload.as_object_mut() else {
+        return;
+    };
+    let nist_aal = obj
+        .get("current_level")
+        .and_then(Value::as_str)
+        .is_some_and(|l| {
+            ["nist-aal1", "nist-aal2", "nist-aal3"]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(l))
+        });
+    if nist_aal && !obj.contains_key("namespace") {
+        obj.insert("namespace".into(), Value::from("NIST-AAL"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +314,15 @@ mod tests {
         let legacy = "http://schemas.openid.net/secevent/caep/event-type/session-revoked";
         let other = "https://schemas.openid.net/secevent/risc/event-type/account-purged";
         let mut c = json!({"events": {caep: {}, legacy: {}}})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert!(matches!(
+            single_event(&mut c),
+            Ok((_, Some(EventKind::SessionRevoked), _))
+        ));
+        let extension = "https://vendor.example.test/event-type/session-revoked-detail";
+        let mut c = json!({"events": {extension: {"x": 1}, caep: {}}})
             .as_object()
             .cloned()
             .unwrap_or_default();

@@ -124,7 +124,69 @@ impl EventKind {
     pub fn has_common_claims(self) -> bool {
         self.family() != "ssf"
     }
+
+    /// Payload members whose values the specs enumerate, each with the values in the spec's
+    /// spelling (`initiating_entity` included for kinds with the common claims). Open value
+    /// spaces (`credential_type`, `namespace`) list their well-known values. Receipt compares
+    /// these ASCII case-insensitively and rewrites them to this spelling: the specs mix
+    /// lower-case (`not-compliant`, `update`) with upper-case (`HIGH`, `USER`) and transmitters
+    /// get it wrong both ways, while nothing distinguishes `UPDATE` from `update` in meaning.
+    pub fn enum_claims(self) -> &'static [(&'static str, &'static [&'static str])] {
+        const CREDENTIAL_TYPES: &[&str] = &[
+            "password",
+            "pin",
+            "x509",
+            "fido2-platform",
+            "fido2-roaming",
+            "fido-u2f",
+            "verifiable-credential",
+            "phone-voice",
+            "phone-sms",
+            "app",
+        ];
+        const COMPLIANCE: &[&str] = &["compliant", "not-compliant"];
+        const RISK: &[&str] = &["LOW", "MEDIUM", "HIGH"];
+        match self {
+            EventKind::CredentialChange => &[
+                ("change_type", &["create", "revoke", "update", "delete"]),
+                ("credential_type", CREDENTIAL_TYPES),
+            ],
+            EventKind::CredentialCompromise => &[("credential_type", CREDENTIAL_TYPES)],
+            EventKind::AssuranceLevelChange => &[
+                ("change_direction", &["increase", "decrease"]),
+                (
+                    "namespace",
+                    &[
+                        "RFC8176",
+                        "RFC6711",
+                        "ISO-IEC-29115",
+                        "NIST-IAL",
+                        "NIST-AAL",
+                        "NIST-FAL",
+                    ],
+                ),
+            ],
+            EventKind::DeviceComplianceChange => &[
+                ("previous_status", COMPLIANCE),
+                ("current_status", COMPLIANCE),
+            ],
+            EventKind::RiskLevelChange => &[
+                ("current_level", RISK),
+                ("previous_level", RISK),
+                (
+                    "principal",
+                    &["USER", "DEVICE", "SESSION", "TENANT", "ORG_UNIT", "GROUP"],
+                ),
+            ],
+            EventKind::AccountDisabled => &[("reason", &["hijacking", "bulk-account"])],
+            EventKind::StreamUpdated => &[("status", &["enabled", "paused", "disabled"])],
+            _ => &[],
+        }
+    }
 }
+
+/// `initiating_entity` values (CAEP §2), for every kind with the common claims.
+pub const INITIATING_ENTITIES: &[&str] = &["admin", "user", "policy", "system"];
 
 /// On the wire and in storage an event kind is its 1.0 URI.
 impl Serialize for EventKind {

@@ -72,8 +72,10 @@ impl Subject {
     }
 
     /// Rewrites legacy spellings to the 1.0 form (digest §14.1): `subject_type` → `format`,
-    /// `iss-sub`/`phone`/`jwt-id`/`saml-assertion-id` → their 1.0 names, and a format-less
-    /// object whose members are complex-subject names → `"format": "complex"`.
+    /// `iss-sub`/`phone`/`jwt-id`/`saml-assertion-id` → their 1.0 names, a format-less object
+    /// whose members are complex-subject names → `"format": "complex"`, and a phone number
+    /// written with spaces, dots, hyphens or parentheses whose digits form E.164 → plain E.164
+    /// (the SSF 1.0 §5 example writes `+1 206 555 0123`).
     pub fn upgrade_legacy(value: &mut Value) {
         let Some(obj) = value.as_object_mut() else {
             return;
@@ -102,6 +104,13 @@ impl Subject {
             }
         }
         let format = obj.get("format").and_then(Value::as_str).map(str::to_owned);
+        if format.as_deref() == Some("phone_number") {
+            if let Some(Value::String(number)) = obj.get_mut("phone_number") {
+                if let Some(e164) = formatted_e164(number) {
+                    *number = e164;
+                }
+            }
+        }
         match format.as_deref() {
             Some("complex") => obj
                 .iter_mut()
@@ -259,6 +268,23 @@ fn is_e164(s: &str) -> bool {
         && !digits.starts_with('0')
 }
 
+/// `+1 (206) 555-0123` → `+12065550123` when only separators stand between the digits and the
+/// result is E.164; `None` for anything else (left for validation to refuse) or when there is
+/// nothing to rewrite.
+fn formatted_e164(s: &str) -> Option<String> {
+    let rest = s.trim().strip_prefix('+')?;
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b" .-()".contains(&b))
+    {
+        return None;
+    }
+    let e164: String = std::iter::once('+')
+        .chain(rest.chars().filter(char::is_ascii_digit))
+        .collect();
+    (e164 != s && is_e164(&e164)).then_some(e164)
+}
+
 fn is_did(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("did:") else {
         return false;
@@ -380,6 +406,35 @@ mod tests {
         let s = Subject::parse(&v).expect("upgraded complex subject parses");
         assert!(s.is_complex());
         assert_eq!(v["user"]["format"], "phone_number");
+    }
+
+    #[test]
+    fn formatted_phone_numbers_become_e164() {
+        for (given, want) in [
+            ("+1 206 555 0123", Some("+12065550123")),
+            ("+1 (206) 555-0123", Some("+12065550123")),
+            ("+44.20.7946.0958", Some("+442079460958")),
+            ("+12065550123", None),
+            ("206 555 0123", None),
+            ("+1 206 555 0123 ext 4", None),
+            ("+0 206", None),
+        ] {
+            assert_eq!(formatted_e164(given).as_deref(), want, "{given}");
+        }
+        let mut v = json!({"format": "complex",
+            "user": {"format": "phone", "phone_number": "+1 206 555 0123"}});
+        Subject::upgrade_legacy(&mut v);
+        assert_eq!(v["user"]["phone_number"], "+12065550123");
+    }
+
+    #[test]
+    fn kelvin_sign_is_not_k() {
+        let kelvin = Subject::parse(&json!({"format": "email", "email": "\u{212A}en@x.test"}))
+            .expect("valid");
+        let ken =
+            Subject::parse(&json!({"format": "email", "email": "KEN@x.test"})).expect("valid");
+        assert_ne!(kelvin.canonical_key(), ken.canonical_key());
+        assert!(ken.canonical_key().contains("ken@x.test"));
     }
 
     #[test]

@@ -478,3 +478,176 @@ async fn stream_subject_filters_match_on_any_alias() {
     assert!(!got.contains(&jtis[0]), "Eve's event is not");
     hub.stop().await;
 }
+
+const ASSURANCE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/assurance-level-change";
+const RISK: &str = "https://schemas.openid.net/secevent/caep/event-type/risk-level-change";
+
+/// Finding 18: what real transmitters send that the hub accepts and normalizes, and where it
+/// stays strict. Each row: source, `events`, `sub_id`, then either the stored record's value at
+/// a JSON pointer or the RFC 8935 error code.
+#[tokio::test]
+async fn sloppy_but_harmless_spellings_are_accepted_and_normalized() {
+    let key = es256();
+    let hub = TestHub::start(|dir, c| {
+        let jwks = write_jwks(dir, "idp.jwks.json", &[&key]);
+        let mut idp = source("idp");
+        idp.jwks_file = Some(jwks.clone());
+        let mut legacy = source("legacy");
+        legacy.jwks_file = Some(jwks);
+        legacy.legacy = true;
+        c.sources = vec![idp, legacy];
+    })
+    .await;
+    let ana = json!({"format": "email", "email": "ana@corp.example.test"});
+    let phone = |n: &str| json!({"format": "phone_number", "phone_number": n});
+    let cred = |change: &str, ty: &str| json!({CREDENTIAL_CHANGE: {"credential_type": ty, "change_type": change}});
+    let alc = json!({ASSURANCE: {"current_level": "nist-aal1", "previous_level": "nist-aal2",
+                                 "change_direction": "decrease"}});
+    type Expect = Result<(&'static str, Value), &'static str>;
+    let rows: Vec<(&str, &str, Value, Value, Expect)> = vec![
+        (
+            "phone with spaces",
+            "idp",
+            json!({SESSION_REVOKED: {}}),
+            phone("+1 206 555 0123"),
+            Ok(("/subject/phone_number", json!("+12065550123"))),
+        ),
+        (
+            "phone with parentheses and hyphen",
+            "idp",
+            json!({SESSION_REVOKED: {}}),
+            phone("+1 (206) 555-0123"),
+            Ok(("/subject/phone_number", json!("+12065550123"))),
+        ),
+        (
+            "phone with dots",
+            "idp",
+            json!({SESSION_REVOKED: {}}),
+            phone("+44.20.7946.0958"),
+            Ok(("/subject/phone_number", json!("+442079460958"))),
+        ),
+        (
+            "phone without country code",
+            "idp",
+            json!({SESSION_REVOKED: {}}),
+            phone("206 555 0123"),
+            Err("invalid_request"),
+        ),
+        (
+            "phone with letters",
+            "idp",
+            json!({SESSION_REVOKED: {}}),
+            phone("+1 206 CALL NOW"),
+            Err("invalid_request"),
+        ),
+        (
+            "known event with an extension URI",
+            "idp",
+            json!({"https://vendor.example.test/event-type/session-detail": {"risk": 7},
+                   SESSION_REVOKED: {"event_timestamp": 1_767_225_600}}),
+            ana.clone(),
+            Ok(("/event_type", json!(SESSION_REVOKED))),
+        ),
+        (
+            "two known events",
+            "idp",
+            json!({SESSION_REVOKED: {}, ACCOUNT_DISABLED: {}}),
+            ana.clone(),
+            Err("invalid_request"),
+        ),
+        (
+            "change_type in capitals",
+            "idp",
+            cred("UPDATE", "password"),
+            ana.clone(),
+            Ok(("/claims/change_type", json!("update"))),
+        ),
+        (
+            "credential_type capitalized",
+            "idp",
+            cred("update", "Password"),
+            ana.clone(),
+            Ok(("/claims/credential_type", json!("password"))),
+        ),
+        (
+            "an agreed credential_type is kept as sent",
+            "idp",
+            cred("create", "Smart-Card"),
+            ana.clone(),
+            Ok(("/claims/credential_type", json!("Smart-Card"))),
+        ),
+        (
+            "change_type outside the list",
+            "idp",
+            cred("upgrade", "password"),
+            ana.clone(),
+            Err("invalid_request"),
+        ),
+        (
+            "current_status capitalized",
+            "idp",
+            json!({"https://schemas.openid.net/secevent/caep/event-type/device-compliance-change":
+                {"previous_status": "Compliant", "current_status": "NOT-COMPLIANT"}}),
+            ana.clone(),
+            Ok(("/claims/current_status", json!("not-compliant"))),
+        ),
+        (
+            "initiating_entity capitalized",
+            "idp",
+            json!({SESSION_REVOKED: {"initiating_entity": "Admin"}}),
+            ana.clone(),
+            Ok(("/claims/initiating_entity", json!("admin"))),
+        ),
+        (
+            "risk level in lower case",
+            "idp",
+            json!({RISK: {"principal": "user", "current_level": "high"}}),
+            ana.clone(),
+            Ok(("/claims/current_level", json!("HIGH"))),
+        ),
+        (
+            "draft-02 assurance-level-change from a legacy source",
+            "legacy",
+            alc.clone(),
+            ana.clone(),
+            Ok(("/claims/namespace", json!("NIST-AAL"))),
+        ),
+        (
+            "draft-02 assurance-level-change from a 1.0 source",
+            "idp",
+            alc,
+            ana.clone(),
+            Err("invalid_request"),
+        ),
+    ];
+    let mut stored = 0;
+    for (name, source, events, sub_id, expect) in rows {
+        let mut c = session_revoked();
+        c.insert("events".into(), events);
+        c.insert("sub_id".into(), sub_id);
+        let r = hub.push(source, key.sign(&c).expect("sign")).await;
+        match expect {
+            Ok((pointer, want)) => {
+                assert_eq!(r.status, 202, "{name}: {}", r.body);
+                stored += 1;
+                let events = hub.events().await;
+                assert_eq!(events.len(), stored, "{name}");
+                let record = events.last().expect("record");
+                assert_eq!(record.pointer(pointer), Some(&want), "{name}: {record}");
+                assert_eq!(record["jti"], c["jti"], "{name}");
+            }
+            Err(code) => {
+                assert_eq!(r.status, 400, "{name}: {}", r.body);
+                r.assert_set_error(code);
+            }
+        }
+    }
+    // The extension member is kept in the raw SET for audit.
+    let events = hub.events().await;
+    let raw = events[3]["set"].as_str().expect("set");
+    assert!(decode_claims(raw)["events"]
+        .as_object()
+        .is_some_and(|e| e.len() == 2));
+    hub.stop().await;
+}
