@@ -468,6 +468,13 @@ impl Config {
                     s.id, self.listen
                 ));
             }
+            if !s.owns.formats.is_empty() {
+                out.push(format!(
+                    "source {:?} owns every subject of the formats {:?}: it can restore access \
+                     for any of them",
+                    s.id, s.owns.formats
+                ));
+            }
             if s.legacy {
                 out.push(format!(
                     "source {:?} runs in legacy mode (SETs without `typ` accepted)",
@@ -531,6 +538,40 @@ mod tests {
         let err = load(&src("jwks_file = \"k\"\nalgorithms = [\"none\"]")).expect_err("none");
         assert!(err.to_string().contains("sources[0].algorithms"), "{err}");
         assert!(load(&src("jwks_file = \"k\"")).is_ok());
+    }
+
+    #[test]
+    fn ownership_defaults_to_the_source_issuer_and_is_validated() {
+        let src = |extra: &str| {
+            format!(
+                "[[sources]]\nid = \"a\"\nissuer = \"https://i\"\naudiences = [\"x\"]\n\
+                 jwks_file = \"k\"\n{extra}"
+            )
+        };
+        let c = load(&src("")).expect("default ownership");
+        assert_eq!(
+            c.sources[0].ownership().issuers,
+            vec!["https://i".to_owned()]
+        );
+        let c = load(&src(
+            "owns = { issuers = [], email_domains = [\"corp.test\"] }",
+        ))
+        .expect("explicit ownership");
+        let owns = c.sources[0].ownership();
+        assert!(owns.issuers.is_empty());
+        assert_eq!(owns.email_domains, vec!["corp.test".to_owned()]);
+        for (bad, key) in [
+            (
+                "owns.email_domains = [\"@corp.test\"]",
+                "sources[0].owns.email_domains",
+            ),
+            ("owns.formats = [\"complex\"]", "sources[0].owns.formats"),
+            ("owns.issuers = [\"\"]", "sources[0].owns.issuers"),
+            ("owns.domains = [\"corp.test\"]", "domains"),
+        ] {
+            let err = load(&src(bad)).expect_err(bad);
+            assert!(err.to_string().contains(key), "{bad}: {err}");
+        }
     }
 
     #[test]
