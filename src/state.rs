@@ -452,8 +452,10 @@ impl State {
                 .filter_map(|(_, member)| Subject::parse(member).ok())
                 .flat_map(|m| m.identity_keys())
                 .collect()
-        } else {
+        } else if subject.format() == "aliases" {
             subject.identity_keys().into_iter().skip(1).collect()
+        } else {
+            return;
         };
         for name in names {
             self.members.entry(name).or_default().insert(key.to_owned());
