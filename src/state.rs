@@ -298,8 +298,8 @@ pub fn action_for(record: &Record) -> Option<Action> {
     })
 }
 
-/// Whether `action` loosens access for the subject at `key` given its current state, and so may
-/// come only from the subject's owner (see the module docs for the rules).
+/// Whether `action` loosens access for a subject whose state is `current`, and so may come only
+/// from the subject's owner (see the module docs for the rules).
 fn restores(action: &Action, current: Option<&SubjectState>) -> bool {
     match action {
         Action::Restore | Action::UnrestrictDevice | Action::SetClaims { .. } => true,
