@@ -684,4 +684,60 @@ mod tests {
             .apply_record(&record(11, K::SessionRevoked, json!({}), &u, false))
             .is_some());
     }
+
+    #[test]
+    fn a_state_is_found_through_every_alias() {
+        use EventKind as K;
+        let mail = json!({"format": "email", "email": "ana@corp.test"});
+        let id = json!({"format": "opaque", "id": "ana-1"});
+        let aliases = subject(json!({"format": "aliases", "identifiers": [mail, id]}));
+        let session = json!({"format": "opaque", "id": "s"});
+        let complex = subject(json!({"format": "complex", "user": aliases.as_map(),
+                                     "session": session}));
+        let ask = |s: &State, parts: Vec<(&str, Value)>| {
+            s.decide(&Query {
+                parts: parts
+                    .into_iter()
+                    .map(|(r, v)| (r.to_owned(), subject(v)))
+                    .collect(),
+                iat: Some(1),
+            })
+            .reason
+        };
+        let mut s = State::default();
+        s.apply_record(&record(1, K::SessionRevoked, json!({}), &complex, true));
+        assert_eq!(
+            ask(&s, vec![("user", id.clone()), ("session", session.clone())]),
+            "revoked"
+        );
+        assert_eq!(
+            ask(&s, vec![("user", mail.clone()), ("session", session)]),
+            "revoked"
+        );
+        assert_eq!(
+            ask(
+                &s,
+                vec![
+                    ("user", mail.clone()),
+                    ("session", json!({"format": "opaque", "id": "t"}))
+                ]
+            ),
+            "ok"
+        );
+        let mut s = State::default();
+        s.apply_record(&record(2, K::AccountDisabled, json!({}), &aliases, true));
+        assert_eq!(ask(&s, vec![("user", id)]), "account_disabled");
+        assert_eq!(ask(&s, vec![("user", mail)]), "account_disabled");
+        let other = json!({"format": "email", "email": "bob@corp.test"});
+        assert_eq!(ask(&s, vec![("user", other)]), "ok");
+        // Restored by a later event naming the same aliases subject.
+        s.apply_record(&record(3, K::AccountEnabled, json!({}), &aliases, true));
+        assert_eq!(
+            ask(
+                &s,
+                vec![("user", json!({"format": "opaque", "id": "ana-1"}))]
+            ),
+            "ok"
+        );
+    }
 }
