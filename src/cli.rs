@@ -75,6 +75,24 @@ pub enum ReceiversAction {
         /// The `aud` of the receiver's streams and SETs.
         #[arg(long)]
         audience: String,
+        /// What the credential may do: `ssf.manage`, `ssf.read` (streams) or `revocations.read`
+        /// (the revocation views and decisions, for gateways and sidecars). Repeatable or
+        /// comma-separated; default `ssf.manage,ssf.read`.
+        #[arg(long = "scope", value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Bind the credential to subjects matching this RFC 9493 identifier (JSON); the
+        /// revocation views show it only bound subjects. Repeatable.
+        #[arg(long = "bind-subject")]
+        bind_subjects: Vec<String>,
+        /// Bind the credential to email subjects in this domain. Repeatable.
+        #[arg(long = "bind-email-domain")]
+        bind_email_domains: Vec<String>,
+        /// Bind the credential to `iss_sub` subjects of this issuer. Repeatable.
+        #[arg(long = "bind-issuer")]
+        bind_issuers: Vec<String>,
+        /// The OAuth `client_id` whose access tokens act as this receiver.
+        #[arg(long)]
+        oauth_client_id: Option<String>,
     },
     /// List receivers.
     List,
@@ -265,13 +283,39 @@ pub fn run(cli: Cli) -> i32 {
             Command::Tail(args) => tail(args).await,
             Command::Receivers { action, admin } => {
                 let out = match action {
-                    ReceiversAction::Add { name, audience } => {
+                    ReceiversAction::Add {
+                        name,
+                        audience,
+                        scopes,
+                        bind_subjects,
+                        bind_email_domains,
+                        bind_issuers,
+                        oauth_client_id,
+                    } => {
+                        let mut body = json!({"name": name, "audience": audience});
+                        if !scopes.is_empty() {
+                            body["scopes"] = json!(scopes);
+                        }
+                        let mut bound = Vec::new();
+                        for s in bind_subjects {
+                            let subject: Value = serde_json::from_str(&s)
+                                .map_err(|e| format!("--bind-subject is not JSON: {e}"))?;
+                            bound.push(json!({ "subject": subject }));
+                        }
+                        bound.extend(
+                            bind_email_domains
+                                .iter()
+                                .map(|d| json!({ "email_domain": d })),
+                        );
+                        bound.extend(bind_issuers.iter().map(|i| json!({ "issuer": i })));
+                        if !bound.is_empty() {
+                            body["bound_to"] = Value::Array(bound);
+                        }
+                        if let Some(c) = oauth_client_id {
+                            body["oauth_client_id"] = json!(c);
+                        }
                         admin
-                            .call(
-                                reqwest::Method::POST,
-                                "/admin/receivers",
-                                Some(json!({"name": name, "audience": audience})),
-                            )
+                            .call(reqwest::Method::POST, "/admin/receivers", Some(body))
                             .await?
                     }
                     ReceiversAction::List => {

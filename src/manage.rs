@@ -728,9 +728,18 @@ async fn poll_stream(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReceiverIn {
     name: String,
     audience: String,
+    /// Defaults to the stream scopes: a new credential reads no revocation state unless the
+    /// operator says so.
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    bound_to: Vec<crate::streams::Binding>,
+    #[serde(default)]
+    oauth_client_id: Option<String>,
 }
 
 /// `POST /admin/receivers`: registers a receiver and returns its credential, once.
@@ -739,32 +748,76 @@ async fn create_receiver(
     State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let input: ReceiverIn = serde_json::from_slice(&body)
-        .map_err(|_| Error::Invalid("expected {\"name\": ..., \"audience\": ...}".into()))?;
+    let input: ReceiverIn = serde_json::from_slice(&body).map_err(|e| {
+        Error::Invalid(format!(
+            "expected {{\"name\", \"audience\", optional \"scopes\", \"bound_to\", \
+             \"oauth_client_id\"}}: {e}"
+        ))
+    })?;
     if input.name.trim().is_empty() || input.audience.trim().is_empty() {
         return Err(Error::Invalid(
             "`name` and `audience` must not be empty".into(),
         ));
     }
+    let scopes = input.scopes.unwrap_or_else(crate::streams::stream_scopes);
+    if scopes.is_empty() {
+        return Err(Error::Invalid(
+            "`scopes` must name at least one scope".into(),
+        ));
+    }
+    if let Some(unknown) = scopes
+        .iter()
+        .find(|s| !crate::streams::SCOPES.contains(&s.as_str()))
+    {
+        return Err(Error::Invalid(format!(
+            "unknown scope {:?}; known: {}",
+            crate::plain(unknown, 64),
+            crate::streams::SCOPES.join(", ")
+        )));
+    }
+    if let Some(client) = &input.oauth_client_id {
+        if client.is_empty() || client.len() > 256 || client.chars().any(char::is_control) {
+            return Err(Error::Invalid(
+                "`oauth_client_id` must be 1 to 256 characters, without control characters".into(),
+            ));
+        }
+        if m.registry.oauth_client(client)?.is_some() {
+            return Err(Error::Invalid(
+                "`oauth_client_id` already belongs to a receiver".into(),
+            ));
+        }
+    }
+    let grant = crate::streams::Grant {
+        scopes,
+        bound_to: input.bound_to,
+        oauth_client_id: input.oauth_client_id,
+    };
     let (receiver, token) = m
         .registry
-        .add_receiver(&input.name, &input.audience)
+        .register(&input.name, &input.audience, grant)
         .await?;
-    tracing::info!(receiver = %receiver.id, "receiver registered");
-    Ok(no_store(
-        StatusCode::CREATED,
-        json!({ "receiver_id": receiver.id, "name": receiver.name, "audience": receiver.audience, "token": token }),
-    ))
+    tracing::info!(receiver = %receiver.id, scopes = %receiver.scopes.join(" "), "receiver registered");
+    let mut out = receiver_out(&receiver);
+    out["token"] = json!(token);
+    Ok(no_store(StatusCode::CREATED, out))
+}
+
+/// A receiver as operators see it: never its credential hash.
+fn receiver_out(r: &Receiver) -> Value {
+    let mut v = json!({ "receiver_id": r.id, "name": r.name, "audience": r.audience,
+        "revoked": r.revoked, "scopes": r.scopes });
+    if !r.bound_to.is_empty() {
+        v["bound_to"] = json!(r.bound_to);
+    }
+    if let Some(c) = &r.oauth_client_id {
+        v["oauth_client_id"] = json!(c);
+    }
+    v
 }
 
 /// `GET /admin/receivers`: receivers without their credential hashes.
 async fn list_receivers(_: Admin, State(m): State<Manage>) -> Result<Response, Error> {
-    let list: Vec<Value> = m
-        .registry
-        .receivers()?
-        .into_iter()
-        .map(|r| json!({ "receiver_id": r.id, "name": r.name, "audience": r.audience, "revoked": r.revoked }))
-        .collect();
+    let list: Vec<Value> = m.registry.receivers()?.iter().map(receiver_out).collect();
     Ok(no_store(StatusCode::OK, Value::Array(list)))
 }
 
