@@ -487,6 +487,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(uri) = &self.oauth.jwks_uri {
+            if uri.starts_with("http://") {
+                out.push(
+                    "oauth.jwks_uri is plain http://: whoever can change it in transit can mint \
+                     access tokens"
+                        .into(),
+                );
+            }
+        }
         if self.log_url().ok() == Some(LogUrl::Memory) {
             out.push("log.url is memory://: events are lost when the hub stops".into());
         }

@@ -787,6 +787,12 @@ async fn create_receiver(
             ));
         }
     }
+    for b in &input.bound_to {
+        use crate::streams::Binding;
+        if matches!(b, Binding::EmailDomain(v) | Binding::Issuer(v) if v.trim().is_empty()) {
+            return Err(Error::Invalid("a binding must not be empty".into()));
+        }
+    }
     let grant = crate::streams::Grant {
         scopes,
         bound_to: input.bound_to,

@@ -357,6 +357,26 @@ mod tests {
     }
 
     #[test]
+    fn bindings_cover_simple_complex_and_aliases_subjects() {
+        let domain = Binding::EmailDomain("Corp.Test".into());
+        let issuer = Binding::Issuer("https://idp.test".into());
+        let ana = s(json!({"format": "email", "email": "ana@corp.test"}));
+        let evil = s(json!({"format": "email", "email": "ana@corp.test.evil.test"}));
+        let complex = s(json!({"format": "complex",
+            "user": {"format": "iss_sub", "iss": "https://idp.test", "sub": "u"},
+            "device": {"format": "opaque", "id": "D"}}));
+        let aliases = s(json!({"format": "aliases", "identifiers": [
+            {"format": "opaque", "id": "x"}, {"format": "email", "email": "bo@corp.test"}]}));
+        assert!(domain.covers(&ana) && domain.covers(&aliases));
+        assert!(!domain.covers(&evil) && !domain.covers(&complex));
+        assert!(issuer.covers(&complex) && !issuer.covers(&ana));
+        let exact = Binding::Subject(ana.clone());
+        assert!(exact.covers(&ana) && !exact.covers(&evil));
+        assert!(visible(&[], &evil), "an unbound credential sees everything");
+        assert!(!visible(&[domain, issuer], &evil));
+    }
+
+    #[test]
     fn events_delivered_is_requested_intersect_supported() {
         let requested = vec![
             "https://schemas.openid.net/secevent/risc/event-type/account-disabled".to_owned(),
