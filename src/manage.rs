@@ -111,7 +111,7 @@ fn admin_routes() -> Router<Manage> {
         )
         .route(
             "/admin/receivers/{id}",
-            axum::routing::delete(revoke_receiver),
+            axum::routing::delete(revoke_receiver).patch(regrant_receiver),
         )
         .route("/admin/keys/rotate", post(rotate_keys))
         .route("/admin/streams", get(list_all_streams))
@@ -759,45 +759,15 @@ async fn create_receiver(
             "`name` and `audience` must not be empty".into(),
         ));
     }
-    let scopes = input.scopes.unwrap_or_else(crate::streams::stream_scopes);
-    if scopes.is_empty() {
-        return Err(Error::Invalid(
-            "`scopes` must name at least one scope".into(),
-        ));
-    }
-    if let Some(unknown) = scopes
-        .iter()
-        .find(|s| !crate::streams::SCOPES.contains(&s.as_str()))
-    {
-        return Err(Error::Invalid(format!(
-            "unknown scope {:?}; known: {}",
-            crate::plain(unknown, 64),
-            crate::streams::SCOPES.join(", ")
-        )));
-    }
-    if let Some(client) = &input.oauth_client_id {
-        if client.is_empty() || client.len() > 256 || client.chars().any(char::is_control) {
-            return Err(Error::Invalid(
-                "`oauth_client_id` must be 1 to 256 characters, without control characters".into(),
-            ));
-        }
-        if m.registry.oauth_client(client)?.is_some() {
-            return Err(Error::Invalid(
-                "`oauth_client_id` already belongs to a receiver".into(),
-            ));
-        }
-    }
-    for b in &input.bound_to {
-        use crate::streams::Binding;
-        if matches!(b, Binding::EmailDomain(v) | Binding::Issuer(v) if v.trim().is_empty()) {
-            return Err(Error::Invalid("a binding must not be empty".into()));
-        }
-    }
-    let grant = crate::streams::Grant {
-        scopes,
-        bound_to: input.bound_to,
-        oauth_client_id: input.oauth_client_id,
-    };
+    let grant = checked_grant(
+        &m,
+        None,
+        crate::streams::Grant {
+            scopes: input.scopes.unwrap_or_else(crate::streams::stream_scopes),
+            bound_to: input.bound_to,
+            oauth_client_id: input.oauth_client_id,
+        },
+    )?;
     let (receiver, token) = m
         .registry
         .register(&input.name, &input.audience, grant)
@@ -806,6 +776,104 @@ async fn create_receiver(
     let mut out = receiver_out(&receiver);
     out["token"] = json!(token);
     Ok(no_store(StatusCode::CREATED, out))
+}
+
+/// Checks a grant: known scopes, non-empty bindings, an OAuth client no other receiver has
+/// (`receiver` is the one being changed, which may keep its own).
+fn checked_grant(
+    m: &Manage,
+    receiver: Option<&str>,
+    grant: crate::streams::Grant,
+) -> Result<crate::streams::Grant, Error> {
+    use crate::streams::{Binding, SCOPES};
+    if grant.scopes.is_empty() {
+        return Err(Error::Invalid(
+            "`scopes` must name at least one scope".into(),
+        ));
+    }
+    if let Some(unknown) = grant.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(Error::Invalid(format!(
+            "unknown scope {:?}; known: {}",
+            crate::plain(unknown, 64),
+            SCOPES.join(", ")
+        )));
+    }
+    for b in &grant.bound_to {
+        if matches!(b, Binding::EmailDomain(v) | Binding::Issuer(v) if v.trim().is_empty()) {
+            return Err(Error::Invalid("a binding must not be empty".into()));
+        }
+    }
+    if let Some(client) = &grant.oauth_client_id {
+        if client.is_empty() || client.len() > 256 || client.chars().any(char::is_control) {
+            return Err(Error::Invalid(
+                "`oauth_client_id` must be 1 to 256 characters, without control characters".into(),
+            ));
+        }
+        if m.registry
+            .oauth_client(client)?
+            .is_some_and(|r| Some(r.id.as_str()) != receiver)
+        {
+            return Err(Error::Invalid(
+                "`oauth_client_id` already belongs to another receiver".into(),
+            ));
+        }
+    }
+    Ok(grant)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegrantIn {
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    bound_to: Option<Vec<crate::streams::Binding>>,
+    /// `null` removes the OAuth client; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    oauth_client_id: Option<Option<String>>,
+}
+
+/// Tells a member given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+/// `PATCH /admin/receivers/{id}`: changes a receiver's scopes, bindings or OAuth client (members
+/// present replace; the credential stays). How an operator grants `revocations.read` to a
+/// receiver stored before scopes existed without issuing a new credential. Takes effect on the
+/// receiver's next request; connections already open keep what they were opened with.
+async fn regrant_receiver(
+    _: Admin,
+    State(m): State<Manage>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let input: RegrantIn = serde_json::from_slice(&body).map_err(|e| {
+        Error::Invalid(format!(
+            "expected {{\"scopes\"?, \"bound_to\"?, \"oauth_client_id\"?}}: {e}"
+        ))
+    })?;
+    let current = m
+        .registry
+        .receiver(&id)?
+        .filter(|r| !r.revoked)
+        .ok_or(Error::NotFound)?;
+    let grant = checked_grant(
+        &m,
+        Some(&id),
+        crate::streams::Grant {
+            scopes: input.scopes.unwrap_or(current.scopes),
+            bound_to: input.bound_to.unwrap_or(current.bound_to),
+            oauth_client_id: input.oauth_client_id.unwrap_or(current.oauth_client_id),
+        },
+    )?;
+    let updated = m
+        .registry
+        .regrant(&id, grant)
+        .await?
+        .ok_or(Error::NotFound)?;
+    tracing::info!(receiver = %id, scopes = %updated.scopes.join(" "), "receiver scopes changed");
+    Ok(no_store(StatusCode::OK, receiver_out(&updated)))
 }
 
 /// A receiver as operators see it: never its credential hash.

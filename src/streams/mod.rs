@@ -377,6 +377,15 @@ mod tests {
     }
 
     #[test]
+    fn receivers_stored_before_scopes_get_the_stream_scopes_only() {
+        let stored = json!({"id": "r1", "name": "gw", "audience": "https://gw.test",
+            "token_sha256": "00", "created_at_ms": 1, "revoked": false});
+        let r: Receiver = serde_json::from_value(stored).expect("old record");
+        assert_eq!(r.scopes, vec![SCOPE_MANAGE, SCOPE_READ]);
+        assert!(r.bound_to.is_empty() && r.oauth_client_id.is_none());
+    }
+
+    #[test]
     fn events_delivered_is_requested_intersect_supported() {
         let requested = vec![
             "https://schemas.openid.net/secevent/risc/event-type/account-disabled".to_owned(),

@@ -165,6 +165,28 @@ impl Registry {
             .collect()
     }
 
+    /// Replaces an unrevoked receiver's scopes, bindings and OAuth client (its credential stays);
+    /// the updated receiver, or `None` if there is no such unrevoked receiver.
+    pub async fn regrant(&self, id: &str, grant: Grant) -> Result<Option<Receiver>, RegistryError> {
+        let Some(mut r) = self.receiver(id)?.filter(|r| !r.revoked) else {
+            return Ok(None);
+        };
+        let mut ops = Vec::new();
+        if let Some(old) = &r.oauth_client_id {
+            ops.push(Op::delete(OAUTH_CLIENTS, old.as_bytes()));
+        }
+        if let Some(new) = &grant.oauth_client_id {
+            ops.push(Op::put(OAUTH_CLIENTS, new.as_bytes(), r.id.as_bytes()));
+        }
+        r.scopes = grant.scopes;
+        r.bound_to = grant.bound_to;
+        r.oauth_client_id = grant.oauth_client_id;
+        ops.push(Op::put(RECEIVERS, r.id.as_bytes(), serde_json::to_vec(&r)?));
+        self.tables.write(ops)?;
+        self.flush().await?;
+        Ok(Some(r))
+    }
+
     /// Revokes a receiver's credential and OAuth client; its streams stay but can no longer be managed or polled.
     pub async fn revoke_receiver(&self, id: &str) -> Result<bool, RegistryError> {
         let Some(mut r) = self.receiver(id)? else {

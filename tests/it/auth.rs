@@ -100,10 +100,11 @@ fn assert_insufficient(r: &Reply, scope: &str, what: &str) {
     );
 }
 
-#[tokio::test]
+// Multi-threaded: the CLI child process is waited for on one worker while the hub serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_and_revocation_credentials_each_stay_in_their_scope() {
     let hub = TestHub::start(|_, _| {}).await;
-    let (_, stream) = hub.receiver("gw").await;
+    let (stream_receiver, stream) = hub.receiver("gw").await;
     let (_, gateway) = hub.gateway("edge").await;
     let (_, reader) = hub
         .receiver_with("siem", json!({"scopes": ["ssf.read"]}))
@@ -197,6 +198,32 @@ async fn stream_and_revocation_credentials_each_stay_in_their_scope() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
+
+    // An operator grants the revocation scope to an existing credential (how receivers stored
+    // before scopes existed get it back), through the CLI.
+    let out = std::process::Command::new(crate::support::process::BIN)
+        .args([
+            "receivers",
+            "update",
+            &stream_receiver,
+            "--scope",
+            "ssf.manage,revocations.read",
+            "--url",
+            &hub.base,
+            "--token",
+            ADMIN,
+        ])
+        .output()
+        .expect("cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = hub.call("GET", "/revocations?since=0", &stream, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = hub.call("GET", "/ssf/streams", &stream, None).await;
+    assert_eq!(r.status, 200, "ssf.manage covers the reads: {}", r.body);
     hub.stop().await;
 }
 
