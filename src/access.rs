@@ -271,6 +271,18 @@ impl Access {
         };
         got.set_query(None);
         got.set_fragment(None);
+        // A websocket client may name the URL it dialled (`ws`/`wss`); the request is the same
+        // HTTP GET (RFC 6455 §3).
+        let http = match got.scheme() {
+            "ws" => Some("http"),
+            "wss" => Some("https"),
+            _ => None,
+        };
+        if let Some(scheme) = http {
+            if got.set_scheme(scheme).is_err() {
+                return false;
+            }
+        }
         let mut want = self.base.clone();
         want.set_path(path);
         want.set_query(None);
@@ -383,6 +395,56 @@ impl Replay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn access(hub_issuer: &str) -> Access {
+        let oauth = OAuthConfig {
+            issuer: Some("https://as.test".into()),
+            jwks_uri: Some("https://as.test/jwks".into()),
+            audience: None,
+            algorithms: vec!["ES256".into()],
+            clock_skew_secs: 60,
+            dpop_max_age_secs: 300,
+            dpop_replay_capacity: 1000,
+        };
+        let jwks = JwksConfig {
+            min_cache_secs: 300,
+            max_cache_secs: 3600,
+            refresh_cooldown_secs: 60,
+            fetch_timeout_secs: 5,
+            max_bytes: 65536,
+        };
+        Access::from_config(&oauth, &jwks, hub_issuer)
+            .expect("valid")
+            .expect("configured")
+    }
+
+    #[test]
+    fn htu_is_the_issuer_origin_with_the_request_path() {
+        let a = access("https://hub.test/tenant");
+        assert_eq!(
+            a.audience, "https://hub.test/tenant",
+            "aud defaults to the issuer"
+        );
+        let path = "/tenant/ssf/streams";
+        for ok in [
+            "https://hub.test/tenant/ssf/streams",
+            "https://HUB.test:443/tenant/ssf/streams?stream_id=1#x",
+            "wss://hub.test/tenant/ssf/streams",
+        ] {
+            assert!(a.htu_matches(Some(ok), path), "{ok}");
+        }
+        for bad in [
+            "http://hub.test/tenant/ssf/streams",
+            "https://hub.test:8443/tenant/ssf/streams",
+            "https://evil.test/tenant/ssf/streams",
+            "https://hub.test/ssf/streams",
+            "https://hub.test/tenant/ssf/status",
+            "not a url",
+        ] {
+            assert!(!a.htu_matches(Some(bad), path), "{bad}");
+        }
+        assert!(!a.htu_matches(None, path));
+    }
 
     #[test]
     fn replay_cache_refuses_repeats_and_forgets_only_expired_entries() {

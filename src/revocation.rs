@@ -385,25 +385,30 @@ async fn ext_authz(AxumState(api): AxumState<Api>, headers: HeaderMap) -> Result
 /// The claim of the end user's verified token that names the device, for `ext_authz`.
 pub const DEVICE_CLAIM: &str = "device_id";
 
-/// A decision query narrowed to what a bound credential may ask about. Every identifying part
-/// must be covered by the credential's bindings; opaque parts (session and device ids, which no
-/// email-domain or issuer binding can cover) are kept only beside a covered part, so they
-/// describe that user's token. A query about nobody the credential may see is refused.
+/// A decision query checked against what a bound credential may ask about. Every identifying
+/// part must be covered by the credential's bindings; opaque parts (session and device ids,
+/// which no email-domain or issuer binding can cover) that are not covered are accepted only
+/// beside a covered identifying part, so that they describe that user's token. A query about
+/// nobody the credential may see is refused, never answered.
 fn within(visible: &Visible, query: Query) -> Result<Query, Error> {
     if visible.0.is_empty() {
         return Ok(query);
     }
     let refused =
         || Error::Refused("the query names a subject this credential is not bound to".into());
-    let mut covered = false;
+    let (mut any, mut identifying, mut stray_opaque) = (false, false, false);
     for (_, s) in &query.parts {
-        if visible.sees(s) {
-            covered |= s.format() != "opaque";
-        } else if s.format() != "opaque" {
-            return Err(refused());
+        let opaque = s.format() == "opaque";
+        match (visible.sees(s), opaque) {
+            (true, _) => {
+                any = true;
+                identifying |= !opaque;
+            }
+            (false, true) => stray_opaque = true,
+            (false, false) => return Err(refused()),
         }
     }
-    if !covered {
+    if !any || (stray_opaque && !identifying) {
         return Err(refused());
     }
     Ok(query)

@@ -329,6 +329,25 @@ async fn a_bound_credential_sees_only_its_subjects() {
         "{}",
         r.body
     );
+    // An opaque session beside a covered user is that user's; alone it is nobody's.
+    let r = hub
+        .call(
+            "POST",
+            "/revocations/check",
+            &bound,
+            Some(json!({"subjects": {"user": ana}, "session_id": "s-1", "iat": now + 10})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = hub
+        .call(
+            "POST",
+            "/revocations/check",
+            &bound,
+            Some(json!({"session_id": "s-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
     for other in [
         json!({"subjects": {"user": bob}, "iat": now - 10}),
         json!({"iss": ISS, "sub": "carl", "iat": now - 10}),
