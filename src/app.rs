@@ -158,13 +158,19 @@ fn build(config: Config) -> Result<Parts, StartError> {
         admin,
         metrics,
     };
-    let router = Router::new()
+    let oauth = crate::access::Access::from_config(&config.oauth, &config.jwks, &config.issuer)
+        .map_err(StartError::Setup)?;
+    let mut router = Router::new()
         .merge(crate::manage::routes(manage))
         .merge(crate::revocation::routes(api))
         .merge(crate::feed::routes(feeds.clone()))
         .merge(ingest.clone().routes())
-        .merge(crate::ops::routes(ops))
-        .layer(axum::middleware::from_fn(crate::http::request_id));
+        .merge(crate::ops::routes(ops));
+    if let Some(access) = oauth {
+        // The credential extractors find the access-token verifier here.
+        router = router.layer(axum::Extension(crate::http::OAuth(Arc::new(access))));
+    }
+    let router = router.layer(axum::middleware::from_fn(crate::http::request_id));
     Ok(Parts {
         storage,
         log,

@@ -75,11 +75,74 @@ pub enum ReceiversAction {
         /// The `aud` of the receiver's streams and SETs.
         #[arg(long)]
         audience: String,
+        #[command(flatten)]
+        grant: GrantArgs,
+    },
+    /// Change a receiver's scopes, bindings or OAuth client; options given replace, the
+    /// credential stays.
+    Update {
+        id: String,
+        #[command(flatten)]
+        grant: GrantArgs,
+        /// Remove every binding.
+        #[arg(long, conflicts_with_all = ["bind_subjects", "bind_email_domains", "bind_issuers"])]
+        unbind: bool,
     },
     /// List receivers.
     List,
     /// Revoke a receiver's credential.
     Revoke { id: String },
+}
+
+/// What a receiver's credential may do and see.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrantArgs {
+    /// What the credential may do: `ssf.manage`, `ssf.read` (streams) or `revocations.read`
+    /// (the revocation views and decisions, for gateways and sidecars). Repeatable or
+    /// comma-separated; for a new receiver the default is `ssf.manage,ssf.read`.
+    #[arg(long = "scope", value_delimiter = ',')]
+    pub scopes: Vec<String>,
+    /// Bind the credential to subjects matching this RFC 9493 identifier (JSON); the
+    /// revocation views show it only bound subjects. Repeatable.
+    #[arg(long = "bind-subject")]
+    pub bind_subjects: Vec<String>,
+    /// Bind the credential to email subjects in this domain. Repeatable.
+    #[arg(long = "bind-email-domain")]
+    pub bind_email_domains: Vec<String>,
+    /// Bind the credential to `iss_sub` subjects of this issuer. Repeatable.
+    #[arg(long = "bind-issuer")]
+    pub bind_issuers: Vec<String>,
+    /// The OAuth `client_id` whose access tokens act as this receiver.
+    #[arg(long)]
+    pub oauth_client_id: Option<String>,
+}
+
+impl GrantArgs {
+    /// Adds the options given to an admin API body.
+    fn write_into(&self, body: &mut Value) -> Result<(), String> {
+        if !self.scopes.is_empty() {
+            body["scopes"] = json!(self.scopes);
+        }
+        let mut bound = Vec::new();
+        for s in &self.bind_subjects {
+            let subject: Value =
+                serde_json::from_str(s).map_err(|e| format!("--bind-subject is not JSON: {e}"))?;
+            bound.push(json!({ "subject": subject }));
+        }
+        bound.extend(
+            self.bind_email_domains
+                .iter()
+                .map(|d| json!({ "email_domain": d })),
+        );
+        bound.extend(self.bind_issuers.iter().map(|i| json!({ "issuer": i })));
+        if !bound.is_empty() {
+            body["bound_to"] = Value::Array(bound);
+        }
+        if let Some(c) = &self.oauth_client_id {
+            body["oauth_client_id"] = json!(c);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,12 +328,28 @@ pub fn run(cli: Cli) -> i32 {
             Command::Tail(args) => tail(args).await,
             Command::Receivers { action, admin } => {
                 let out = match action {
-                    ReceiversAction::Add { name, audience } => {
+                    ReceiversAction::Add {
+                        name,
+                        audience,
+                        grant,
+                    } => {
+                        let mut body = json!({"name": name, "audience": audience});
+                        grant.write_into(&mut body)?;
+                        admin
+                            .call(reqwest::Method::POST, "/admin/receivers", Some(body))
+                            .await?
+                    }
+                    ReceiversAction::Update { id, grant, unbind } => {
+                        let mut body = json!({});
+                        grant.write_into(&mut body)?;
+                        if unbind {
+                            body["bound_to"] = json!([]);
+                        }
                         admin
                             .call(
-                                reqwest::Method::POST,
-                                "/admin/receivers",
-                                Some(json!({"name": name, "audience": audience})),
+                                reqwest::Method::PATCH,
+                                &format!("/admin/receivers/{id}"),
+                                Some(body),
                             )
                             .await?
                     }

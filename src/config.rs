@@ -84,8 +84,27 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub revocation: RevocationConfig,
     pub feed: FeedConfig,
+    pub oauth: OAuthConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+}
+
+/// OAuth 2.0 access tokens (RFC 9068 JWTs, optionally DPoP-bound per RFC 9449) on the
+/// management and revocation APIs, from one authorization server. Off unless `issuer` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// The hub's resource identifier, which `aud` must contain; the hub's `issuer` when unset.
+    #[serde(default)]
+    pub audience: Option<String>,
+    pub algorithms: Vec<String>,
+    pub clock_skew_secs: u64,
+    pub dpop_max_age_secs: u64,
+    pub dpop_replay_capacity: usize,
 }
 
 /// The revocation state and its deltas.
@@ -331,6 +350,7 @@ impl Config {
                 "must be between 16 and 1048576",
             ));
         }
+        self.validate_oauth()?;
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));
         }
@@ -429,6 +449,58 @@ impl Config {
         Ok(())
     }
 
+    fn validate_oauth(&self) -> Result<(), ConfigError> {
+        let o = &self.oauth;
+        match (&o.issuer, &o.jwks_uri) {
+            (None, None) => {}
+            (Some(iss), Some(uri)) => {
+                if iss.is_empty() || iss.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "oauth.issuer",
+                        "must be non-empty, without control characters",
+                    ));
+                }
+                check_url("oauth.jwks_uri", uri)?;
+            }
+            (Some(_), None) => {
+                return Err(invalid("oauth.jwks_uri", "is required with oauth.issuer"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid("oauth.issuer", "is required with oauth.jwks_uri"))
+            }
+        }
+        if matches!(&o.audience, Some(a) if a.is_empty()) {
+            return Err(invalid("oauth.audience", "must not be empty"));
+        }
+        if o.algorithms.is_empty() {
+            return Err(invalid("oauth.algorithms", "needs at least one algorithm"));
+        }
+        for alg in &o.algorithms {
+            if Alg::parse(alg).is_none() {
+                return Err(invalid(
+                    "oauth.algorithms",
+                    format!("{alg:?} is not allowed: use asymmetric JWS algorithms"),
+                ));
+            }
+        }
+        if o.clock_skew_secs > 600 {
+            return Err(invalid("oauth.clock_skew_secs", "must be at most 600"));
+        }
+        if !(10..=3600).contains(&o.dpop_max_age_secs) {
+            return Err(invalid(
+                "oauth.dpop_max_age_secs",
+                "must be between 10 and 3600",
+            ));
+        }
+        if !(1000..=10_000_000).contains(&o.dpop_replay_capacity) {
+            return Err(invalid(
+                "oauth.dpop_replay_capacity",
+                "must be between 1000 and 10000000",
+            ));
+        }
+        Ok(())
+    }
+
     /// The log backend selected by `log.url`.
     pub fn log_url(&self) -> Result<LogUrl, ConfigError> {
         let url = self.log.url.as_str();
@@ -480,6 +552,15 @@ impl Config {
                     "source {:?} runs in legacy mode (SETs without `typ` accepted)",
                     s.id
                 ));
+            }
+        }
+        if let Some(uri) = &self.oauth.jwks_uri {
+            if uri.starts_with("http://") {
+                out.push(
+                    "oauth.jwks_uri is plain http://: whoever can change it in transit can mint \
+                     access tokens"
+                        .into(),
+                );
             }
         }
         if self.log_url().ok() == Some(LogUrl::Memory) {
@@ -572,6 +653,18 @@ mod tests {
             let err = load(&src(bad)).expect_err(bad);
             assert!(err.to_string().contains(key), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn oauth_needs_issuer_and_jwks_uri_together() {
+        let err = load("[oauth]\nissuer = \"https://as.test\"\n").expect_err("no jwks");
+        assert!(err.to_string().contains("oauth.jwks_uri"), "{err}");
+        let err = load("[oauth]\nissuer = \"https://as.test\"\njwks_uri = \"https://as.test/j\"\nalgorithms = [\"HS256\"]\n")
+            .expect_err("hmac");
+        assert!(err.to_string().contains("oauth.algorithms"), "{err}");
+        let ok = load("[oauth]\nissuer = \"https://as.test\"\njwks_uri = \"https://as.test/j\"\n")
+            .expect("valid");
+        assert_eq!(ok.oauth.issuer.as_deref(), Some("https://as.test"));
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub enum Error {
     Log(#[from] LogError),
     #[error("the bearer credential is not valid")]
     InvalidToken,
+    #[error("the credential lacks the `{0}` scope")]
+    InsufficientScope(&'static str),
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
     #[error("no such stream")]
     NotFound,
     #[error("{0}")]
@@ -64,6 +68,9 @@ impl Error {
             Error::Normalize(_) => ErrCode::InvalidRequest.as_str(),
             Error::Log(_) => "internal",
             Error::InvalidToken => "unauthorized",
+            Error::InsufficientScope(_) => "insufficient_scope",
+            Error::Access(crate::access::AccessError::ReplayCacheFull) => "unavailable",
+            Error::Access(_) => "unauthorized",
             Error::NotFound => "not_found",
             Error::Invalid(_) => "bad_request",
             Error::TooManyRequests => "too_many_requests",
@@ -146,6 +153,50 @@ impl IntoResponse for Error {
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                r
+            }
+            Error::InsufficientScope(scope) => {
+                // RFC 6750 §3.1: 403, naming the scope the request needs.
+                let mut r = http_error(StatusCode::FORBIDDEN, "insufficient_scope", description);
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{scope}\""
+                )) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                r
+            }
+            Error::Access(e) => {
+                use crate::access::{AccessError, Scheme};
+                // RFC 6750 §3.1 and RFC 9449 §7.1: 401 with a challenge in the scheme used.
+                let (status, error, challenge) = match e {
+                    AccessError::Token(_, Scheme::Bearer) => (
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "Bearer error=\"invalid_token\"",
+                    ),
+                    AccessError::Token(_, Scheme::DPoP) => (
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_token",
+                        "DPoP error=\"invalid_token\"",
+                    ),
+                    AccessError::Proof(_) => (
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_dpop_proof",
+                        "DPoP error=\"invalid_dpop_proof\"",
+                    ),
+                    AccessError::ReplayCacheFull => {
+                        let mut r =
+                            http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", description);
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                        return r;
+                    }
+                };
+                let mut r = http_error(status, error, description);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
                 );
                 r
             }

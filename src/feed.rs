@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::http::{Admin, AdminToken, Reader};
+use crate::http::{Admin, AdminToken, Reader, Visible};
 use crate::log::Log;
 use crate::normalize::Record;
 use crate::revocation::Revocations;
@@ -194,6 +194,8 @@ struct Filter {
     types: Vec<String>,
     sources: Vec<String>,
     subject_key: Option<String>,
+    /// A bound credential's bindings: only deltas about subjects they cover.
+    bound: Vec<crate::streams::Binding>,
 }
 
 impl Filter {
@@ -227,6 +229,7 @@ impl Filter {
             types,
             sources: split(&p.sources),
             subject_key: p.subject_key.clone(),
+            bound: Vec::new(),
         })
     }
 
@@ -237,6 +240,16 @@ impl Filter {
                 .subject_key
                 .as_ref()
                 .is_none_or(|k| *k == item.subject_key)
+            && (self.bound.is_empty() || self.covers(item))
+    }
+
+    /// Whether a bound credential may see the item's subject (read back from its JSON: only
+    /// bound clients pay for that).
+    fn covers(&self, item: &Item) -> bool {
+        serde_json::from_str::<Value>(&item.json)
+            .ok()
+            .and_then(|v| crate::set::Subject::parse(&v["subject"]).ok())
+            .is_some_and(|s| crate::streams::visible(&self.bound, &s))
     }
 }
 
@@ -260,11 +273,15 @@ async fn get_feed(
 /// `GET /revocations/ws?since=` (receiver or admin token).
 async fn get_revocations_ws(
     _: Reader,
+    Visible(bound): Visible,
     State(feeds): State<Feeds>,
     Query(params): Query<FeedParams>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Error> {
-    let filter = Filter::from(&params)?;
+    let filter = Filter {
+        bound,
+        ..Filter::from(&params)?
+    };
     let since = params.since.unwrap_or_else(|| feeds.revocations.position());
     let live = feeds.deltas.subscribe();
     Ok(ws.on_upgrade(move |socket| async move {

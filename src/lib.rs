@@ -33,9 +33,11 @@
 //!   stream), [`revocation`] with [`state`] (stage 5a, the fold, deltas and decisions) and
 //!   [`feed`] (websockets; it subscribes to the fold's deltas).
 //! - [`sign`], [`keyring`]: signing keys and SET encoding (operator tools, the hub's own keys).
-//! - [`http`], [`error`], [`ops`], [`guard`], [`telemetry`]: the edges. [`app`] composes the
+//! - [`http`] with [`access`] (credentials, scopes, OAuth access tokens and DPoP proofs),
+//!   [`error`], [`ops`], [`guard`], [`telemetry`]: the edges. [`app`] composes the
 //!   parts and is imported by nothing but [`cli`]; the module graph has no cycle.
 
+pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;

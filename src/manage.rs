@@ -111,7 +111,7 @@ fn admin_routes() -> Router<Manage> {
         )
         .route(
             "/admin/receivers/{id}",
-            axum::routing::delete(revoke_receiver),
+            axum::routing::delete(revoke_receiver).patch(regrant_receiver),
         )
         .route("/admin/keys/rotate", post(rotate_keys))
         .route("/admin/streams", get(list_all_streams))
@@ -728,9 +728,18 @@ async fn poll_stream(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReceiverIn {
     name: String,
     audience: String,
+    /// Defaults to the stream scopes: a new credential reads no revocation state unless the
+    /// operator says so.
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    bound_to: Vec<crate::streams::Binding>,
+    #[serde(default)]
+    oauth_client_id: Option<String>,
 }
 
 /// `POST /admin/receivers`: registers a receiver and returns its credential, once.
@@ -739,32 +748,150 @@ async fn create_receiver(
     State(m): State<Manage>,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let input: ReceiverIn = serde_json::from_slice(&body)
-        .map_err(|_| Error::Invalid("expected {\"name\": ..., \"audience\": ...}".into()))?;
+    let input: ReceiverIn = serde_json::from_slice(&body).map_err(|e| {
+        Error::Invalid(format!(
+            "expected {{\"name\", \"audience\", optional \"scopes\", \"bound_to\", \
+             \"oauth_client_id\"}}: {e}"
+        ))
+    })?;
     if input.name.trim().is_empty() || input.audience.trim().is_empty() {
         return Err(Error::Invalid(
             "`name` and `audience` must not be empty".into(),
         ));
     }
+    let grant = checked_grant(
+        &m,
+        None,
+        crate::streams::Grant {
+            scopes: input.scopes.unwrap_or_else(crate::streams::stream_scopes),
+            bound_to: input.bound_to,
+            oauth_client_id: input.oauth_client_id,
+        },
+    )?;
     let (receiver, token) = m
         .registry
-        .add_receiver(&input.name, &input.audience)
+        .register(&input.name, &input.audience, grant)
         .await?;
-    tracing::info!(receiver = %receiver.id, "receiver registered");
-    Ok(no_store(
-        StatusCode::CREATED,
-        json!({ "receiver_id": receiver.id, "name": receiver.name, "audience": receiver.audience, "token": token }),
-    ))
+    tracing::info!(receiver = %receiver.id, scopes = %receiver.scopes.join(" "), "receiver registered");
+    let mut out = receiver_out(&receiver);
+    out["token"] = json!(token);
+    Ok(no_store(StatusCode::CREATED, out))
+}
+
+/// Checks a grant: known scopes, non-empty bindings, an OAuth client no other receiver has
+/// (`receiver` is the one being changed, which may keep its own).
+fn checked_grant(
+    m: &Manage,
+    receiver: Option<&str>,
+    grant: crate::streams::Grant,
+) -> Result<crate::streams::Grant, Error> {
+    use crate::streams::{Binding, SCOPES};
+    if grant.scopes.is_empty() {
+        return Err(Error::Invalid(
+            "`scopes` must name at least one scope".into(),
+        ));
+    }
+    if let Some(unknown) = grant.scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+        return Err(Error::Invalid(format!(
+            "unknown scope {:?}; known: {}",
+            crate::plain(unknown, 64),
+            SCOPES.join(", ")
+        )));
+    }
+    for b in &grant.bound_to {
+        if matches!(b, Binding::EmailDomain(v) | Binding::Issuer(v) if v.trim().is_empty()) {
+            return Err(Error::Invalid("a binding must not be empty".into()));
+        }
+    }
+    if let Some(client) = &grant.oauth_client_id {
+        if client.is_empty() || client.len() > 256 || client.chars().any(char::is_control) {
+            return Err(Error::Invalid(
+                "`oauth_client_id` must be 1 to 256 characters, without control characters".into(),
+            ));
+        }
+        if m.registry
+            .oauth_client(client)?
+            .is_some_and(|r| Some(r.id.as_str()) != receiver)
+        {
+            return Err(Error::Invalid(
+                "`oauth_client_id` already belongs to another receiver".into(),
+            ));
+        }
+    }
+    Ok(grant)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegrantIn {
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    #[serde(default)]
+    bound_to: Option<Vec<crate::streams::Binding>>,
+    /// `null` removes the OAuth client; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    oauth_client_id: Option<Option<String>>,
+}
+
+/// Tells a member given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+/// `PATCH /admin/receivers/{id}`: changes a receiver's scopes, bindings or OAuth client (members
+/// present replace; the credential stays). How an operator grants `revocations.read` to a
+/// receiver stored before scopes existed without issuing a new credential. Takes effect on the
+/// receiver's next request; connections already open keep what they were opened with.
+async fn regrant_receiver(
+    _: Admin,
+    State(m): State<Manage>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let input: RegrantIn = serde_json::from_slice(&body).map_err(|e| {
+        Error::Invalid(format!(
+            "expected {{\"scopes\"?, \"bound_to\"?, \"oauth_client_id\"?}}: {e}"
+        ))
+    })?;
+    let current = m
+        .registry
+        .receiver(&id)?
+        .filter(|r| !r.revoked)
+        .ok_or(Error::NotFound)?;
+    let grant = checked_grant(
+        &m,
+        Some(&id),
+        crate::streams::Grant {
+            scopes: input.scopes.unwrap_or(current.scopes),
+            bound_to: input.bound_to.unwrap_or(current.bound_to),
+            oauth_client_id: input.oauth_client_id.unwrap_or(current.oauth_client_id),
+        },
+    )?;
+    let updated = m
+        .registry
+        .regrant(&id, grant)
+        .await?
+        .ok_or(Error::NotFound)?;
+    tracing::info!(receiver = %id, scopes = %updated.scopes.join(" "), "receiver scopes changed");
+    Ok(no_store(StatusCode::OK, receiver_out(&updated)))
+}
+
+/// A receiver as operators see it: never its credential hash.
+fn receiver_out(r: &Receiver) -> Value {
+    let mut v = json!({ "receiver_id": r.id, "name": r.name, "audience": r.audience,
+        "revoked": r.revoked, "scopes": r.scopes });
+    if !r.bound_to.is_empty() {
+        v["bound_to"] = json!(r.bound_to);
+    }
+    if let Some(c) = &r.oauth_client_id {
+        v["oauth_client_id"] = json!(c);
+    }
+    v
 }
 
 /// `GET /admin/receivers`: receivers without their credential hashes.
 async fn list_receivers(_: Admin, State(m): State<Manage>) -> Result<Response, Error> {
-    let list: Vec<Value> = m
-        .registry
-        .receivers()?
-        .into_iter()
-        .map(|r| json!({ "receiver_id": r.id, "name": r.name, "audience": r.audience, "revoked": r.revoked }))
-        .collect();
+    let list: Vec<Value> = m.registry.receivers()?.iter().map(receiver_out).collect();
     Ok(no_store(StatusCode::OK, Value::Array(list)))
 }
 

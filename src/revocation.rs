@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::http::{AdminToken, Reader};
+use crate::http::{AdminToken, Reader, Visible};
 use crate::log::Log;
 use crate::normalize::Record;
 use crate::set::Subject;
@@ -326,15 +326,18 @@ pub const EXT_AUTHZ_TOKEN_HEADER: &str = "x-ssf-hub-token";
 
 /// `ANY /revocations/ext-authz[/...]`: an Envoy `ext_authz` HTTP service. Envoy's `jwt_authn`
 /// filter has verified the end user's token and forwards its claims, base64url JSON, in
-/// `x-jwt-payload`; `iss`+`sub` name the user, `sid` the session, `iat` the issue time, and an
-/// optional `x-device-id` header the device. Answers 200 to allow, 403 to deny, with the reason
-/// in `x-ssf-hub-decision`.
+/// `x-jwt-payload`; `iss`+`sub` name the user, `sid` the session, `iat` the issue time, and the
+/// [`DEVICE_CLAIM`] claim the device. Answers 200 to allow, 403 to deny, with the reason in
+/// `x-ssf-hub-decision`. The hub credential needs the revocation scope.
 async fn ext_authz(AxumState(api): AxumState<Api>, headers: HeaderMap) -> Result<Response, Error> {
     let token = headers
         .get(EXT_AUTHZ_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or(Error::MissingCredential)?;
-    crate::http::admit(&api.admin, &api.registry, token)?;
+    let credential = crate::http::static_credential(&api.admin, &api.registry, token)?;
+    if !credential.has(crate::streams::SCOPE_REVOCATIONS) {
+        return Err(Error::InsufficientScope(crate::streams::SCOPE_REVOCATIONS));
+    }
     let started = Instant::now();
     let claims: Value = headers
         .get("x-jwt-payload")
@@ -351,10 +354,15 @@ async fn ext_authz(AxumState(api): AxumState<Api>, headers: HeaderMap) -> Result
     if let Some(sid) = claims.get("sid").and_then(Value::as_str) {
         body["session_id"] = json!(sid);
     }
-    if let Some(device) = headers.get("x-device-id").and_then(|v| v.to_str().ok()) {
+    // The device comes from the verified token only. A client-supplied `x-device-id` header is
+    // ignored: anyone can send one, and naming a compliant device would lift a device denial.
+    if let Some(device) = claims.get(DEVICE_CLAIM).and_then(Value::as_str) {
         body["device_id"] = json!(device);
     }
-    let query = parse_check(body.to_string().as_bytes())?;
+    let query = within(
+        &Visible(credential.bound_to().to_vec()),
+        parse_check(body.to_string().as_bytes())?,
+    )?;
     let decision = api.revocations.decide(&query);
     metrics::histogram!("ssf_hub_decision_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("ssf_hub_decisions_total", "allow" => if decision.allow { "true" } else { "false" })
@@ -374,6 +382,38 @@ async fn ext_authz(AxumState(api): AxumState<Api>, headers: HeaderMap) -> Result
         .into_response())
 }
 
+/// The claim of the end user's verified token that names the device, for `ext_authz`.
+pub const DEVICE_CLAIM: &str = "device_id";
+
+/// A decision query checked against what a bound credential may ask about. Every identifying
+/// part must be covered by the credential's bindings; opaque parts (session and device ids,
+/// which no email-domain or issuer binding can cover) that are not covered are accepted only
+/// beside a covered identifying part, so that they describe that user's token. A query about
+/// nobody the credential may see is refused, never answered.
+fn within(visible: &Visible, query: Query) -> Result<Query, Error> {
+    if visible.0.is_empty() {
+        return Ok(query);
+    }
+    let refused =
+        || Error::Refused("the query names a subject this credential is not bound to".into());
+    let (mut any, mut identifying, mut stray_opaque) = (false, false, false);
+    for (_, s) in &query.parts {
+        let opaque = s.format() == "opaque";
+        match (visible.sees(s), opaque) {
+            (true, _) => {
+                any = true;
+                identifying |= !opaque;
+            }
+            (false, true) => stray_opaque = true,
+            (false, false) => return Err(refused()),
+        }
+    }
+    if !any || (stray_opaque && !identifying) {
+        return Err(refused());
+    }
+    Ok(query)
+}
+
 #[derive(Debug, Deserialize)]
 struct DeltaParams {
     #[serde(default)]
@@ -389,6 +429,7 @@ fn default_limit() -> usize {
 /// `GET /revocations?since=P&limit=N`: deltas after `P` with the position to continue from.
 async fn list_deltas(
     _: Reader,
+    visible: Visible,
     AxumState(api): AxumState<Api>,
     params: Result<QueryParams<DeltaParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Error> {
@@ -408,6 +449,15 @@ async fn list_deltas(
             .and_then(|d| d["position"].as_u64())
             .unwrap_or(p.since)
     };
+    // A bound credential sees its subjects' deltas only; `next` still moves past the others.
+    let deltas: Vec<Value> = if visible.0.is_empty() {
+        deltas
+    } else {
+        deltas
+            .into_iter()
+            .filter(|d| Subject::parse(&d["subject"]).is_ok_and(|s| visible.sees(&s)))
+            .collect()
+    };
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
         Json(
@@ -420,7 +470,11 @@ async fn list_deltas(
 
 /// `GET /revocations/snapshot`: every subject's state and the position it reflects, streamed.
 /// Follow with `GET /revocations?since=<position>` for a gap-free view.
-async fn get_snapshot(_: Reader, AxumState(api): AxumState<Api>) -> Result<Response, Error> {
+async fn get_snapshot(
+    _: Reader,
+    visible: Visible,
+    AxumState(api): AxumState<Api>,
+) -> Result<Response, Error> {
     let (position, subjects): (u64, Vec<(String, Arc<SubjectState>)>) = {
         let state = api.revocations.read();
         // Arc clones: cheap, and consistent with `position` because they are taken under the lock.
@@ -429,6 +483,7 @@ async fn get_snapshot(_: Reader, AxumState(api): AxumState<Api>) -> Result<Respo
             state
                 .subjects
                 .iter()
+                .filter(|(_, v)| visible.sees(&v.subject))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         )
@@ -469,11 +524,12 @@ async fn get_snapshot(_: Reader, AxumState(api): AxumState<Api>) -> Result<Respo
 /// `session`/`device` identifiers.
 async fn check_token(
     _: Reader,
+    visible: Visible,
     AxumState(api): AxumState<Api>,
     body: Bytes,
 ) -> Result<Response, Error> {
     let started = Instant::now();
-    let query = parse_check(&body)?;
+    let query = within(&visible, parse_check(&body)?)?;
     let decision = api.revocations.decide(&query);
     metrics::histogram!("ssf_hub_decision_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("ssf_hub_decisions_total", "allow" => if decision.allow { "true" } else { "false" })

@@ -372,7 +372,7 @@ fn scenario_a(x: &Ctx) {
     progress!("A: 202 -> delta on /revocations/ws at {rate}/s for {secs} s");
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = x.start(dir.path());
-    let token = x.load.block_on(hub.receiver(SIDECAR));
+    let token = x.load.block_on(hub.sidecar(SIDECAR));
     let delta = x.get(&hub, "/revocations?since=0&limit=1")["deltas"][0].clone();
     let server = Server::Hub(&hub, "/revocations/ws", &token);
     let (a, _) = follow_run(x, server, 1, rate, rate as u64);
@@ -541,7 +541,7 @@ fn scenario_b(x: &Ctx) {
     // The subjects pushed to a hub as SETs, signed on every core meanwhile.
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = x.start(dir.path());
-    let token = x.load.block_on(hub.receiver(SIDECAR));
+    let token = x.load.block_on(hub.sidecar(SIDECAR));
     let started = Instant::now();
     let subject =
         |k| hub::session_revoked(&format!("b-{k}"), &format!("u-{k}"), BASE_TS + k % 1000);

@@ -173,6 +173,14 @@ impl Api {
         answer["token"].as_str().expect("token").to_owned()
     }
 
+    /// Registers a sidecar (revocation scope only); its bearer token.
+    pub(crate) async fn sidecar(&self, audience: &str) -> String {
+        let body = json!({"name": "bench", "audience": audience, "scopes": ["revocations.read"]});
+        let r = self.call(Method::POST, "/admin/receivers", ADMIN, Some(body), 201);
+        let answer = r.await.expect("receiver");
+        answer["token"].as_str().expect("token").to_owned()
+    }
+
     /// Pushes one SET and counts its 202; the instant the 202 arrived.
     pub(crate) async fn ingest(&self, url: &str, body: Bytes) -> Result<Instant, String> {
         let req = self.client.post(url).body(body);

@@ -1,9 +1,12 @@
 # OPA policy that asks ssf-hub whether the caller's token is still good.
 #
 # input (e.g. from OPA-Envoy or an API gateway plugin) carries the verified token claims:
-#   {"token": {"iss": "...", "sub": "...", "sid": "...", "iat": 1767225600}, "device_id": "..."}
+#   {"token": {"iss": "...", "sub": "...", "sid": "...", "iat": 1767225600, "device_id": "..."}}
+# The device comes from the verified token's `device_id` claim, never from a request header a
+# client could set.
 # The hub answers {"allow": bool, "reason": "...", "position": N} from memory.
-# Configure the hub URL and a receiver token (from `ssf-hub receivers add`) as OPA data:
+# Configure the hub URL and a credential with the revocation scope (from
+# `ssf-hub receivers add ... --scope revocations.read`) as OPA data:
 #   {"ssf_hub": {"url": "http://ssf-hub:8080", "token": "ssfhub_..."}}
 package ssf_hub.revocation
 
@@ -16,7 +19,7 @@ check_body := body if {
 		{"iss": input.token.iss, "sub": input.token.sub, "iat": input.token.iat},
 		object.union(
 			{k: v | k := "session_id"; v := input.token.sid},
-			{k: v | k := "device_id"; v := input.device_id},
+			{k: v | k := "device_id"; v := input.token.device_id},
 		),
 	)
 }

@@ -10,7 +10,7 @@ mod registry;
 pub use self::cursors::{
     set_cursor_for_status, Control, Cursor, Cursors, MAX_CONTROL, PUSH_PROGRESS_FLUSH,
 };
-pub use self::registry::Registry;
+pub use self::registry::{Grant, Registry};
 
 use std::collections::BTreeSet;
 
@@ -34,6 +34,102 @@ pub struct Receiver {
     pub created_at_ms: u64,
     #[serde(default)]
     pub revoked: bool,
+    /// What the credential may do ([`SCOPE_MANAGE`], [`SCOPE_READ`], [`SCOPE_REVOCATIONS`]).
+    /// Receivers stored before scopes existed get the stream scopes only: their credentials
+    /// were issued for stream management, and least privilege means an upgrade must not hand
+    /// every one of them every subject's revocation state (see the README).
+    #[serde(default = "stream_scopes")]
+    pub scopes: Vec<String>,
+    /// When non-empty, the revocation views (deltas, snapshot, websocket, decisions) show this
+    /// credential only subjects one of these covers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bound_to: Vec<Binding>,
+    /// The OAuth 2.0 `client_id` whose access tokens act as this receiver (RFC 9068).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client_id: Option<String>,
+}
+
+/// Scope for the SSF stream management API (every stream call, and polling).
+pub const SCOPE_MANAGE: &str = "ssf.manage";
+/// Scope for the read-only stream calls (`GET` configuration and status) and polling.
+pub const SCOPE_READ: &str = "ssf.read";
+/// Scope for the revocation views and decisions (`/revocations*`): gateways and sidecars.
+pub const SCOPE_REVOCATIONS: &str = "revocations.read";
+/// Every scope the hub knows.
+pub const SCOPES: [&str; 3] = [SCOPE_MANAGE, SCOPE_READ, SCOPE_REVOCATIONS];
+
+/// The scopes of a credential that names none: a stream credential, never a revocation one.
+pub fn stream_scopes() -> Vec<String> {
+    vec![SCOPE_MANAGE.to_owned(), SCOPE_READ.to_owned()]
+}
+
+/// What a bound credential may see of the revocation state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Binding {
+    /// Subjects that match this identifier as a stream's subjects do (SSF §8.1.3.1).
+    Subject(Subject),
+    /// Email identifiers in this domain (ASCII case-insensitive).
+    EmailDomain(String),
+    /// `iss_sub` identifiers with this issuer (exact).
+    Issuer(String),
+}
+
+impl Binding {
+    /// Whether `subject` (or, for a complex or aliases subject, any identifier in it) falls
+    /// under this binding.
+    pub fn covers(&self, subject: &Subject) -> bool {
+        match self {
+            Binding::Subject(b) => subjects_match(b, subject),
+            Binding::EmailDomain(domain) => simple_ids(subject).iter().any(|id| {
+                id.get("format").and_then(Value::as_str) == Some("email")
+                    && id
+                        .get("email")
+                        .and_then(Value::as_str)
+                        .and_then(|e| e.rsplit_once('@'))
+                        .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            }),
+            Binding::Issuer(iss) => simple_ids(subject).iter().any(|id| {
+                id.get("format").and_then(Value::as_str) == Some("iss_sub")
+                    && id.get("iss").and_then(Value::as_str) == Some(iss.as_str())
+            }),
+        }
+    }
+}
+
+/// Whether a credential bound to `bindings` may see `subject`; an unbound one sees all.
+pub fn visible(bindings: &[Binding], subject: &Subject) -> bool {
+    bindings.is_empty() || bindings.iter().any(|b| b.covers(subject))
+}
+
+/// The simple identifiers in a subject: itself, a complex subject's members, an aliases
+/// subject's identifiers (one level; neither nests further, RFC 9493).
+fn simple_ids(subject: &Subject) -> Vec<&serde_json::Map<String, Value>> {
+    let map = subject.as_map();
+    let nested: Vec<&Value> = match map.get("format").and_then(Value::as_str) {
+        Some("complex") => map
+            .iter()
+            .filter(|(k, _)| *k != "format")
+            .map(|(_, v)| v)
+            .collect(),
+        Some("aliases") => map
+            .get("identifiers")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        _ => return vec![map],
+    };
+    nested
+        .into_iter()
+        .filter_map(Value::as_object)
+        .flat_map(|m| {
+            // A complex member may itself be an aliases identifier.
+            match m.get("identifiers").and_then(Value::as_array) {
+                Some(ids) => ids.iter().filter_map(Value::as_object).collect(),
+                None => vec![m],
+            }
+        })
+        .collect()
 }
 
 /// A stream's delivery: push to the receiver's URL, or poll at the hub's URL.
@@ -275,6 +371,35 @@ mod tests {
             &s(json!({"format": "complex", "user": aliases}))
         ));
         assert!(!subjects_match(&s(aliases), &s(g1)));
+    }
+
+    #[test]
+    fn bindings_cover_simple_complex_and_aliases_subjects() {
+        let domain = Binding::EmailDomain("Corp.Test".into());
+        let issuer = Binding::Issuer("https://idp.test".into());
+        let ana = s(json!({"format": "email", "email": "ana@corp.test"}));
+        let evil = s(json!({"format": "email", "email": "ana@corp.test.evil.test"}));
+        let complex = s(json!({"format": "complex",
+            "user": {"format": "iss_sub", "iss": "https://idp.test", "sub": "u"},
+            "device": {"format": "opaque", "id": "D"}}));
+        let aliases = s(json!({"format": "aliases", "identifiers": [
+            {"format": "opaque", "id": "x"}, {"format": "email", "email": "bo@corp.test"}]}));
+        assert!(domain.covers(&ana) && domain.covers(&aliases));
+        assert!(!domain.covers(&evil) && !domain.covers(&complex));
+        assert!(issuer.covers(&complex) && !issuer.covers(&ana));
+        let exact = Binding::Subject(ana.clone());
+        assert!(exact.covers(&ana) && !exact.covers(&evil));
+        assert!(visible(&[], &evil), "an unbound credential sees everything");
+        assert!(!visible(&[domain, issuer], &evil));
+    }
+
+    #[test]
+    fn receivers_stored_before_scopes_get_the_stream_scopes_only() {
+        let stored = json!({"id": "r1", "name": "gw", "audience": "https://gw.test",
+            "token_sha256": "00", "created_at_ms": 1, "revoked": false});
+        let r: Receiver = serde_json::from_value(stored).expect("old record");
+        assert_eq!(r.scopes, vec![SCOPE_MANAGE, SCOPE_READ]);
+        assert!(r.bound_to.is_empty() && r.oauth_client_id.is_none());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{new_stream_id, new_token, token_hash, Receiver, RegistryError, Stream};
+use super::{
+    new_stream_id, new_token, stream_scopes, token_hash, Binding, Receiver, RegistryError, Stream,
+};
 use crate::storage::{Op, Tables};
 
 /// Receivers and streams in the state tables. Every write is flushed before it returns: a 201
@@ -18,6 +20,27 @@ pub struct Registry {
 const RECEIVERS: &str = "receivers";
 const TOKENS: &str = "receiver_tokens";
 const STREAMS: &str = "streams";
+/// OAuth `client_id` → receiver id.
+const OAUTH_CLIENTS: &str = "receiver_oauth_clients";
+
+/// What a new receiver's credential may do and see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub scopes: Vec<String>,
+    pub bound_to: Vec<Binding>,
+    pub oauth_client_id: Option<String>,
+}
+
+impl Default for Grant {
+    /// A stream credential: stream scopes, no revocation scope, unbound, no OAuth client.
+    fn default() -> Grant {
+        Grant {
+            scopes: stream_scopes(),
+            bound_to: Vec::new(),
+            oauth_client_id: None,
+        }
+    }
+}
 
 impl Registry {
     pub fn open(
@@ -57,6 +80,17 @@ impl Registry {
         name: &str,
         audience: &str,
     ) -> Result<(Receiver, String), RegistryError> {
+        self.register(name, audience, Grant::default()).await
+    }
+
+    /// Registers a receiver with `grant`'s scopes, bindings and OAuth client; returns it and its
+    /// credential (shown once, never stored).
+    pub async fn register(
+        &self,
+        name: &str,
+        audience: &str,
+        grant: Grant,
+    ) -> Result<(Receiver, String), RegistryError> {
         let token = new_token();
         let receiver = Receiver {
             // A letter first, so the id never starts with '-' (it is a CLI argument too).
@@ -66,8 +100,11 @@ impl Registry {
             token_sha256: token_hash(&token),
             created_at_ms: crate::unix_now_ms(),
             revoked: false,
+            scopes: grant.scopes,
+            bound_to: grant.bound_to,
+            oauth_client_id: grant.oauth_client_id,
         };
-        self.tables.write(vec![
+        let mut ops = vec![
             Op::put(
                 RECEIVERS,
                 receiver.id.as_bytes(),
@@ -78,7 +115,15 @@ impl Registry {
                 receiver.token_sha256.as_bytes(),
                 receiver.id.as_bytes(),
             ),
-        ])?;
+        ];
+        if let Some(client) = &receiver.oauth_client_id {
+            ops.push(Op::put(
+                OAUTH_CLIENTS,
+                client.as_bytes(),
+                receiver.id.as_bytes(),
+            ));
+        }
+        self.tables.write(ops)?;
         self.flush().await?;
         Ok((receiver, token))
     }
@@ -92,6 +137,16 @@ impl Registry {
         Ok(self
             .receiver(std::str::from_utf8(&id).unwrap_or_default())?
             .filter(|r| !r.revoked))
+    }
+
+    /// The unrevoked receiver whose OAuth access tokens carry `client_id`.
+    pub fn oauth_client(&self, client_id: &str) -> Result<Option<Receiver>, RegistryError> {
+        let Some(id) = self.tables.get(OAUTH_CLIENTS, client_id.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(self
+            .receiver(std::str::from_utf8(&id).unwrap_or_default())?
+            .filter(|r| !r.revoked && r.oauth_client_id.as_deref() == Some(client_id)))
     }
 
     pub fn receiver(&self, id: &str) -> Result<Option<Receiver>, RegistryError> {
@@ -110,16 +165,43 @@ impl Registry {
             .collect()
     }
 
-    /// Revokes a receiver's credential; its streams stay but can no longer be managed or polled.
+    /// Replaces an unrevoked receiver's scopes, bindings and OAuth client (its credential stays);
+    /// the updated receiver, or `None` if there is no such unrevoked receiver.
+    pub async fn regrant(&self, id: &str, grant: Grant) -> Result<Option<Receiver>, RegistryError> {
+        let Some(mut r) = self.receiver(id)?.filter(|r| !r.revoked) else {
+            return Ok(None);
+        };
+        let mut ops = Vec::new();
+        if let Some(old) = &r.oauth_client_id {
+            ops.push(Op::delete(OAUTH_CLIENTS, old.as_bytes()));
+        }
+        if let Some(new) = &grant.oauth_client_id {
+            ops.push(Op::put(OAUTH_CLIENTS, new.as_bytes(), r.id.as_bytes()));
+        }
+        r.scopes = grant.scopes;
+        r.bound_to = grant.bound_to;
+        r.oauth_client_id = grant.oauth_client_id;
+        ops.push(Op::put(RECEIVERS, r.id.as_bytes(), serde_json::to_vec(&r)?));
+        self.tables.write(ops)?;
+        self.flush().await?;
+        Ok(Some(r))
+    }
+
+    /// Revokes a receiver's credential and OAuth client; its streams stay but can no longer be managed or polled.
     pub async fn revoke_receiver(&self, id: &str) -> Result<bool, RegistryError> {
         let Some(mut r) = self.receiver(id)? else {
             return Ok(false);
         };
         r.revoked = true;
-        self.tables.write(vec![
+        let mut ops = vec![
             Op::delete(TOKENS, r.token_sha256.as_bytes()),
             Op::put(RECEIVERS, r.id.as_bytes(), serde_json::to_vec(&r)?),
-        ])?;
+        ];
+        // Its OAuth client loses access with it (and the client_id may be registered again).
+        if let Some(client) = &r.oauth_client_id {
+            ops.push(Op::delete(OAUTH_CLIENTS, client.as_bytes()));
+        }
+        self.tables.write(ops)?;
         self.flush().await?;
         Ok(true)
     }

@@ -135,7 +135,8 @@ async fn replay_live_filters_and_reconnect_without_gap_or_duplicate() {
         .await
         .expect("send");
     assert_eq!(r.status(), 403);
-    // Revocation deltas follow the same way, for receivers.
+    // Revocation deltas follow the same way, for credentials with the revocation scope.
+    let (_, token) = hub.gateway("sidecar-ws").await;
     // Ten revocations with newer horizons are ten changes; ten disables of one account are one.
     let deltas = client(vec![
         "collect".into(),

@@ -3,6 +3,7 @@
 // Test helpers are shared across modules of this one binary; crate-level API lints do not apply.
 #![allow(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 
+mod auth;
 mod cli;
 mod durability;
 mod feed;

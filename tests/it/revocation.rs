@@ -406,7 +406,7 @@ proptest! {
 async fn the_http_apis_serve_deltas_snapshots_and_decisions_and_survive_restart() {
     let key = es256();
     let hub = TestHub::with_signer(&key).await;
-    let (_, token) = hub.receiver("sidecar").await;
+    let (_, token) = hub.gateway("sidecar").await;
     let mut c = claims(SESSION_REVOKED, json!({"event_timestamp": 1000}));
     c["sub_id"] = json!({"format": "iss_sub", "iss": ISS, "sub": "u-1"});
     hub.push("idp", key.sign(&c).expect("sign"))
@@ -545,7 +545,7 @@ async fn the_envoy_ext_authz_endpoint_allows_and_denies_as_envoy_expects() {
     use base64::Engine as _;
     let key = es256();
     let hub = TestHub::with_signer(&key).await;
-    let (_, token) = hub.receiver("envoy").await;
+    let (_, token) = hub.gateway("envoy").await;
     let mut c = claims(SESSION_REVOKED, json!({"event_timestamp": 1000}));
     c["sub_id"] = json!({"format": "complex", "user": {"format": "iss_sub", "iss": ISS, "sub": "u-7"},
                          "session": {"format": "opaque", "id": "s-1"}});

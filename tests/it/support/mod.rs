@@ -166,6 +166,35 @@ impl TestHub {
         )
     }
 
+    /// Registers a receiver with extra admin-API fields (`scopes`, `bound_to`,
+    /// `oauth_client_id`); returns (receiver_id, credential).
+    pub async fn receiver_with(&self, name: &str, extra: Value) -> (String, String) {
+        let mut body = json!({"name": name, "audience": format!("https://{name}.example.test")});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            body[k] = v;
+        }
+        let r = self
+            .client
+            .post(format!("{}/admin/receivers", self.base))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .expect("create receiver");
+        assert_eq!(r.status(), 201);
+        let body: Value = r.json().await.expect("json");
+        (
+            body["receiver_id"].as_str().expect("id").to_owned(),
+            body["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    /// A gateway or sidecar credential: the revocation scope only.
+    pub async fn gateway(&self, name: &str) -> (String, String) {
+        self.receiver_with(name, json!({"scopes": ["revocations.read"]}))
+            .await
+    }
+
     /// A management call as a receiver: `method` on `path` (below the hub's base URL).
     pub async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
@@ -249,7 +278,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(resp: reqwest::Response) -> Reply {
+    pub async fn from(resp: reqwest::Response) -> Reply {
         let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
         let headers = resp.headers().clone();
         let body = resp.text().await.expect("body");
