@@ -447,6 +447,8 @@ async fn deliver_one(
         match outcome {
             Outcome::Delivered => {
                 *permanent_in_a_row = 0;
+                // A receiver taking SETs is alive: its stream is not inactive.
+                d.registry.touch(&stream.stream_id);
                 return Ok(true);
             }
             Outcome::Permanent { reason } => {

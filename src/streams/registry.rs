@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use super::{new_stream_id, new_token, token_hash, Receiver, RegistryError, Stream, Subjects};
 use crate::set::Subject;
 use crate::storage::{Op, Tables};
+#[cfg(test)]
+use serde_json::Value;
 
 /// Bounds on what a receiver may list (config `delivery.max_subjects_per_stream` and
 /// `delivery.max_subject_bytes_per_receiver`).
@@ -165,11 +167,24 @@ impl Registry {
     ) -> Result<&'c mut Listed, RegistryError> {
         if !cache.streams.contains_key(stream_id) {
             let mut listed = Listed::default();
+            let mut rekeyed = Vec::new();
             for (k, v) in self.tables.prefix(SUBJECTS, &subjects_prefix(stream_id))? {
-                let key = String::from_utf8_lossy(&k[stream_id.len() + 1..]).into_owned();
                 let subject: Subject = serde_json::from_slice(&v)?;
+                // Keyed as this version canonicalizes: a row written under an older rule is
+                // moved, so a later remove finds it.
+                let key = subject.canonical_key();
+                let row = subject_row(stream_id, &key);
+                if row != k {
+                    rekeyed.push(Op::delete(SUBJECTS, k));
+                    rekeyed.push(Op::put(SUBJECTS, row, v.clone()));
+                }
+                if let Some((_, n)) = listed.rows.insert(key, (subject, v.len())) {
+                    listed.bytes -= n;
+                }
                 listed.bytes += v.len();
-                listed.rows.insert(key, (subject, v.len()));
+            }
+            if !rekeyed.is_empty() {
+                self.tables.write(rekeyed)?;
             }
             listed.publish();
             cache.streams.insert(stream_id.to_owned(), listed);
@@ -424,5 +439,53 @@ impl Registry {
         self.flush().await?;
         self.changed();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn inline_subjects_of_older_streams_move_into_rows_on_open() {
+        let tables: Arc<dyn Tables> = Arc::new(crate::storage::MemoryTables::default());
+        let flusher = crate::durable::Flusher::new(tables.clone());
+        let mut old = json!({
+            "stream_id": "s1", "receiver_id": "r1", "aud": "a",
+            "events_requested": [], "events_delivered": [],
+            "delivery": {"method": crate::set::DELIVERY_POLL},
+            "status": "enabled", "created_at_ms": 1,
+        });
+        old["subjects"] = json!([
+            {"format": "email", "email": "a@x.test"},
+            {"format": "opaque", "id": "b"},
+        ]);
+        tables
+            .put(STREAMS, b"s1", old.to_string().as_bytes())
+            .expect("write");
+        let registry = Registry::open(tables.clone(), flusher).expect("open");
+        let stream = registry.stream("s1").expect("read").expect("stream");
+        assert_eq!(stream.subjects.len(), 2);
+        let stored: Value =
+            serde_json::from_slice(&tables.get(STREAMS, b"s1").expect("read").expect("row"))
+                .expect("json");
+        assert!(stored.get("subjects").is_none(), "rewritten without them");
+        assert_eq!(tables.prefix(SUBJECTS, b"s1\0").expect("rows").len(), 2);
+        // Removing one writes its row away; the stream's subjects follow.
+        let limits = SubjectLimits {
+            per_stream: 10,
+            bytes_per_receiver: 4096,
+        };
+        let a = Subject::parse(&json!({"format": "email", "email": "A@x.test"})).expect("subject");
+        registry
+            .set_subject(&stream, &a, false, limits)
+            .await
+            .expect("write")
+            .expect("within limits");
+        let stream = registry.stream("s1").expect("read").expect("stream");
+        assert_eq!(stream.subjects.len(), 1);
+        registry.delete_stream("s1").await.expect("delete");
+        assert!(tables.prefix(SUBJECTS, b"s1\0").expect("rows").is_empty());
     }
 }

@@ -603,17 +603,16 @@ async fn verification_is_held_while_paused_and_dropped_while_disabled() {
 #[tokio::test]
 async fn an_inactive_stream_is_paused_with_an_announcement() {
     let hub = TestHub::start(|_, c| {
-        c.delivery.inactivity_timeout_secs = 2;
+        c.delivery.inactivity_timeout_secs = 4;
         c.delivery.long_poll_timeout_secs = 1;
     })
     .await;
     let (_, token) = hub.receiver("gw").await;
     let stream = create_stream(&hub, &token, json!({})).await;
-    assert_eq!(stream["inactivity_timeout"], 2);
+    assert_eq!(stream["inactivity_timeout"], 4);
     let id = stream["stream_id"].clone();
     // Watched through the admin API, which is not receiver activity.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let admin_view = || async {
         let all: Value = hub
             .client
             .get(format!("{}/admin/streams", hub.base))
@@ -624,13 +623,24 @@ async fn an_inactive_stream_is_paused_with_an_announcement() {
             .json()
             .await
             .expect("json");
-        let s = all
-            .as_array()
+        all.as_array()
             .expect("array")
             .iter()
             .find(|s| s["stream_id"] == id)
             .cloned()
-            .expect("listed");
+            .expect("listed")
+    };
+    // Polling is activity: each poll restarts the timer, so a stream polled for longer than
+    // the timeout stays enabled.
+    let polling_until = std::time::Instant::now() + Duration::from_secs(6);
+    while std::time::Instant::now() < polling_until {
+        poll_stream(&hub, &token, &stream, json!({"returnImmediately": true})).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(admin_view().await["status"], "enabled");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = admin_view().await;
         if s["status"] == "paused" {
             assert!(s["reason"].as_str().expect("reason").contains("inactivity"));
             break;
