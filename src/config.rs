@@ -132,6 +132,10 @@ pub struct DeliveryConfig {
     pub min_verification_interval_secs: u64,
     pub paused_hold_max_events: u64,
     pub max_subjects_per_stream: usize,
+    pub max_subject_bytes_per_receiver: usize,
+    pub max_long_polls_per_receiver: usize,
+    pub max_signed_sets_per_stream: usize,
+    pub inactivity_timeout_secs: u64,
     pub push_timeout_ms: u64,
     pub retry_initial_backoff_ms: u64,
     pub retry_max_backoff_ms: u64,
@@ -321,6 +325,36 @@ impl Config {
             return Err(invalid(
                 "delivery.long_poll_timeout_secs",
                 "must be between 1 and 300",
+            ));
+        }
+        if d.max_subjects_per_stream == 0 {
+            return Err(invalid(
+                "delivery.max_subjects_per_stream",
+                "must be at least 1",
+            ));
+        }
+        if d.max_subject_bytes_per_receiver < 4096 {
+            return Err(invalid(
+                "delivery.max_subject_bytes_per_receiver",
+                "must be at least 4096 (one subject of the largest size)",
+            ));
+        }
+        if d.max_long_polls_per_receiver == 0 {
+            return Err(invalid(
+                "delivery.max_long_polls_per_receiver",
+                "must be at least 1",
+            ));
+        }
+        if d.max_signed_sets_per_stream > 100_000 {
+            return Err(invalid(
+                "delivery.max_signed_sets_per_stream",
+                "must be at most 100000",
+            ));
+        }
+        if d.inactivity_timeout_secs > 0 && d.inactivity_timeout_secs < d.long_poll_timeout_secs {
+            return Err(invalid(
+                "delivery.inactivity_timeout_secs",
+                "must be 0 (off) or at least delivery.long_poll_timeout_secs",
             ));
         }
         if d.push_timeout_ms == 0 || d.retry_initial_backoff_ms == 0 {

@@ -44,6 +44,9 @@ pub enum Error {
     Invalid(String),
     #[error("too many requests; slow down")]
     TooManyRequests,
+    /// 429 with the seconds after which the same request can succeed.
+    #[error("too many requests; retry after {0} s")]
+    Throttled(u64),
     #[error("{0}")]
     Refused(String),
     #[error("state storage failure")]
@@ -73,7 +76,7 @@ impl Error {
             Error::Access(_) => "unauthorized",
             Error::NotFound => "not_found",
             Error::Invalid(_) => "bad_request",
-            Error::TooManyRequests => "too_many_requests",
+            Error::TooManyRequests | Error::Throttled(_) => "too_many_requests",
             Error::Refused(_) => "forbidden",
             Error::Registry(_) | Error::Internal(_) => "internal",
         }
@@ -103,6 +106,20 @@ fn http_error(status: StatusCode, error: &str, description: String) -> Response 
     resp.headers_mut()
         .insert(header::CONTENT_LANGUAGE, HeaderValue::from_static("en"));
     resp
+}
+
+/// `Retry-After` of a 429 whose cause does not say when it clears.
+const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
+
+fn too_many(retry_after_secs: u64, description: String) -> Response {
+    let mut r = http_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        description,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
 }
 
 impl IntoResponse for Error {
@@ -205,11 +222,9 @@ impl IntoResponse for Error {
                 http_error(StatusCode::BAD_REQUEST, "invalid_request", description)
             }
             Error::Refused(_) => http_error(StatusCode::FORBIDDEN, "forbidden", description),
-            Error::TooManyRequests => http_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_requests",
-                description,
-            ),
+            // Every 429 says when to come back (RFC 6585 §4): without it, clients retry at once.
+            Error::TooManyRequests => too_many(DEFAULT_RETRY_AFTER_SECS, description),
+            Error::Throttled(secs) => too_many(secs.max(1), description),
             Error::Registry(e) => {
                 tracing::error!(error = %e, "request failed on state storage");
                 http_error(

@@ -77,6 +77,7 @@ impl Keyring {
             for meta in file.keys {
                 let alg = SignAlg::parse(&meta.alg)?;
                 let pem = std::fs::read(ring.dir.join(format!("{}.pem", meta.kid)))?;
+                check_strength(&pem, alg, &meta.kid)?;
                 let signer = SetSigner::from_pem(&pem, alg, Some(meta.kid.clone()))?;
                 keys.push(Loaded {
                     meta,
@@ -87,6 +88,7 @@ impl Keyring {
         if let Some((path, alg)) = legacy_key {
             if path.exists() && ring.active(alg).is_none() {
                 let pem = std::fs::read(path)?;
+                check_strength(&pem, alg, &path.display().to_string())?;
                 ring.add(SetSigner::from_pem(&pem, alg, None)?, &pem, 0)?;
             }
         }
@@ -186,9 +188,63 @@ impl Keyring {
     }
 }
 
+/// Smallest RSA modulus the hub signs with: the CAEP interoperability profile requires RS256
+/// with keys of at least 2048 bits, and receivers following it refuse shorter ones.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// Refuses a stored RSA key shorter than [`MIN_RSA_BITS`] (an imported or hand-placed key; the
+/// hub never generates one), so the hub does not start signing SETs that receivers reject.
+fn check_strength(pem: &[u8], alg: SignAlg, name: &str) -> Result<(), SignError> {
+    if alg != SignAlg::RS256 {
+        return Ok(());
+    }
+    let bits = openssl::pkey::PKey::private_key_from_pem(pem)
+        .map_err(|e| SignError::Key("RS256", e.to_string()))?
+        .bits();
+    if bits < MIN_RSA_BITS {
+        return Err(SignError::Key(
+            "RS256",
+            format!("{name}: a {bits}-bit RSA key is too short; at least {MIN_RSA_BITS} bits are required"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_rsa_keys_are_refused_on_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let short = openssl::rsa::Rsa::generate(1024).expect("rsa");
+        let pem = openssl::pkey::PKey::from_rsa(short)
+            .expect("pkey")
+            .private_key_to_pem_pkcs8()
+            .expect("pem");
+        let legacy = dir.path().join("signing-key.pem");
+        std::fs::write(&legacy, &pem).expect("write");
+        let timing = Timing {
+            activation_delay_secs: 0,
+            retired_grace_secs: 0,
+        };
+        let err = Keyring::open(
+            &dir.path().join("keys"),
+            Some((&legacy, SignAlg::RS256)),
+            timing,
+        )
+        .expect_err("1024-bit key refused");
+        assert!(err.to_string().contains("1024-bit"), "{err}");
+        let ring = Keyring::open(&dir.path().join("keys2"), None, timing).expect("fresh");
+        let n = ring.active(SignAlg::RS256).expect("rs256").public_jwk()["n"]
+            .as_str()
+            .expect("n")
+            .len();
+        assert!(
+            n * 6 >= 2048,
+            "a generated RS256 key has at least 2048 bits"
+        );
+    }
 
     #[test]
     fn a_rotated_key_is_published_before_it_signs_and_the_old_one_lingers() {

@@ -151,10 +151,15 @@ async fn get_jwks(State(m): State<Manage>) -> impl IntoResponse {
     )
 }
 
+/// The receiver's stream `stream_id`. Every receiver call naming a stream passes here, which
+/// makes it the receiver activity that restarts the stream's `inactivity_timeout`.
 fn owned(m: &Manage, receiver: &Receiver, stream_id: &str) -> Result<Stream, Error> {
-    m.registry
+    let stream = m
+        .registry
         .owned_stream(&receiver.id, stream_id)?
-        .ok_or(Error::NotFound)
+        .ok_or(Error::NotFound)?;
+    m.registry.touch(stream_id);
+    Ok(stream)
 }
 
 /// Management responses must not be cached (SSF §8 examples).
@@ -199,6 +204,9 @@ fn config_out(m: &Manage, s: &Stream) -> Value {
     });
     if let Some(d) = &s.description {
         out["description"] = json!(d);
+    }
+    if m.config.inactivity_timeout_secs > 0 {
+        out["inactivity_timeout"] = json!(m.config.inactivity_timeout_secs);
     }
     out
 }
@@ -276,15 +284,31 @@ fn parse_delivery(m: &Manage, stream_id: &str, value: &Value) -> Result<Delivery
     }
 }
 
+/// Most `events_requested` entries kept as the receiver sent them.
+const MAX_EVENTS_REQUESTED: usize = 64;
+
+/// SSF §8.1.1: the transmitter MUST ignore requested values it does not understand. A longer
+/// list than [`MAX_EVENTS_REQUESTED`] is not refused: the hub keeps the entries it understands
+/// (every known URI, each once, in the receiver's order) and ignores the rest, so storage stays
+/// bounded and no event type the receiver asked for is lost.
 fn parse_events_requested(value: &Value) -> Result<Vec<String>, Error> {
     match value {
-        Value::Array(items) if items.len() > 64 => Err(Error::Invalid(
-            "`events_requested` lists more event types than exist".into(),
-        )),
-        Value::Array(items) if items.iter().all(Value::is_string) => Ok(items
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect()),
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            let all = items.iter().filter_map(|v| v.as_str().map(String::from));
+            if items.len() <= MAX_EVENTS_REQUESTED {
+                return Ok(all.collect());
+            }
+            let mut kept: Vec<String> = Vec::new();
+            for uri in all.filter(|u| EventKind::from_uri(u).is_some()) {
+                if kept.len() == MAX_EVENTS_REQUESTED {
+                    break;
+                }
+                if !kept.contains(&uri) {
+                    kept.push(uri);
+                }
+            }
+            Ok(kept)
+        }
         _ => Err(Error::Invalid(
             "`events_requested` must be an array of strings".into(),
         )),
@@ -337,7 +361,7 @@ fn check_transmitter_fields(
         "min_verification_interval",
     ] {
         if let Some(v) = body.get(field) {
-            if *v != out[field] {
+            if !same_value(field, v, &out[field]) {
                 return Err(Error::Invalid(format!(
                     "`{field}` is transmitter-supplied and differs from its current value"
                 )));
@@ -345,6 +369,22 @@ fn check_transmitter_fields(
         }
     }
     Ok(())
+}
+
+/// Whether an echoed transmitter field equals the current value. `aud` is a string or an array
+/// (SSF §8.1.1): a one-element array and its element are the same audience.
+fn same_value(field: &str, echoed: &Value, current: &Value) -> bool {
+    fn one(v: &Value) -> &Value {
+        match v {
+            Value::Array(items) if items.len() == 1 => &items[0],
+            v => v,
+        }
+    }
+    if field == "aud" {
+        one(echoed) == one(current)
+    } else {
+        echoed == current
+    }
 }
 
 /// `POST configuration_endpoint`: create a stream (SSF §8.1.1.1). Several per receiver.
@@ -387,7 +427,7 @@ async fn create_stream(
             .flatten(),
         status: StreamStatus::Enabled,
         reason: None,
-        subjects: Vec::new(),
+        subjects: Default::default(),
         latency_budget_ms: body
             .get("latency_budget_ms")
             .map(parse_budget)
@@ -475,9 +515,11 @@ async fn modify(
     }
     match body.get("delivery") {
         Some(v) => stream.delivery = parse_delivery(&m, &stream_id, v)?,
-        // Read literally, a PUT without `delivery` deletes it; a stream cannot exist without
-        // one (digest §14.2 #9).
-        None if replace => return Err(Error::Invalid("PUT must include `delivery`".into())),
+        // Read literally, a PUT without `delivery` deletes it, but a stream cannot exist
+        // without one (digest §14.2 #9); as on create (SSF §8.1.1.1), no `delivery` means poll.
+        None if replace => {
+            stream.delivery = parse_delivery(&m, &stream_id, &json!({"method": DELIVERY_POLL}))?
+        }
         None => {}
     }
     match body.get("description") {
@@ -515,6 +557,7 @@ async fn delete_stream(
     m.registry.delete_stream(&id).await?;
     drop(guard);
     m.cursors.remove(&id).await?;
+    m.delivery.forget(&id);
     tracing::info!(stream = %id, "stream deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -629,7 +672,7 @@ async fn change_subjects(
     body: Bytes,
     add: bool,
 ) -> Result<Response, Error> {
-    use crate::streams::DefaultSubjects;
+    use crate::streams::{DefaultSubjects, SubjectLimit, SubjectLimits};
     let body = parse_object(&body)?;
     let id = stream_id_of(&body)?;
     let subject = parse_subject(&body)?;
@@ -640,23 +683,35 @@ async fn change_subjects(
     }
     let lock = m.cursors.lock_for(&id);
     let _guard = lock.lock().await;
-    let mut stream = owned(&m, &receiver, &id)?;
-    let key = subject.canonical_key();
-    stream.subjects.retain(|s| s.canonical_key() != key);
+    let stream = owned(&m, &receiver, &id)?;
     // The list holds exclusions under default_subjects ALL, inclusions under NONE.
     let listed = match m.config.default_subjects {
         DefaultSubjects::All => !add,
         DefaultSubjects::None => add,
     };
-    if listed {
-        if stream.subjects.len() >= m.config.max_subjects_per_stream {
-            return Err(Error::Invalid(
-                "this stream has as many subjects as the hub allows".into(),
-            ));
+    let limits = SubjectLimits {
+        per_stream: m.config.max_subjects_per_stream,
+        bytes_per_receiver: m.config.max_subject_bytes_per_receiver,
+    };
+    match m
+        .registry
+        .set_subject(&stream, &subject, listed, limits)
+        .await?
+    {
+        Ok(()) => {}
+        Err(SubjectLimit::Count(max)) => {
+            return Err(Error::Invalid(format!(
+                "this stream lists {max} subjects, as many as delivery.max_subjects_per_stream \
+                 allows"
+            )))
         }
-        stream.subjects.push(subject);
+        Err(SubjectLimit::Bytes(max)) => {
+            return Err(Error::Refused(format!(
+                "this receiver's subjects would exceed delivery.max_subject_bytes_per_receiver \
+                 ({max} bytes); remove some first"
+            )))
+        }
     }
-    m.registry.put_stream(&stream).await?;
     Ok(if add {
         (StatusCode::OK, [(header::CACHE_CONTROL, "no-store")]).into_response()
     } else {
@@ -687,9 +742,16 @@ async fn verify_stream(
     let now = crate::unix_now_ms();
     let interval_ms = m.config.min_verification_interval_secs * 1000;
     if stream.last_verification_ms > 0 && now < stream.last_verification_ms + interval_ms {
-        return Err(Error::TooManyRequests);
+        let wait_ms = stream.last_verification_ms + interval_ms - now;
+        return Err(Error::Throttled(wait_ms.div_ceil(1000)));
     }
     stream.last_verification_ms = now;
+    if stream.status == StreamStatus::Disabled {
+        // A disabled stream holds nothing (SSF §8.1.2): the request is accepted and dropped.
+        // On a paused stream it is queued and held until the stream is enabled again.
+        m.registry.put_stream(&stream).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let payload = match state {
         Some(s) => json!({ "state": s }),
         None => json!({}),
@@ -719,8 +781,12 @@ async fn poll_stream(
         .await
         .map_err(|e| match e {
             crate::delivery::poll::PollError::Gone => Error::NotFound,
+            // Another long poll of this receiver will end within the long-poll timeout.
+            crate::delivery::poll::PollError::TooManyLongPolls => Error::Throttled(1),
             e => Error::Internal(e.to_string()),
         })?;
+    // The end of a long poll is receiver activity too (its start was, in `owned`).
+    m.registry.touch(&stream_id);
     Ok(no_store(
         StatusCode::OK,
         serde_json::to_value(resp).map_err(|e| Error::Internal(e.to_string()))?,
@@ -903,15 +969,14 @@ async fn revoke_receiver(
 ) -> Result<Response, Error> {
     if m.registry.revoke_receiver(&id).await? {
         // A revoked receiver gets nothing more: its streams are disabled (they hold nothing),
-        // which stops push delivery to its endpoints at once.
-        for mut stream in m.registry.streams_of(&id)? {
-            let lock = m.cursors.lock_for(&stream.stream_id);
-            let _guard = lock.lock().await;
-            let previous = stream.status;
-            stream.status = StreamStatus::Disabled;
-            stream.reason = Some("receiver credential revoked".into());
-            set_cursor_for_status(&m, &stream.stream_id, previous, StreamStatus::Disabled).await?;
-            m.registry.put_stream(&stream).await?;
+        // which stops push delivery to its endpoints. Each is announced first with a
+        // stream-updated SET (SSF §8.1.2, §8.1.5: a transmitter-initiated change), pushed at
+        // once or queued for the poll stream, whose open long polls end with it.
+        let reason = "receiver credential revoked";
+        for stream in m.registry.streams_of(&id)? {
+            m.delivery
+                .change_status(&stream.stream_id, StreamStatus::Disabled, reason, |_| true)
+                .await?;
         }
         tracing::info!(receiver = %id, "receiver credential revoked");
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -53,6 +53,8 @@ pub enum PollError {
     Sign(#[from] crate::sign::SignError),
     #[error("the stream no longer exists")]
     Gone,
+    #[error("this receiver already has as many long polls waiting as the hub allows")]
+    TooManyLongPolls,
 }
 
 /// Most SETs one poll response carries when the receiver sets no `maxEvents`.
@@ -64,6 +66,12 @@ pub const MAX_RELEASES: usize = 2000;
 
 /// Serves one poll request for `stream` (already authorized). The stream and its cursor are
 /// read again on every wake, so a pause, an update or a delete during a long poll counts.
+///
+/// A long poll holds one of its receiver's `delivery.max_long_polls_per_receiver` slots while
+/// it runs; over the cap it is refused before anything is done (`TooManyLongPolls`, a 429 with
+/// `Retry-After`), so the receiver can repeat the same request, acks included. When the
+/// receiver's credential is revoked, its long polls end at once, carrying the stream-updated
+/// SET that announces the stream's disabling.
 pub async fn poll(
     d: &Delivery,
     stream: &Stream,
@@ -73,6 +81,15 @@ pub async fn poll(
     let limit = req
         .max_events
         .map_or(DEFAULT_MAX_EVENTS, |n| (n as usize).min(1000));
+    let immediate = req.return_immediately.unwrap_or(false) || limit == 0;
+    let _slot = if immediate {
+        None
+    } else {
+        Some(
+            d.long_poll_slot(&stream.receiver_id)
+                .ok_or(PollError::TooManyLongPolls)?,
+        )
+    };
     let timeout = Duration::from_secs(d.config.long_poll_timeout_secs);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut head = d.log.subscribe();
@@ -91,6 +108,10 @@ pub async fn poll(
             .owned_stream(&stream.receiver_id, &stream.stream_id)?
             .filter(|s| s.delivery.is_poll())
             .ok_or(PollError::Gone)?;
+        let revoked = d
+            .registry
+            .receiver(&stream.receiver_id)?
+            .is_none_or(|r| r.revoked);
         let mut cursor = cursors.get(&stream.stream_id)?.ok_or(PollError::Gone)?;
         let before = cursor.clone();
         if first {
@@ -108,9 +129,12 @@ pub async fn poll(
         if cursor != before {
             cursors.put(&stream.stream_id, &cursor).await?;
         }
+        prune_signed(d, &stream, &cursor);
         drop(guard);
-        let immediate = req.return_immediately.unwrap_or(false) || limit == 0;
-        if !response.sets.is_empty() || immediate {
+        // Revocation disables the receiver's streams one by one, each after its announcement
+        // is queued: a long poll ends once its own stream is disabled, with that announcement.
+        let ended = revoked && stream.status == StreamStatus::Disabled;
+        if !response.sets.is_empty() || immediate || ended {
             return Ok(response);
         }
         tokio::select! {
@@ -163,7 +187,20 @@ fn apply_acks(cursor: &mut Cursor, stream: &Stream, req: &PollRequest) {
     }
 }
 
+/// Drops the signed copies of SETs no longer handed out: acknowledged, reported, or cleared
+/// by a status change. What stays is bounded by what the cursor holds.
+fn prune_signed(d: &Delivery, stream: &Stream, cursor: &Cursor) {
+    d.retain_signed(&stream.stream_id, |jti| {
+        match position_of(&stream.stream_id, jti) {
+            Some(p) => cursor.outstanding.contains(&p),
+            None => cursor.control.iter().any(|c| c.jti == jti),
+        }
+    });
+}
+
 /// Control events first, then SETs handed out before and not yet acknowledged, then new ones.
+/// What was handed out before is returned as it was signed then (byte for byte), as long as the
+/// same key still signs for the stream.
 async fn collect(
     d: &Delivery,
     stream: &Stream,
@@ -171,15 +208,39 @@ async fn collect(
     limit: usize,
 ) -> Result<PollResponse, PollError> {
     let signer = d.minter.signer_for(stream)?;
+    let kid = signer.kid().to_owned();
+    let sign_once = |jti: &str, sign: &dyn Fn() -> Result<String, crate::sign::SignError>| {
+        if let Some(set) = d.signed_again(&stream.stream_id, jti, &kid) {
+            return Ok::<_, PollError>(set.to_string());
+        }
+        let set = sign()?;
+        d.keep_signed(&stream.stream_id, jti, &kid, set.as_str().into());
+        Ok(set)
+    };
+    let enabled = stream.status == StreamStatus::Enabled;
     let mut sets = BTreeMap::new();
-    for c in cursor.control.iter().take(limit) {
-        let set = mint_control(&signer, d.minter.issuer(), stream, c)?;
+    // A paused or disabled stream transmits nothing but the announcements of its status: a
+    // verification SET waits for the stream to be enabled again (SSF §8.1.2: paused streams
+    // hold events; disabling drops queued verifications, see `set_cursor_for_status`).
+    let deliverable = cursor
+        .control
+        .iter()
+        .filter(|c| enabled || c.event_type == crate::set::EventKind::StreamUpdated);
+    let mut waiting = 0;
+    for c in deliverable {
+        if sets.len() == limit {
+            waiting += 1;
+            continue;
+        }
+        let set = sign_once(&c.jti, &|| {
+            mint_control(&signer, d.minter.issuer(), stream, c)
+        })?;
         sets.insert(c.jti.clone(), set);
     }
-    let mut more_available = cursor.control.len() > sets.len();
+    let mut more_available = waiting > 0;
     // Paused streams hold their events (the cursor stays); disabled streams were moved to the
     // head when disabled; neither delivers.
-    if stream.status != StreamStatus::Enabled {
+    if !enabled {
         return Ok(PollResponse {
             sets,
             more_available,
@@ -194,11 +255,17 @@ async fn collect(
             more_available = true;
             break;
         }
+        let jti = crate::outbound::event_jti(&stream.stream_id, position);
+        if let Some(set) = d.signed_again(&stream.stream_id, &jti, &kid) {
+            sets.insert(jti, set.to_string());
+            continue;
+        }
         let Some(record) = d.log.record_at(position).await? else {
             cursor.outstanding.remove(&position);
             continue;
         };
         let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, &record)?;
+        d.keep_signed(&stream.stream_id, &jti, &kid, set.as_str().into());
         sets.insert(jti, set);
     }
     let room = limit - sets.len();
@@ -214,6 +281,7 @@ async fn collect(
     .await?;
     for record in &records {
         let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, record)?;
+        d.keep_signed(&stream.stream_id, &jti, &kid, set.as_str().into());
         record_latency("poll", record, budget);
         cursor.outstanding.insert(record.position);
         sets.insert(jti, set);

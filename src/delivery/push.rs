@@ -16,7 +16,7 @@ use super::{pending, record_latency, Delivery};
 use crate::guard::{Guard, GuardedResolver};
 use crate::outbound::{mint_control, mint_event};
 use crate::set::events::StreamStatus;
-use crate::set::{EventKind, SET_MEDIA_TYPE};
+use crate::set::SET_MEDIA_TYPE;
 use crate::streams::Cursor;
 use crate::streams::Stream;
 
@@ -182,6 +182,13 @@ pub async fn run(d: Delivery, shutdown: CancellationToken) {
         HashMap::new();
     let mut progress = tokio::time::interval(crate::streams::PUSH_PROGRESS_FLUSH);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Inactive streams (of both methods) are looked for a few times per timeout, at most once
+    // a minute; the supervisor is the one delivery task that always runs.
+    let sweep = Duration::from_millis(
+        (d.config.inactivity_timeout_secs.saturating_mul(250)).clamp(500, 60_000),
+    );
+    let mut inactivity = tokio::time::interval(sweep);
+    inactivity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'supervise: loop {
         changes.borrow_and_update();
         let wanted: Vec<Stream> = match d.registry.streams() {
@@ -220,6 +227,7 @@ pub async fn run(d: Delivery, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => break 'supervise,
                 _ = changes.changed() => break,
                 _ = progress.tick() => flush_progress(&d).await,
+                _ = inactivity.tick() => d.pause_inactive().await,
             }
         }
     }
@@ -439,6 +447,8 @@ async fn deliver_one(
         match outcome {
             Outcome::Delivered => {
                 *permanent_in_a_row = 0;
+                // A receiver taking SETs is alive: its stream is not inactive.
+                d.registry.touch(&stream.stream_id);
                 return Ok(true);
             }
             Outcome::Permanent { reason } => {
@@ -497,35 +507,30 @@ fn dead_letter(d: &Delivery, stream: &Stream, set: &str, reason: &str) {
 /// with an operator-visible reason (SSF §8.1.2, §8.1.5). Does nothing if, meanwhile, the stream
 /// was deleted or its status changed.
 pub async fn pause(d: &Delivery, stream: &Stream, reason: &str) {
-    let lock = d.cursors.lock_for(&stream.stream_id);
-    let _guard = lock.lock().await;
-    let Some(mut updated) = current(d, &stream.stream_id) else {
-        return;
-    };
     tracing::warn!(stream = %stream.stream_id, %reason, "pausing stream");
-    metrics::counter!("ssf_hub_streams_paused_by_hub_total").increment(1);
-    let announcement = crate::outbound::control(
-        &updated,
-        EventKind::StreamUpdated,
-        json!({ "status": "paused", "reason": reason }),
-    );
-    let sent = match d.minter.signer_for(&updated) {
-        Ok(signer) => match mint_control(&signer, d.minter.issuer(), &updated, &announcement) {
-            Ok(set) => send(&d.client, &d.guard, &updated, &set).await == Outcome::Delivered,
+    let still = |s: &Stream| !s.delivery.is_poll() && s.status == StreamStatus::Enabled;
+    match d
+        .change_status(&stream.stream_id, StreamStatus::Paused, reason, still)
+        .await
+    {
+        Ok(true) => metrics::counter!("ssf_hub_streams_paused_by_hub_total").increment(1),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "recording the pause failed"),
+    }
+}
+
+/// Signs and pushes one control SET now, once; whether the receiver took it.
+pub async fn send_control(
+    d: &Delivery,
+    stream: &Stream,
+    control: &crate::streams::Control,
+) -> bool {
+    match d.minter.signer_for(stream) {
+        Ok(signer) => match mint_control(&signer, d.minter.issuer(), stream, control) {
+            Ok(set) => send(&d.client, &d.guard, stream, &set).await == Outcome::Delivered,
             Err(_) => false,
         },
         Err(_) => false,
-    };
-    if !sent {
-        let _ = d
-            .cursors
-            .push_control(&updated.stream_id, announcement)
-            .await;
-    }
-    updated.status = StreamStatus::Paused;
-    updated.reason = Some(reason.to_owned());
-    if let Err(e) = d.registry.put_stream(&updated).await {
-        tracing::error!(error = %e, "recording the pause failed");
     }
 }
 

@@ -271,12 +271,20 @@ pub async fn set_cursor_for_status(
     previous: StreamStatus,
     status: StreamStatus,
 ) -> Result<(), RegistryError> {
-    let mut cursor = cursors.get(id)?.unwrap_or_else(|| Cursor::at(head));
+    let stored = cursors.get(id)?;
+    let mut cursor = stored.clone().unwrap_or_else(|| Cursor::at(head));
     match (previous, status) {
         (_, StreamStatus::Disabled) | (StreamStatus::Disabled, _) => {
             cursor.through = head;
             cursor.done_above.clear();
             cursor.outstanding.clear();
+            // A disabled stream holds nothing (SSF §8.1.2), verification requests included;
+            // announcements of its status stay, so the receiver learns why.
+            if status == StreamStatus::Disabled {
+                cursor
+                    .control
+                    .retain(|c| c.event_type != crate::set::EventKind::Verification);
+            }
         }
         (StreamStatus::Paused, StreamStatus::Enabled) => {
             let max = paused_hold_max_events;
@@ -288,5 +296,44 @@ pub async fn set_cursor_for_status(
         }
         _ => {}
     }
+    // Pausing an enabled stream moves nothing: no write, no fsync.
+    if stored.as_ref() == Some(&cursor) {
+        return Ok(());
+    }
     cursors.put(id, &cursor).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dead_letters_are_capped_and_go_with_their_stream() {
+        let tables: Arc<dyn Tables> = Arc::new(crate::storage::MemoryTables::default());
+        let cursors =
+            Cursors::open(tables.clone(), crate::durable::Flusher::new(tables)).expect("open");
+        for id in ["s1", "s2"] {
+            cursors.put(id, &Cursor::at(0)).await.expect("cursor");
+        }
+        for i in 0..5 {
+            cursors
+                .dead_letter("s1", &serde_json::json!({ "i": i }), 3)
+                .expect("letter");
+        }
+        cursors
+            .dead_letter("s2", &serde_json::json!({ "i": 0 }), 3)
+            .expect("letter");
+        let kept: Vec<_> = cursors.dead_letters("s1").expect("read");
+        assert_eq!(
+            kept,
+            (2..5)
+                .map(|i| serde_json::json!({ "i": i }))
+                .collect::<Vec<_>>(),
+            "the newest three"
+        );
+        cursors.remove("s1").await.expect("remove");
+        assert!(cursors.dead_letters("s1").expect("read").is_empty());
+        assert!(cursors.get("s1").expect("read").is_none());
+        assert_eq!(cursors.dead_letters("s2").expect("read").len(), 1);
+    }
 }

@@ -10,7 +10,7 @@ mod registry;
 pub use self::cursors::{
     set_cursor_for_status, Control, Cursor, Cursors, MAX_CONTROL, PUSH_PROGRESS_FLUSH,
 };
-pub use self::registry::{Grant, Registry};
+pub use self::registry::{Grant, Registry, SubjectLimit, SubjectLimits};
 
 use std::collections::BTreeSet;
 
@@ -162,9 +162,12 @@ pub struct Stream {
     pub status: StreamStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// With `default_subjects: ALL` these are exclusions; with `NONE`, inclusions.
-    #[serde(default)]
-    pub subjects: Vec<Subject>,
+    /// With `default_subjects: ALL` these are exclusions; with `NONE`, inclusions. Stored one
+    /// row per subject beside the stream (see [`Registry`]) and attached when a stream is read;
+    /// never serialized with the stream. Streams of older versions kept them inline, which is
+    /// still read (and moved into rows when the registry opens).
+    #[serde(default, skip_serializing)]
+    pub subjects: Subjects,
     /// Per-stream delivery latency budget (hub extension field), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_budget_ms: Option<u64>,
@@ -174,6 +177,30 @@ pub struct Stream {
     #[serde(default)]
     pub last_verification_ms: u64,
     pub created_at_ms: u64,
+}
+
+/// A stream's listed subjects as the registry cached them: shared, so loading a stream with
+/// thousands of subjects (every poll, every push batch) copies a pointer, not the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subjects(std::sync::Arc<Vec<Subject>>);
+
+impl Subjects {
+    pub fn new(list: Vec<Subject>) -> Subjects {
+        Subjects(std::sync::Arc::new(list))
+    }
+}
+
+impl std::ops::Deref for Subjects {
+    type Target = [Subject];
+    fn deref(&self) -> &[Subject] {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Subjects {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Subjects::new(Vec::<Subject>::deserialize(d)?))
+    }
 }
 
 /// Event types a stream can carry: every CAEP and RISC type. Verification and stream-updated

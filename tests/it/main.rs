@@ -18,5 +18,6 @@ mod retention;
 mod revocation;
 mod schemas;
 mod storage_conformance;
+mod streams_hardening;
 mod support;
 mod transmitter;

@@ -299,7 +299,8 @@ async fn stream_management_answers_every_status_code() {
         .await;
     assert_eq!(r.status, 404);
 
-    // PUT: absent receiver-supplied fields are removed; delivery is required.
+    // PUT: absent receiver-supplied fields are removed; without delivery it is poll, as on
+    // create.
     let r = hub
         .call(
             "PUT",
@@ -308,7 +309,8 @@ async fn stream_management_answers_every_status_code() {
             Some(json!({"stream_id": id})),
         )
         .await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["delivery"]["method"], "urn:ietf:rfc:8936");
     let r = hub
         .call(
             "PUT",
