@@ -147,6 +147,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         guard,
         delivery: delivery.clone(),
         admin: admin.clone(),
+        dpop: config.oauth.issuer.is_some(),
     };
     let api = crate::revocation::Api {
         revocations: revocations.clone(),

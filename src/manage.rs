@@ -40,6 +40,9 @@ pub struct Manage {
     /// Serves RFC 8936 polls.
     pub delivery: Deliverer,
     pub admin: AdminToken,
+    /// Whether OAuth access tokens (and DPoP proofs, RFC 9449) are accepted, so that discovery
+    /// can say so.
+    pub dpop: bool,
 }
 
 impl FromRef<Manage> for AdminToken {
@@ -127,6 +130,12 @@ fn base(m: &Manage) -> &str {
 /// `GET /.well-known/ssf-configuration[/{issuer path}]` (SSF §7.1).
 async fn get_configuration(State(m): State<Manage>) -> Response {
     let b = base(&m);
+    // Bearer tokens (RFC 6749/6750) always; sender-constrained tokens when an authorization
+    // server is configured.
+    let mut schemes = vec![json!({"spec_urn": "urn:ietf:rfc:6749"})];
+    if m.dpop {
+        schemes.push(json!({"spec_urn": "urn:ietf:rfc:9449"}));
+    }
     let body = json!({
         "spec_version": "1_0",
         "issuer": m.minter.issuer(),
@@ -137,7 +146,7 @@ async fn get_configuration(State(m): State<Manage>) -> Response {
         "add_subject_endpoint": format!("{b}/ssf/subjects:add"),
         "remove_subject_endpoint": format!("{b}/ssf/subjects:remove"),
         "verification_endpoint": format!("{b}/ssf/verify"),
-        "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6749"}],
+        "authorization_schemes": schemes,
         "default_subjects": m.config.default_subjects,
     });
     Json(body).into_response()

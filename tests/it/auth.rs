@@ -605,6 +605,15 @@ async fn oauth_access_tokens_from_the_configured_server_manage_the_clients_strea
         .receiver_with("oauth-gw", json!({"oauth_client_id": "client-1"}))
         .await;
     let create = json!({"events_requested": [SESSION_REVOKED]});
+    // Discovery says sender-constrained tokens are accepted, beside plain bearer tokens.
+    let meta = hub
+        .call("GET", "/.well-known/ssf-configuration", "", None)
+        .await
+        .json();
+    assert_eq!(
+        meta["authorization_schemes"],
+        json!([{"spec_urn": "urn:ietf:rfc:6749"}, {"spec_urn": "urn:ietf:rfc:9449"}])
+    );
 
     let token = server.token("as", "at+jwt", json!({}));
     let r = hub
