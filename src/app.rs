@@ -49,6 +49,7 @@ struct Parts {
     feeds: Feeds,
     retention: Retention,
     router: Router,
+    http: crate::config::HttpConfig,
     /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
     closing: CancellationToken,
 }
@@ -177,6 +178,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
             delta_window: config.revocation.delta_window,
         },
         router,
+        http: config.http.clone(),
         closing,
     })
 }
@@ -218,6 +220,7 @@ async fn run(
         feeds,
         retention,
         router,
+        http,
         closing,
     } = parts;
     let mut tasks = JoinSet::new();
@@ -240,20 +243,15 @@ async fn run(
             closing.cancel();
         });
     }
+    let limits = crate::transport::Limits::new(&http, crate::transport::raise_fd_limit());
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, sources, "ssf-hub listening");
-    let stop = shutdown.clone();
-    // Deltas, feed frames and 202s are small writes that must leave at once: without
-    // TCP_NODELAY, Nagle's algorithm holds one behind an unacknowledged predecessor (delayed ACK
-    // on the peer) and adds up to 40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    tracing::info!(
+        %addr,
+        sources,
+        max_connections = limits.max_connections,
+        "ssf-hub listening"
+    );
+    crate::transport::serve(listener, router, limits, shutdown.clone()).await;
     shutdown.cancel();
     // Background tasks get a short grace period, then are aborted.
     let drain = async { while tasks.join_next().await.is_some() {} };
@@ -263,7 +261,7 @@ async fn run(
     {
         tasks.abort_all();
     }
-    served.map_err(StartError::Io)
+    Ok(())
 }
 
 /// What the retention sweep keeps.

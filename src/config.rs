@@ -84,6 +84,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub revocation: RevocationConfig,
     pub feed: FeedConfig,
+    pub http: HttpConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
 }
@@ -101,6 +102,15 @@ pub struct RevocationConfig {
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     pub ring_capacity: usize,
+}
+
+/// The HTTP transport: connection cap and deadlines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub max_connections: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
 }
 
 /// How the hub, as a transmitter, serves its streams.
@@ -295,6 +305,19 @@ impl Config {
                 "feed.ring_capacity",
                 "must be between 16 and 1048576",
             ));
+        }
+        let h = &self.http;
+        if h.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if h.header_read_timeout_ms < 100 {
+            return Err(invalid(
+                "http.header_read_timeout_ms",
+                "must be at least 100",
+            ));
+        }
+        if h.body_read_timeout_ms < 100 {
+            return Err(invalid("http.body_read_timeout_ms", "must be at least 100"));
         }
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));

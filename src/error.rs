@@ -22,6 +22,8 @@ pub enum Error {
     UnsupportedMediaType,
     #[error("the request body is larger than this hub accepts")]
     TooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("this source is not allowed to send this event type")]
     AccessDenied,
     #[error("{0}")]
@@ -57,6 +59,7 @@ impl Error {
             Error::WrongCredential => "forbidden",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::TooLarge => "too_large",
+            Error::BodyTimeout => "body_timeout",
             Error::AccessDenied => ErrCode::AccessDenied.as_str(),
             Error::BadQuery(_) => "bad_query",
             Error::Verify(VerifyError::KeysUnavailable) => "unavailable",
@@ -116,6 +119,13 @@ impl IntoResponse for Error {
                 description,
             ),
             Error::TooLarge => http_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", description),
+            Error::BodyTimeout => {
+                // The rest of the body is not waited for: the connection closes after this.
+                let mut r = http_error(StatusCode::REQUEST_TIMEOUT, "request_timeout", description);
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
             Error::AccessDenied => set_error(ErrCode::AccessDenied, description),
             Error::BadQuery(_) => http_error(StatusCode::BAD_REQUEST, "bad_request", description),
             Error::Verify(VerifyError::KeysUnavailable) => {

@@ -33,7 +33,8 @@
 //!   stream), [`revocation`] with [`state`] (stage 5a, the fold, deltas and decisions) and
 //!   [`feed`] (websockets; it subscribes to the fold's deltas).
 //! - [`sign`], [`keyring`]: signing keys and SET encoding (operator tools, the hub's own keys).
-//! - [`http`], [`error`], [`ops`], [`guard`], [`telemetry`]: the edges. [`app`] composes the
+//! - [`transport`] (accept loop, timeouts, connection cap), [`http`], [`error`], [`ops`],
+//!   [`guard`], [`telemetry`]: the edges. [`app`] composes the
 //!   parts and is imported by nothing but [`cli`]; the module graph has no cycle.
 
 pub mod app;
@@ -61,6 +62,7 @@ pub mod state;
 pub mod storage;
 pub mod streams;
 pub mod telemetry;
+pub mod transport;
 pub mod verify;
 
 /// Seconds since the Unix epoch.

@@ -18,3 +18,4 @@ mod schemas;
 mod storage_conformance;
 mod support;
 mod transmitter;
+mod transport;

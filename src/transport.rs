@@ -1,0 +1,342 @@
+//! The HTTP transport: accepts TCP connections and serves HTTP/1.1 on them (hyper), under limits
+//! no single client can lift. Every connection is bounded in time (headers, keep-alive idleness
+//! and request bodies each have a deadline) and their number is capped below the process's
+//! open-file limit, with an immediate `503` for the connection over the cap instead of a hang.
+//! On shutdown it stops accepting, lets in-flight requests finish and waits for their
+//! connections to close. Knows nothing about routes; `app` hands it the router.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::Router;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HttpConfig;
+
+/// The limits one listener enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most (websockets included: they keep their connection's slot).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this. hyper starts the timer whenever a
+    /// connection waits for a request, so it is also the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive whole within this, counted from its headers.
+    pub body_read_timeout: Duration,
+}
+
+impl Limits {
+    /// The configured limits, with the connection cap fitted under `fd_limit`.
+    pub fn new(config: &HttpConfig, fd_limit: Option<u64>) -> Limits {
+        Limits {
+            max_connections: fit_connections(config.max_connections, fd_limit),
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit and returns the limit now in force (`None`
+/// where it cannot be read). With the common default of 1024 (or 256 on some systems), a few
+/// hundred idle sockets would otherwise leave no descriptor for storage or outbound requests.
+pub fn raise_fd_limit() -> Option<u64> {
+    // The hard limit may be "unlimited", which the kernel refuses as a soft limit; 2^20 is
+    // Linux's usual `nr_open`.
+    let raised =
+        rlimit::increase_nofile_limit(u64::MAX).or_else(|_| rlimit::increase_nofile_limit(1 << 20));
+    if let Err(e) = &raised {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft, hard, "open-file limit");
+            Some(soft)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-file limit");
+            None
+        }
+    }
+}
+
+/// The connection cap that fits under `fd_limit`: a quarter of the descriptors (at least 64)
+/// stay free for storage files, outbound pushes, JWKS fetches and refusals.
+pub fn fit_connections(configured: usize, fd_limit: Option<u64>) -> usize {
+    let Some(limit) = fd_limit else {
+        return configured;
+    };
+    let reserve = (limit / 4).max(64);
+    let fits = usize::try_from(limit.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if fits < configured {
+        tracing::warn!(
+            configured,
+            fits,
+            fd_limit = limit,
+            "http.max_connections lowered to fit under the open-file limit"
+        );
+    }
+    configured.min(fits)
+}
+
+/// At most this many refusals are being written at once; beyond that, connections over the cap
+/// are closed without a word (a flood must not turn refusals into a resource of their own).
+const MAX_REFUSALS: usize = 64;
+
+/// What a connection over the cap is told before it is closed.
+fn refusal() -> String {
+    let body =
+        r#"{"error":"unavailable","description":"too many open connections; retry shortly"}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-language: en\r\nretry-after: 1\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting, lets
+/// in-flight requests finish and returns once every connection has closed. Upgraded
+/// connections (websockets) are no longer HTTP; their handlers watch for shutdown themselves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    loop {
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before accept: neither
+                    // is the listener's fault. A pause keeps an exhausted process from spinning.
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Deltas, feed frames and 202s are small writes that must leave at once: without
+        // TCP_NODELAY, Nagle's algorithm holds one behind an unacknowledged predecessor
+        // (delayed ACK on the peer) and adds up to 40 ms.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("ssf_hub_http_connections_refused_total").increment(1);
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(refuse(tcp, permit));
+            }
+            continue;
+        };
+        let io = TokioIo::new(Held {
+            tcp,
+            _slot: slot,
+            _gauge: Gauge::open(),
+        });
+        let service = Service {
+            router: router.clone(),
+            body_read_timeout: limits.body_read_timeout,
+        };
+        let conn = http.serve_connection(io, service).with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let done = tokio::select! {
+                done = conn.as_mut() => done,
+                _ = shutdown.cancelled() => {
+                    // Finishes the request in flight, if any, then closes.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Writes the 503 refusal, half-closes, and reads what the client sent for a moment before
+/// closing: closing a socket with unread input sends a reset, which can destroy the refusal
+/// before the client reads it.
+async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+    let linger = async {
+        tcp.write_all(refusal().as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+}
+
+/// Counts open connections in `ssf_hub_http_connections` for as long as it lives.
+#[derive(Debug)]
+struct Gauge;
+
+impl Gauge {
+    fn open() -> Gauge {
+        metrics::gauge!("ssf_hub_http_connections").increment(1.0);
+        Gauge
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        metrics::gauge!("ssf_hub_http_connections").decrement(1.0);
+    }
+}
+
+/// A connection's socket with its slot under the cap. An upgraded connection (websocket) takes
+/// the socket, and with it the slot, along: the slot frees only when the socket closes.
+#[derive(Debug)]
+struct Held {
+    tcp: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    _gauge: Gauge,
+}
+
+impl AsyncRead for Held {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+/// The router as a hyper service, each request body under its deadline.
+#[derive(Debug, Clone)]
+struct Service {
+    router: Router,
+    body_read_timeout: Duration,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let timeout = self.body_read_timeout;
+        let req = req.map(|body| {
+            if body.is_end_stream() {
+                // No body (most GETs): no timer to arm.
+                Body::new(body)
+            } else {
+                Body::new(Deadline {
+                    inner: Body::new(body),
+                    expires: Box::pin(tokio::time::sleep(timeout)),
+                })
+            }
+        });
+        let mut router = self.router.clone();
+        Box::pin(async move { tower_service::Service::call(&mut router, req).await })
+    }
+}
+
+/// The request body did not arrive whole within `http.body_read_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time (http.body_read_timeout_ms)")]
+pub struct BodyTimeout;
+
+/// Whether `e`, or any error it wraps, is a [`BodyTimeout`]: body readers (extractors,
+/// `to_bytes`) wrap the body's error in their own.
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<BodyTimeout>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A request body that fails with [`BodyTimeout`] once its deadline passes: a client trickling
+/// a body a byte at a time cannot hold a connection and its handler open for longer.
+struct Deadline {
+    inner: Body,
+    expires: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for Deadline {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.expires.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
