@@ -131,7 +131,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
     );
     let closing = CancellationToken::new();
     let feeds = Feeds::new(
-        config.feed.ring_capacity,
+        config.feed.clone(),
         log.clone(),
         revocations.clone(),
         closing.clone(),

@@ -102,6 +102,12 @@ pub struct RevocationConfig {
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     pub ring_capacity: usize,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_sockets_per_credential: usize,
+    pub max_sockets: usize,
+    pub idle_timeout_secs: u64,
+    pub write_timeout_secs: u64,
 }
 
 /// The HTTP transport: connection cap and deadlines.
@@ -304,6 +310,31 @@ impl Config {
             return Err(invalid(
                 "feed.ring_capacity",
                 "must be between 16 and 1048576",
+            ));
+        }
+        let f = &self.feed;
+        if !(125..=1 << 20).contains(&f.max_frame_bytes) {
+            return Err(invalid(
+                "feed.max_frame_bytes",
+                "must be between 125 and 1048576",
+            ));
+        }
+        if !(f.max_frame_bytes..=1 << 20).contains(&f.max_message_bytes) {
+            return Err(invalid(
+                "feed.max_message_bytes",
+                "must be at least feed.max_frame_bytes and at most 1048576",
+            ));
+        }
+        if f.max_sockets_per_credential == 0 || f.max_sockets == 0 {
+            return Err(invalid(
+                "feed.max_sockets_per_credential",
+                "socket caps must be at least 1",
+            ));
+        }
+        if f.idle_timeout_secs == 0 || f.write_timeout_secs == 0 {
+            return Err(invalid(
+                "feed.idle_timeout_secs",
+                "timeouts must be at least 1 second",
             ));
         }
         let h = &self.http;

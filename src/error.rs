@@ -42,6 +42,12 @@ pub enum Error {
     Invalid(String),
     #[error("too many requests; slow down")]
     TooManyRequests,
+    /// A per-credential cap (websockets) is reached; the text names it.
+    #[error("{0}")]
+    Limit(String),
+    /// A hub-wide cap is reached; the text names it.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Refused(String),
     #[error("state storage failure")]
@@ -69,7 +75,8 @@ impl Error {
             Error::InvalidToken => "unauthorized",
             Error::NotFound => "not_found",
             Error::Invalid(_) => "bad_request",
-            Error::TooManyRequests => "too_many_requests",
+            Error::TooManyRequests | Error::Limit(_) => "too_many_requests",
+            Error::Unavailable(_) => "unavailable",
             Error::Refused(_) => "forbidden",
             Error::Registry(_) | Error::Internal(_) => "internal",
         }
@@ -169,6 +176,22 @@ impl IntoResponse for Error {
                 "too_many_requests",
                 description,
             ),
+            Error::Limit(_) => {
+                let mut r = http_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    description,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
+            }
+            Error::Unavailable(_) => {
+                let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", description);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
+            }
             Error::Registry(e) => {
                 tracing::error!(error = %e, "request failed on state storage");
                 http_error(

@@ -15,7 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::Router;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -180,18 +180,30 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Writes the 503 refusal, half-closes, and reads what the client sent for a moment before
-/// closing: closing a socket with unread input sends a reset, which can destroy the refusal
-/// before the client reads it.
+/// Answers a connection over the cap: waits (briefly) for its request head, so an HTTP client
+/// reads the refusal as the answer to its request rather than as an unsolicited message, writes
+/// the 503, half-closes, and reads what else the client sent for a moment before closing
+/// (closing a socket with unread input sends a reset, which can destroy the refusal before the
+/// client reads it). The whole exchange is bounded by two seconds.
 async fn refuse(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
-    let linger = async {
+    let mut buf = [0u8; 2048];
+    let head = async {
+        let mut seen = Vec::new();
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.len() < 8192 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), head).await;
+    let answer = async {
         tcp.write_all(refusal().as_bytes()).await?;
         tcp.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink).await? > 0 {}
+        while tcp.read(&mut buf).await? > 0 {}
         Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 /// Counts open connections in `ssf_hub_http_connections` for as long as it lives.

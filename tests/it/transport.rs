@@ -207,3 +207,190 @@ async fn a_trickled_body_is_cut_off_with_408() {
         .assert_accepted();
     hub.stop().await;
 }
+
+// ---- websockets, over raw sockets: frames exactly as a hostile client would send them ----
+
+/// Opens a websocket on `path` with `token`: the handshake's status, its head (and body, when
+/// refused), and the socket.
+async fn ws_open(hub: &TestHub, path: &str, token: &str) -> (u16, String, TcpStream) {
+    let mut tcp = connect(hub).await;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: hub\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         authorization: Bearer {token}\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(BOUND, tcp.read(&mut byte))
+            .await
+            .expect("handshake answered")
+            .expect("read");
+        assert!(n > 0, "closed during the handshake");
+        head.push(byte[0]);
+    }
+    let mut head = String::from_utf8_lossy(&head).into_owned();
+    let status = head[9..12].parse().expect("status");
+    if status != 101 {
+        // The refusal's body (the connection stays open for keep-alive).
+        let len = head
+            .to_ascii_lowercase()
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        tokio::time::timeout(BOUND, tcp.read_exact(&mut body))
+            .await
+            .expect("body in time")
+            .expect("body");
+        head.push_str(&String::from_utf8_lossy(&body));
+    }
+    (status, head, tcp)
+}
+
+/// A client frame (masked, as RFC 6455 §5.3 requires).
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// How a websocket ended: the text frames the hub sent, and its close code (`None` when the
+/// connection just ended). Pings are read and not answered. Panics if still open after BOUND.
+async fn ws_until_closed(tcp: &mut TcpStream) -> (Vec<String>, Option<u16>) {
+    let mut texts = Vec::new();
+    let read = async {
+        loop {
+            let mut h = [0u8; 2];
+            if tcp.read_exact(&mut h).await.is_err() {
+                return None;
+            }
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut l = [0u8; 2];
+                    tcp.read_exact(&mut l).await.ok()?;
+                    u16::from_be_bytes(l) as usize
+                }
+                127 => {
+                    let mut l = [0u8; 8];
+                    tcp.read_exact(&mut l).await.ok()?;
+                    u64::from_be_bytes(l) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            tcp.read_exact(&mut payload).await.ok()?;
+            match h[0] & 0x0f {
+                0x1 => texts.push(String::from_utf8_lossy(&payload).into_owned()),
+                0x8 => return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])),
+                _ => {}
+            }
+        }
+    };
+    let code = tokio::time::timeout(BOUND, read)
+        .await
+        .expect("the hub closed the websocket");
+    (texts, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_never_finished_websocket_messages_close_only_that_socket() {
+    let hub = TestHub::start(|_, c| {
+        c.feed.max_message_bytes = 4096;
+        c.feed.max_frame_bytes = 4096;
+        c.feed.idle_timeout_secs = 1;
+    })
+    .await;
+    // A fragmented message that grows past the message cap, never finished.
+    let (status, _, mut big) = ws_open(&hub, "/revocations/ws", ADMIN).await;
+    assert_eq!(status, 101);
+    let mut chunk = frame(false, 0x1, &[b'x'; 1000]);
+    for _ in 0..10 {
+        chunk.extend(frame(false, 0x0, &[b'x'; 1000]));
+    }
+    // The hub may close before all of it is written.
+    let _ = big.write_all(&chunk).await;
+    ws_until_closed(&mut big).await;
+
+    // One frame over the frame cap.
+    let (_, _, mut wide) = ws_open(&hub, "/revocations/ws", ADMIN).await;
+    let _ = wide.write_all(&frame(true, 0x1, &[b'y'; 5000])).await;
+    ws_until_closed(&mut wide).await;
+
+    // A message begun and never finished, small enough to fit: the idle timeout ends it (the
+    // client answers no ping, and a fragment is not a message).
+    let (_, _, mut stalled) = ws_open(&hub, "/revocations/ws", ADMIN).await;
+    stalled
+        .write_all(&frame(false, 0x1, b"{\"never\":"))
+        .await
+        .expect("write");
+    let (_, code) = ws_until_closed(&mut stalled).await;
+    assert_eq!(code, Some(1001), "closed as idle");
+
+    // The hub keeps serving, websockets included.
+    assert_eq!(healthz(&hub).await, Some(200));
+    let (status, _, _ok) = ws_open(&hub, "/revocations/ws", ADMIN).await;
+    assert_eq!(status, 101);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_are_capped_per_credential_and_in_total() {
+    let hub = TestHub::start(|_, c| {
+        c.feed.max_sockets_per_credential = 2;
+        c.feed.max_sockets = 3;
+    })
+    .await;
+    let (_, token) = hub.receiver("sidecar").await;
+    let (_, other) = hub.receiver("other").await;
+    let (a, _, first) = ws_open(&hub, "/revocations/ws", &token).await;
+    let (b, _, _second) = ws_open(&hub, "/revocations/ws", &token).await;
+    assert_eq!((a, b), (101, 101));
+    let (status, refused, _) = ws_open(&hub, "/revocations/ws", &token).await;
+    assert_eq!(status, 429, "{refused}");
+    let lower = refused.to_ascii_lowercase();
+    assert!(lower.contains("\r\nretry-after: 5\r\n"), "{refused}");
+    assert!(
+        refused.contains("\"error\":\"too_many_requests\""),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("feed.max_sockets_per_credential"),
+        "{refused}"
+    );
+
+    // Another credential has its own allowance, up to the hub's total.
+    let (status, _, _third) = ws_open(&hub, "/feed", ADMIN).await;
+    assert_eq!(status, 101);
+    let (status, full, _) = ws_open(&hub, "/revocations/ws", &other).await;
+    assert_eq!(status, 503, "{full}");
+    assert!(full.contains("feed.max_sockets"), "{full}");
+
+    // A closed socket gives its slot back.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let (status, _, _again) = ws_open(&hub, "/revocations/ws", &token).await;
+        if status == 101 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the slot came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.stop().await;
+}
