@@ -427,6 +427,54 @@ impl Source {
     }
 }
 
+/// Whether a socket's credential is still valid. A receiver's is re-read whenever the registry
+/// changes (revoking a receiver is such a change), so a revoked credential's sockets close at
+/// once instead of at their next reconnect; the admin token is configuration and stays valid.
+struct Access {
+    registry: Registry,
+    receiver: Option<String>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Access {
+    fn new(registry: &Registry, principal: &Principal) -> Access {
+        Access {
+            registry: registry.clone(),
+            receiver: match principal {
+                Principal::Admin => None,
+                Principal::Receiver(id) => Some(id.clone()),
+            },
+            changes: registry.subscribe(),
+        }
+    }
+
+    /// Reads the receiver now. A failed read counts as revoked: the client reconnects, and is
+    /// let in again only with a valid credential.
+    fn valid(&self) -> bool {
+        let Some(id) = &self.receiver else {
+            return true;
+        };
+        matches!(self.registry.receiver(id), Ok(Some(r)) if !r.revoked)
+    }
+
+    /// As [`Access::valid`], reading only if the registry changed since the last look: called
+    /// before every frame, so a delta that follows a revocation is never sent.
+    fn still_valid(&mut self) -> bool {
+        if self.receiver.is_none() || !self.changes.has_changed().unwrap_or(false) {
+            return true;
+        }
+        self.changes.borrow_and_update();
+        self.valid()
+    }
+
+    /// Resolves when the registry changes (never, for the admin token).
+    async fn changed(&mut self) {
+        if self.receiver.is_none() || self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// One client's socket, with the deadline every write must meet.
 struct Conn {
     socket: WebSocket,
@@ -465,6 +513,9 @@ impl Conn {
     }
 }
 
+/// The close reason a revoked credential's sockets get (code 1008, policy violation).
+const REVOKED: &str = "the credential was revoked";
+
 /// Counts a socket the hub closed, by why.
 fn closed(feed: &'static str, reason: &'static str) {
     metrics::counter!("ssf_hub_ws_closed_total", "feed" => feed, "reason" => reason).increment(1);
@@ -490,8 +541,8 @@ fn batch_frame(items: &[&Item]) -> String {
 
 /// Replays from `since`, then forwards live items, coalescing whatever is waiting into one
 /// frame. `live` was subscribed before the replay started, so nothing falls between the two;
-/// items at or below the last position sent are skipped, so nothing is sent twice. `_slot` is
-/// held for as long as the socket is open.
+/// items at or below the last position sent are skipped, so nothing is sent twice. `slot` (whose
+/// credential this socket is) is held for as long as the socket is open.
 async fn follow(
     socket: WebSocket,
     feeds: Feeds,
@@ -499,9 +550,10 @@ async fn follow(
     filter: Filter,
     mut live: broadcast::Receiver<Arc<Item>>,
     source: Source,
-    _slot: &Slot,
+    slot: &Slot,
 ) {
     let feed = source.label();
+    let mut access = Access::new(&feeds.registry, &slot.principal);
     let config = &feeds.limits.config;
     let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
     let mut conn = Conn {
@@ -510,8 +562,17 @@ async fn follow(
         write_timeout: Duration::from_secs(config.write_timeout_secs),
     };
     let mut sent = since;
+    // The credential may have been revoked between the request and the upgrade.
+    if !access.valid() {
+        conn.close(1008, REVOKED, "revoked").await;
+        return;
+    }
     // Replay what is stored, page by page, until caught up with what the ring will carry.
     loop {
+        if !access.still_valid() {
+            conn.close(1008, REVOKED, "revoked").await;
+            return;
+        }
         let earliest = source.earliest(&feeds);
         if sent + 1 < earliest {
             // Retention removed what the client asked for: say exactly what, then go on.
@@ -569,6 +630,10 @@ async fn follow(
                     .filter(|i| i.position > sent)
                     .collect();
                 let wanted: Vec<&Item> = fresh.iter().copied().filter(|i| filter.wants(i)).collect();
+                if !access.still_valid() {
+                    conn.close(1008, REVOKED, "revoked").await;
+                    return;
+                }
                 // When lagged, what was already received in this batch still goes out, in
                 // order, so the cut-off position is exact.
                 if !wanted.is_empty() && !conn.text(batch_frame(&wanted)).await {
@@ -583,6 +648,12 @@ async fn follow(
                         "reason": "the client fell behind; reconnect with since=position"});
                     let _ = conn.text(cut_off.to_string()).await;
                     let _ = conn.send(Message::Close(None)).await;
+                    return;
+                }
+            }
+            _ = access.changed() => {
+                if !access.valid() {
+                    conn.close(1008, REVOKED, "revoked").await;
                     return;
                 }
             }

@@ -31,7 +31,7 @@ impl Registry {
         })
     }
 
-    /// Wakes whenever a stream is created, changed or deleted.
+    /// Wakes whenever a stream is created, changed or deleted, or a receiver revoked.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -121,6 +121,8 @@ impl Registry {
             Op::put(RECEIVERS, r.id.as_bytes(), serde_json::to_vec(&r)?),
         ])?;
         self.flush().await?;
+        // Open connections of this receiver (websockets, long polls) watch for it.
+        self.changed();
         Ok(true)
     }
 

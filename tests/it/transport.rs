@@ -394,3 +394,37 @@ async fn websockets_are_capped_per_credential_and_in_total() {
     }
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_receivers_websocket_closes_at_once_and_gets_no_further_delta() {
+    let signer = es256();
+    let hub = TestHub::with_signer(&signer).await;
+    let (id, token) = hub.receiver("sidecar").await;
+    let (status, _, mut socket) = ws_open(&hub, "/revocations/ws", &token).await;
+    assert_eq!(status, 101);
+    // The admin's socket stays open and sees the delta the receiver must not.
+    let (_, _, mut admin) = ws_open(&hub, "/revocations/ws", ADMIN).await;
+
+    let r = hub
+        .call("DELETE", &format!("/admin/receivers/{id}"), ADMIN, None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    // A revocation right after: its delta reaches the admin, never the revoked receiver.
+    hub.push("idp", signer.sign(&session_revoked()).expect("sign"))
+        .await
+        .assert_accepted();
+    let (texts, code) = ws_until_closed(&mut socket).await;
+    assert_eq!(code, Some(1008), "closed with policy violation");
+    assert!(texts.is_empty(), "no delta after the revocation: {texts:?}");
+
+    let mut h = [0u8; 2];
+    tokio::time::timeout(BOUND, admin.read_exact(&mut h))
+        .await
+        .expect("the admin's delta")
+        .expect("read");
+    assert_eq!(h[0] & 0x0f, 0x1, "a text frame");
+    // And the credential is refused from now on.
+    let (status, _, _) = ws_open(&hub, "/revocations/ws", &token).await;
+    assert_eq!(status, 401);
+    hub.stop().await;
+}
