@@ -62,16 +62,24 @@ fn build(config: Config) -> Result<Parts, StartError> {
     }
     // Installs the metrics recorder before the first thing is counted (start-up included).
     let metrics = crate::telemetry::metrics_handle();
-    std::fs::create_dir_all(&config.data_dir)?;
+    crate::storage::create_private_dir(&config.data_dir)?;
+    crate::storage::check_private_dir(&config.data_dir).map_err(StartError::Setup)?;
     let storage = match config.log_url()? {
-        LogUrl::Fjall(path) => Storage::embedded(
-            &config.data_dir,
-            &path,
-            Budgets {
-                cache_bytes: config.log.cache_capacity_bytes,
-                write_buffer_bytes: config.log.write_buffer_bytes,
-            },
-        )?,
+        LogUrl::Fjall(path) => {
+            // A database outside the data directory (`fjall://PATH`) is held to the same rule.
+            if !path.starts_with(&config.data_dir) {
+                crate::storage::create_private_dir(&path)?;
+                crate::storage::check_private_dir(&path).map_err(StartError::Setup)?;
+            }
+            Storage::embedded(
+                &config.data_dir,
+                &path,
+                Budgets {
+                    cache_bytes: config.log.cache_capacity_bytes,
+                    write_buffer_bytes: config.log.write_buffer_bytes,
+                },
+            )?
+        }
         LogUrl::Memory => Storage::memory(),
     };
     let setup = |what: &str| {

@@ -428,3 +428,50 @@ async fn a_revoked_receivers_websocket_closes_at_once_and_gets_no_further_delta(
     assert_eq!(status, 401);
     hub.stop().await;
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_private_and_a_readable_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut config = base_config(&data);
+    // Generated, so its file is written too.
+    config.admin_token = None;
+    let running = ssf_hub::app::spawn(config.clone()).await.expect("starts");
+    running.stop().await.expect("stops");
+    for d in ["", "db", "db/log", "db/state", "keys"] {
+        assert_eq!(mode(&data.join(d)), 0o700, "{d:?} is private");
+    }
+    assert_eq!(mode(&data.join("admin-token")), 0o600);
+    let keys: Vec<_> = std::fs::read_dir(data.join("keys"))
+        .expect("keys")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    assert!(!keys.is_empty());
+    for key in keys {
+        assert_eq!(mode(&key), 0o600, "{}", key.display());
+    }
+
+    // A directory others can read is refused, by name, with the fix.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let err = ssf_hub::app::spawn(config)
+        .await
+        .expect_err("a readable data directory stops the hub");
+    let msg = err.to_string();
+    assert!(msg.contains(&data.display().to_string()), "{msg}");
+    assert!(
+        msg.contains(&format!("chmod 700 {}", data.display())),
+        "{msg}"
+    );
+    assert!(msg.contains("0755"), "{msg}");
+}
