@@ -49,6 +49,8 @@ struct Parts {
     feeds: Feeds,
     retention: Retention,
     router: Router,
+    /// `GET /metrics` without authentication, for `http.metrics_listen`.
+    metrics_router: Router,
     http: crate::config::HttpConfig,
     /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
     closing: CancellationToken,
@@ -162,10 +164,17 @@ fn build(config: Config) -> Result<Parts, StartError> {
         registry: registry.clone(),
         admin: admin.clone(),
     };
+    let metrics_token = config
+        .http
+        .metrics_token
+        .clone()
+        .unwrap_or_else(|| admin.0.clone());
+    let metrics_router = crate::ops::metrics_routes(metrics.clone());
     let ops = crate::ops::Ops {
         log: log.clone(),
         admin,
         metrics,
+        metrics_token,
     };
     let router = Router::new()
         .merge(crate::manage::routes(manage))
@@ -186,6 +195,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
             delta_window: config.revocation.delta_window,
         },
         router,
+        metrics_router,
         http: config.http.clone(),
         closing,
     })
@@ -228,6 +238,7 @@ async fn run(
         feeds,
         retention,
         router,
+        metrics_router,
         http,
         closing,
     } = parts;
@@ -252,6 +263,21 @@ async fn run(
         });
     }
     let limits = crate::transport::Limits::new(&http, crate::transport::raise_fd_limit());
+    if let Some(addr) = http.metrics_listen {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(metrics_addr = %listener.local_addr()?, "metrics listening (no authentication)");
+        // Scrapers are few; their own small cap keeps the main one for API clients.
+        let metrics_limits = crate::transport::Limits {
+            max_connections: limits.max_connections.min(64),
+            ..limits
+        };
+        tasks.spawn(crate::transport::serve(
+            listener,
+            metrics_router,
+            metrics_limits,
+            shutdown.clone(),
+        ));
+    }
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,

@@ -117,6 +117,13 @@ pub struct HttpConfig {
     pub max_connections: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+    /// Bearer token `GET /metrics` requires on the main listener; the admin token when unset.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
+    /// A second listener serving only `GET /metrics`, without authentication (for scrapers on
+    /// a private network).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the hub, as a transmitter, serves its streams.
@@ -186,6 +193,10 @@ pub struct SourceConfig {
     /// Empty means any. Others are refused with `access_denied` (RFC 8935 §2.4).
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// Accept an `http://` `jwks_uri` (keys fetched without TLS can be swapped by anyone on the
+    /// path). For loopback test servers only.
+    #[serde(default)]
+    pub allow_insecure_jwks_uri: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -350,6 +361,18 @@ impl Config {
         if h.body_read_timeout_ms < 100 {
             return Err(invalid("http.body_read_timeout_ms", "must be at least 100"));
         }
+        if matches!(&h.metrics_token, Some(t) if t.expose().len() < 16) {
+            return Err(invalid(
+                "http.metrics_token",
+                "must be at least 16 characters",
+            ));
+        }
+        if h.metrics_listen.is_some_and(|m| m == self.listen) {
+            return Err(invalid(
+                "http.metrics_listen",
+                "must differ from `listen` (metrics there need the token)",
+            ));
+        }
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));
         }
@@ -377,7 +400,23 @@ impl Config {
                 ));
             }
             match (&s.jwks_uri, &s.jwks_file) {
-                (Some(uri), None) => check_url(&key("jwks_uri"), uri)?,
+                (Some(uri), None) => {
+                    check_url(&key("jwks_uri"), uri)?;
+                    if uri
+                        .get(..7)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+                        && !s.allow_insecure_jwks_uri
+                    {
+                        return Err(invalid(
+                            key("jwks_uri"),
+                            format!(
+                                "is http://: keys fetched without TLS can be replaced by anyone \
+                                 on the path; use https://, or set \
+                                 sources[{i}].allow_insecure_jwks_uri = true (loopback tests only)"
+                            ),
+                        ));
+                    }
+                }
                 (None, Some(_)) => {}
                 _ => {
                     return Err(invalid(
@@ -460,6 +499,12 @@ impl Config {
                     "source {:?} has no `authorization`: anyone who can reach {} can make the hub \
                      verify signatures on its behalf",
                     s.id, self.listen
+                ));
+            }
+            if s.allow_insecure_jwks_uri {
+                out.push(format!(
+                    "source {:?} allows an http:// jwks_uri: its keys travel without TLS",
+                    s.id
                 ));
             }
             if s.legacy {

@@ -475,3 +475,76 @@ async fn the_data_directory_is_private_and_a_readable_one_is_refused() {
     );
     assert!(msg.contains("0755"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_token_on_the_api_listener_and_none_on_their_own() {
+    let port = free_port();
+    let hub = TestHub::start(|_, c| {
+        c.http.metrics_listen = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+    })
+    .await;
+    let (_, receiver) = hub.receiver("sidecar").await;
+    let r = hub.call("GET", "/metrics", "", None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["error"], "unauthorized");
+    let r = hub.call("GET", "/metrics", &receiver, None).await;
+    assert_eq!(r.status, 403, "a receiver credential is not enough");
+    let r = hub.call("GET", "/metrics", ADMIN, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("ssf_hub_"), "{}", r.body);
+
+    // The metrics listener: /metrics without a credential, and nothing else.
+    let scrape = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape");
+    assert_eq!(scrape.status(), 200);
+    assert!(scrape.text().await.expect("text").contains("ssf_hub_"));
+    let other = reqwest::get(format!("http://127.0.0.1:{port}/events"))
+        .await
+        .expect("events");
+    assert_eq!(other.status(), 404);
+    hub.stop().await;
+
+    // A metrics token of its own replaces the admin token there.
+    const METRICS: &str = "metrics-scraper-token-0123";
+    let hub = TestHub::start(|_, c| {
+        c.http.metrics_token = Some(ssf_hub::config::Secret::new(METRICS));
+    })
+    .await;
+    assert_eq!(hub.call("GET", "/metrics", METRICS, None).await.status, 200);
+    assert_eq!(hub.call("GET", "/metrics", ADMIN, None).await.status, 403);
+    hub.stop().await;
+}
+
+#[test]
+fn an_http_jwks_uri_is_refused_unless_explicitly_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let load = |extra: &str| {
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[sources]]\nid = \"idp\"\nissuer = \"https://idp.example\"\n\
+                 audiences = [\"https://hub.example\"]\n{extra}"
+            ),
+        )
+        .expect("write");
+        ssf_hub::config::Config::load_from(
+            Some(&path),
+            figment::providers::Env::prefixed("SSF_HUB_TEST_NONE_"),
+        )
+    };
+    let err = load("jwks_uri = \"http://idp.example/jwks\"").expect_err("plain http");
+    let msg = err.to_string();
+    assert!(msg.contains("sources[0].jwks_uri"), "{msg}");
+    assert!(msg.contains("allow_insecure_jwks_uri"), "{msg}");
+    let err = load("jwks_uri = \"HTTP://idp.example/jwks\"").expect_err("any case");
+    assert!(err.to_string().contains("sources[0].jwks_uri"));
+    load("jwks_uri = \"https://idp.example/jwks\"").expect("https");
+    let allowed = load("jwks_uri = \"http://127.0.0.1:9/jwks\"\nallow_insecure_jwks_uri = true")
+        .expect("explicitly allowed");
+    assert!(allowed
+        .risks()
+        .iter()
+        .any(|r| r.contains("http:// jwks_uri")));
+}

@@ -62,6 +62,7 @@ pub fn source(id: &str) -> SourceConfig {
         authorization: None,
         legacy: false,
         event_types: vec![],
+        allow_insecure_jwks_uri: false,
     }
 }
 
@@ -233,6 +234,7 @@ impl TestHub {
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.base))
+            .bearer_auth(ADMIN)
             .send()
             .await
             .expect("metrics")
