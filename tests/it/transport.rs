@@ -548,3 +548,76 @@ fn an_http_jwks_uri_is_refused_unless_explicitly_allowed() {
         .iter()
         .any(|r| r.contains("http:// jwks_uri")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    use serde_json::json;
+    use ssf_hub::normalize::Record;
+    use ssf_hub::set::{EventKind, Subject};
+    use ssf_hub::storage::Append;
+
+    let hub = TestHub::start(|_, c| c.feed.write_timeout_secs = 1).await;
+    // ~12 MB of records: more than a blocked socket's buffers hold on both ends.
+    let subject = Subject::parse(&json!({"format": "email", "email": "ana@corp.example.test"}))
+        .expect("subject");
+    for i in 0..3000u64 {
+        let jti = uuid::Uuid::new_v4().to_string();
+        let record = Record {
+            position: 0,
+            received_at_ms: ssf_hub::unix_now_ms(),
+            source: "idp".into(),
+            iss: ISS.into(),
+            jti: jti.clone(),
+            txn: None,
+            iat: 1000,
+            event_type: EventKind::SessionRevoked.uri(),
+            known: true,
+            subject_key: subject.canonical_key(),
+            subject: subject.clone(),
+            event_timestamp: Some(1000 + i),
+            claims: json!({"event_timestamp": 1000 + i, "note": "x".repeat(4000)}),
+            set: String::new(),
+        };
+        hub.running
+            .log
+            .append(Append {
+                key: jti.into_bytes(),
+                key_expires_at: ssf_hub::unix_now() + 3600,
+                record: serde_json::to_vec(&record).expect("json"),
+            })
+            .await
+            .expect("append");
+    }
+    // A client with a tiny fixed receive buffer that reads nothing.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut tcp = socket.connect(hub.running.addr).await.expect("connect");
+    tcp.write_all(
+        format!(
+            "GET /feed?since=0 HTTP/1.1\r\nhost: hub\r\nconnection: upgrade\r\n\
+             upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nauthorization: Bearer {ADMIN}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    // The hub gives up on it: counted, without the client having read a byte.
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while !hub
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("ssf_hub_ws_closed_total") && l.contains("write_timeout"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the blocked socket was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What was queued still arrives, then the connection ends (it would stay open, replaying
+    // and then following live, had the hub kept waiting).
+    read_to_close(&mut tcp).await;
+    hub.stop().await;
+}
