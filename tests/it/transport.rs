@@ -621,3 +621,105 @@ async fn a_websocket_client_that_stops_reading_is_dropped_after_the_write_timeou
     read_to_close(&mut tcp).await;
     hub.stop().await;
 }
+
+/// Sends `request` on a fresh connection; the answer's status and JSON `error` member.
+async fn exchange(hub: &TestHub, request: &[u8]) -> (u16, String) {
+    let mut tcp = connect(hub).await;
+    tcp.write_all(request).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .to_ascii_lowercase()
+                    .split("\r\n")
+                    .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+                    .and_then(|l| l.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return (head.to_owned(), body.to_owned());
+                }
+            }
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!("closed before a whole answer: {text:?}"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let (head, body) = tokio::time::timeout(BOUND, answer).await.expect("answered");
+    let status = head[9..12].parse().expect("status");
+    let error = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, error)
+}
+
+/// The hostile-input rows of this area: each request, raw, and the exact status and error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_transport_requests_get_their_exact_status_and_error() {
+    let signer = es256();
+    let hub = TestHub::start(|dir, c| {
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&signer]));
+        c.sources = vec![s];
+        c.http.body_read_timeout_ms = 500;
+    })
+    .await;
+    let (_, receiver) = hub.receiver("sidecar").await;
+    let upgrade = "connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n\
+                   sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let rows: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "metrics without a credential",
+            "GET /metrics HTTP/1.1\r\nhost: hub\r\n\r\n".into(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "metrics with a wrong token",
+            "GET /metrics HTTP/1.1\r\nhost: hub\r\nauthorization: Bearer not-the-token\r\n\r\n"
+                .into(),
+            403,
+            "forbidden",
+        ),
+        (
+            "metrics with a receiver credential",
+            format!("GET /metrics HTTP/1.1\r\nhost: hub\r\nauthorization: Bearer {receiver}\r\n\r\n"),
+            403,
+            "forbidden",
+        ),
+        (
+            "an ingest body that never arrives whole",
+            "POST /ingest/idp HTTP/1.1\r\nhost: hub\r\ncontent-type: application/secevent+jwt\r\n\
+             content-length: 4000\r\n\r\neyJ"
+                .into(),
+            408,
+            "request_timeout",
+        ),
+        (
+            "a revocation websocket with an unknown credential",
+            format!(
+                "GET /revocations/ws HTTP/1.1\r\nhost: hub\r\n{upgrade}\
+                 authorization: Bearer ssfhub_unknown\r\n\r\n"
+            ),
+            401,
+            "invalid_token",
+        ),
+        (
+            "the event feed with a receiver credential",
+            format!(
+                "GET /feed HTTP/1.1\r\nhost: hub\r\n{upgrade}authorization: Bearer {receiver}\r\n\r\n"
+            ),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (what, request, status, error) in rows {
+        let got = exchange(&hub, request.as_bytes()).await;
+        assert_eq!(got, (status, error.to_owned()), "{what}");
+    }
+    hub.stop().await;
+}
