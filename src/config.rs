@@ -115,6 +115,7 @@ pub struct FeedConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
     /// Bearer token `GET /metrics` requires on the main listener; the admin token when unset.

@@ -1,13 +1,16 @@
 //! The HTTP transport: accepts TCP connections and serves HTTP/1.1 on them (hyper), under limits
 //! no single client can lift. Every connection is bounded in time (headers, keep-alive idleness
 //! and request bodies each have a deadline) and their number is capped below the process's
-//! open-file limit, with an immediate `503` for the connection over the cap instead of a hang.
+//! open-file limit, in all and per client address, with an immediate `503` for the connection
+//! over a cap instead of a hang.
 //! On shutdown it stops accepting, lets in-flight requests finish and waits for their
 //! connections to close. Knows nothing about routes; `app` hands it the router.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +31,9 @@ use crate::config::HttpConfig;
 pub struct Limits {
     /// Open connections at most (websockets included: they keep their connection's slot).
     pub max_connections: usize,
+    /// Open connections from one IP address at most; 0 for no such cap (a hub behind a proxy
+    /// sees every client at the proxy's address).
+    pub max_connections_per_ip: usize,
     /// A request's headers must arrive within this. hyper starts the timer whenever a
     /// connection waits for a request, so it is also the keep-alive idle timeout.
     pub header_read_timeout: Duration,
@@ -40,6 +46,7 @@ impl Limits {
     pub fn new(config: &HttpConfig, fd_limit: Option<u64>) -> Limits {
         Limits {
             max_connections: fit_connections(config.max_connections, fd_limit),
+            max_connections_per_ip: config.max_connections_per_ip,
             header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
         }
@@ -116,6 +123,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp {
+        max: limits.max_connections_per_ip,
+        open: Mutex::default(),
+    });
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -123,10 +134,10 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors (EMFILE) or a connection reset before accept: neither
                     // is the listener's fault. A pause keeps an exhausted process from spinning.
@@ -142,7 +153,11 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // The per-address cap first: one client alone cannot take every slot.
+        let taken = per_ip
+            .take(peer.ip())
+            .and_then(|ip| Some((ip, slots.clone().try_acquire_owned().ok()?)));
+        let Some((ip_slot, slot)) = taken else {
             metrics::counter!("ssf_hub_http_connections_refused_total").increment(1);
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
                 tokio::spawn(refuse(tcp, permit));
@@ -150,9 +165,10 @@ pub async fn serve(
             continue;
         };
         let io = TokioIo::new(Held {
-            tcp,
+            _ip_slot: ip_slot,
             _slot: slot,
             _gauge: Gauge::open(),
+            tcp,
         });
         let service = Service {
             router: router.clone(),
@@ -223,13 +239,62 @@ impl Drop for Gauge {
     }
 }
 
+/// Open connections by client address.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// A slot for one more connection from `ip`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        if self.max == 0 {
+            return Some(IpSlot { per_ip: None, ip });
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: Some(self.clone()),
+            ip,
+        })
+    }
+}
+
+/// One connection's place under its address's cap, given back when dropped.
+#[derive(Debug)]
+struct IpSlot {
+    per_ip: Option<Arc<PerIp>>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let Some(per_ip) = &self.per_ip else { return };
+        let mut open = per_ip.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// A connection's socket with its slot under the cap. An upgraded connection (websocket) takes
 /// the socket, and with it the slot, along: the slot frees only when the socket closes.
 #[derive(Debug)]
 struct Held {
-    tcp: TcpStream,
+    // Fields drop in order: the slots are free before the peer can see the socket close, so a
+    // client that reconnects on seeing it close finds them free.
+    _ip_slot: IpSlot,
     _slot: OwnedSemaphorePermit,
     _gauge: Gauge,
+    tcp: TcpStream,
 }
 
 impl AsyncRead for Held {

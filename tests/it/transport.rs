@@ -723,3 +723,39 @@ async fn hostile_transport_requests_get_their_exact_status_and_error() {
     }
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_take_every_connection() {
+    let hub = TestHub::start(|_, c| {
+        c.http.max_connections = 16;
+        c.http.max_connections_per_ip = 2;
+        c.http.header_read_timeout_ms = 120_000;
+    })
+    .await;
+    let from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().expect("ip");
+        let addr = hub.running.addr;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind((ip, 0).into()).expect("bind");
+            socket.connect(addr).await.expect("connect")
+        }
+    };
+    let _idlers = [from("127.0.0.1").await, from("127.0.0.1").await];
+    let mut third = from("127.0.0.1").await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: hub\r\n\r\n")
+        .await
+        .expect("write");
+    let refusal = read_to_close(&mut third).await;
+    assert!(refusal.starts_with("HTTP/1.1 503"), "{refusal}");
+    // Another address still gets in (all of 127.0.0.0/8 is loopback on Linux).
+    let mut other = from("127.0.0.2").await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: hub\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_to_close(&mut other).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    hub.stop().await;
+}
