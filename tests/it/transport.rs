@@ -716,6 +716,15 @@ async fn hostile_transport_requests_get_their_exact_status_and_error() {
             403,
             "forbidden",
         ),
+        (
+            "a request head far over 32 KiB",
+            format!(
+                "GET /healthz HTTP/1.1\r\nhost: hub\r\nx-pad: {}\r\n\r\n",
+                "a".repeat(100 << 10)
+            ),
+            431,
+            "",
+        ),
     ];
     for (what, request, status, error) in rows {
         let got = exchange(&hub, request.as_bytes()).await;
