@@ -49,6 +49,9 @@ struct Parts {
     feeds: Feeds,
     retention: Retention,
     router: Router,
+    /// `GET /metrics` without authentication, for `http.metrics_listen`.
+    metrics_router: Router,
+    http: crate::config::HttpConfig,
     /// Cancelled when the hub shuts down; long-lived connections (websockets) watch it.
     closing: CancellationToken,
 }
@@ -61,16 +64,24 @@ fn build(config: Config) -> Result<Parts, StartError> {
     }
     // Installs the metrics recorder before the first thing is counted (start-up included).
     let metrics = crate::telemetry::metrics_handle();
-    std::fs::create_dir_all(&config.data_dir)?;
+    crate::storage::create_private_dir(&config.data_dir)?;
+    crate::storage::check_private_dir(&config.data_dir).map_err(StartError::Setup)?;
     let storage = match config.log_url()? {
-        LogUrl::Fjall(path) => Storage::embedded(
-            &config.data_dir,
-            &path,
-            Budgets {
-                cache_bytes: config.log.cache_capacity_bytes,
-                write_buffer_bytes: config.log.write_buffer_bytes,
-            },
-        )?,
+        LogUrl::Fjall(path) => {
+            // A database outside the data directory (`fjall://PATH`) is held to the same rule.
+            if !path.starts_with(&config.data_dir) {
+                crate::storage::create_private_dir(&path)?;
+                crate::storage::check_private_dir(&path).map_err(StartError::Setup)?;
+            }
+            Storage::embedded(
+                &config.data_dir,
+                &path,
+                Budgets {
+                    cache_bytes: config.log.cache_capacity_bytes,
+                    write_buffer_bytes: config.log.write_buffer_bytes,
+                },
+            )?
+        }
         LogUrl::Memory => Storage::memory(),
     };
     let setup = |what: &str| {
@@ -130,7 +141,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
     );
     let closing = CancellationToken::new();
     let feeds = Feeds::new(
-        config.feed.ring_capacity,
+        config.feed.clone(),
         log.clone(),
         revocations.clone(),
         closing.clone(),
@@ -154,10 +165,17 @@ fn build(config: Config) -> Result<Parts, StartError> {
         registry: registry.clone(),
         admin: admin.clone(),
     };
+    let metrics_token = config
+        .http
+        .metrics_token
+        .clone()
+        .unwrap_or_else(|| admin.0.clone());
+    let metrics_router = crate::ops::metrics_routes(metrics.clone());
     let ops = crate::ops::Ops {
         log: log.clone(),
         admin,
         metrics,
+        metrics_token,
     };
     let oauth = crate::access::Access::from_config(&config.oauth, &config.jwks, &config.issuer)
         .map_err(StartError::Setup)?;
@@ -184,6 +202,8 @@ fn build(config: Config) -> Result<Parts, StartError> {
             delta_window: config.revocation.delta_window,
         },
         router,
+        metrics_router,
+        http: config.http.clone(),
         closing,
     })
 }
@@ -225,6 +245,8 @@ async fn run(
         feeds,
         retention,
         router,
+        metrics_router,
+        http,
         closing,
     } = parts;
     let mut tasks = JoinSet::new();
@@ -247,20 +269,30 @@ async fn run(
             closing.cancel();
         });
     }
+    let limits = crate::transport::Limits::new(&http, crate::transport::raise_fd_limit());
+    if let Some(addr) = http.metrics_listen {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(metrics_addr = %listener.local_addr()?, "metrics listening (no authentication)");
+        // Scrapers are few; their own small cap keeps the main one for API clients.
+        let metrics_limits = crate::transport::Limits {
+            max_connections: limits.max_connections.min(64),
+            ..limits
+        };
+        tasks.spawn(crate::transport::serve(
+            listener,
+            metrics_router,
+            metrics_limits,
+            shutdown.clone(),
+        ));
+    }
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, sources, "ssf-hub listening");
-    let stop = shutdown.clone();
-    // Deltas, feed frames and 202s are small writes that must leave at once: without
-    // TCP_NODELAY, Nagle's algorithm holds one behind an unacknowledged predecessor (delayed ACK
-    // on the peer) and adds up to 40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    tracing::info!(
+        %addr,
+        sources,
+        max_connections = limits.max_connections,
+        "ssf-hub listening"
+    );
+    crate::transport::serve(listener, router, limits, shutdown.clone()).await;
     shutdown.cancel();
     // Background tasks get a short grace period, then are aborted.
     let drain = async { while tasks.join_next().await.is_some() {} };
@@ -270,7 +302,7 @@ async fn run(
     {
         tasks.abort_all();
     }
-    served.map_err(StartError::Io)
+    Ok(())
 }
 
 /// What the retention sweep keeps.

@@ -85,6 +85,7 @@ pub struct Config {
     pub revocation: RevocationConfig,
     pub feed: FeedConfig,
     pub oauth: OAuthConfig,
+    pub http: HttpConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
 }
@@ -120,6 +121,29 @@ pub struct RevocationConfig {
 #[serde(deny_unknown_fields)]
 pub struct FeedConfig {
     pub ring_capacity: usize,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub max_sockets_per_credential: usize,
+    pub max_sockets: usize,
+    pub idle_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+}
+
+/// The HTTP transport: connection cap and deadlines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    /// Bearer token `GET /metrics` requires on the main listener; the admin token when unset.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
+    /// A second listener serving only `GET /metrics`, without authentication (for scrapers on
+    /// a private network).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the hub, as a transmitter, serves its streams.
@@ -193,6 +217,10 @@ pub struct SourceConfig {
     /// Empty means any. Others are refused with `access_denied` (RFC 8935 §2.4).
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// Accept an `http://` `jwks_uri` (keys fetched without TLS can be swapped by anyone on the
+    /// path). For loopback test servers only.
+    #[serde(default)]
+    pub allow_insecure_jwks_uri: bool,
     /// Subjects this source owns: only their owner may restore access (account-enabled, a
     /// device compliant again, ...); deny-type events count from every source (see `state`).
     #[serde(default)]
@@ -384,6 +412,56 @@ impl Config {
                 "must be between 16 and 1048576",
             ));
         }
+        let f = &self.feed;
+        if !(125..=1 << 20).contains(&f.max_frame_bytes) {
+            return Err(invalid(
+                "feed.max_frame_bytes",
+                "must be between 125 and 1048576",
+            ));
+        }
+        if !(f.max_frame_bytes..=1 << 20).contains(&f.max_message_bytes) {
+            return Err(invalid(
+                "feed.max_message_bytes",
+                "must be at least feed.max_frame_bytes and at most 1048576",
+            ));
+        }
+        if f.max_sockets_per_credential == 0 || f.max_sockets == 0 {
+            return Err(invalid(
+                "feed.max_sockets_per_credential",
+                "socket caps must be at least 1",
+            ));
+        }
+        if f.idle_timeout_secs == 0 || f.write_timeout_secs == 0 {
+            return Err(invalid(
+                "feed.idle_timeout_secs",
+                "timeouts must be at least 1 second",
+            ));
+        }
+        let h = &self.http;
+        if h.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if h.header_read_timeout_ms < 100 {
+            return Err(invalid(
+                "http.header_read_timeout_ms",
+                "must be at least 100",
+            ));
+        }
+        if h.body_read_timeout_ms < 100 {
+            return Err(invalid("http.body_read_timeout_ms", "must be at least 100"));
+        }
+        if matches!(&h.metrics_token, Some(t) if t.expose().len() < 16) {
+            return Err(invalid(
+                "http.metrics_token",
+                "must be at least 16 characters",
+            ));
+        }
+        if h.metrics_listen.is_some_and(|m| m == self.listen) {
+            return Err(invalid(
+                "http.metrics_listen",
+                "must differ from `listen` (metrics there need the token)",
+            ));
+        }
         self.validate_oauth()?;
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));
@@ -412,7 +490,23 @@ impl Config {
                 ));
             }
             match (&s.jwks_uri, &s.jwks_file) {
-                (Some(uri), None) => check_url(&key("jwks_uri"), uri)?,
+                (Some(uri), None) => {
+                    check_url(&key("jwks_uri"), uri)?;
+                    if uri
+                        .get(..7)
+                        .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+                        && !s.allow_insecure_jwks_uri
+                    {
+                        return Err(invalid(
+                            key("jwks_uri"),
+                            format!(
+                                "is http://: keys fetched without TLS can be replaced by anyone \
+                                 on the path; use https://, or set \
+                                 sources[{i}].allow_insecure_jwks_uri = true (loopback tests only)"
+                            ),
+                        ));
+                    }
+                }
                 (None, Some(_)) => {}
                 _ => {
                     return Err(invalid(
@@ -579,6 +673,12 @@ impl Config {
                     "source {:?} owns every subject of the formats {:?}: it can restore access \
                      for any of them",
                     s.id, s.owns.formats
+                ));
+            }
+            if s.allow_insecure_jwks_uri {
+                out.push(format!(
+                    "source {:?} allows an http:// jwks_uri: its keys travel without TLS",
+                    s.id
                 ));
             }
             if s.legacy {

@@ -22,6 +22,8 @@ pub enum Error {
     UnsupportedMediaType,
     #[error("the request body is larger than this hub accepts")]
     TooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("this source is not allowed to send this event type")]
     AccessDenied,
     #[error("{0}")]
@@ -47,6 +49,12 @@ pub enum Error {
     /// 429 with the seconds after which the same request can succeed.
     #[error("too many requests; retry after {0} s")]
     Throttled(u64),
+    /// A per-credential cap (websockets) is reached; the text names it.
+    #[error("{0}")]
+    Limit(String),
+    /// A hub-wide cap is reached; the text names it.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Refused(String),
     #[error("state storage failure")]
@@ -64,6 +72,7 @@ impl Error {
             Error::WrongCredential => "forbidden",
             Error::UnsupportedMediaType => "unsupported_media_type",
             Error::TooLarge => "too_large",
+            Error::BodyTimeout => "body_timeout",
             Error::AccessDenied => ErrCode::AccessDenied.as_str(),
             Error::BadQuery(_) => "bad_query",
             Error::Verify(VerifyError::KeysUnavailable) => "unavailable",
@@ -76,7 +85,8 @@ impl Error {
             Error::Access(_) => "unauthorized",
             Error::NotFound => "not_found",
             Error::Invalid(_) => "bad_request",
-            Error::TooManyRequests | Error::Throttled(_) => "too_many_requests",
+            Error::TooManyRequests | Error::Throttled(_) | Error::Limit(_) => "too_many_requests",
+            Error::Unavailable(_) => "unavailable",
             Error::Refused(_) => "forbidden",
             Error::Registry(_) | Error::Internal(_) => "internal",
         }
@@ -140,6 +150,13 @@ impl IntoResponse for Error {
                 description,
             ),
             Error::TooLarge => http_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", description),
+            Error::BodyTimeout => {
+                // The rest of the body is not waited for: the connection closes after this.
+                let mut r = http_error(StatusCode::REQUEST_TIMEOUT, "request_timeout", description);
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
             Error::AccessDenied => set_error(ErrCode::AccessDenied, description),
             Error::BadQuery(_) => http_error(StatusCode::BAD_REQUEST, "bad_request", description),
             Error::Verify(VerifyError::KeysUnavailable) => {
@@ -225,6 +242,13 @@ impl IntoResponse for Error {
             // Every 429 says when to come back (RFC 6585 §4): without it, clients retry at once.
             Error::TooManyRequests => too_many(DEFAULT_RETRY_AFTER_SECS, description),
             Error::Throttled(secs) => too_many(secs.max(1), description),
+            Error::Limit(_) => too_many(5, description),
+            Error::Unavailable(_) => {
+                let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", description);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
+            }
             Error::Registry(e) => {
                 tracing::error!(error = %e, "request failed on state storage");
                 http_error(

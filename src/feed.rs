@@ -5,9 +5,15 @@
 //! and a client that falls behind it gets a `cut_off` frame naming its last position and is
 //! closed, so it can reconnect with `since` and lose nothing. A client that asks for positions
 //! retention removed gets a `skipped` frame naming them, then everything from the earliest kept.
+//!
+//! No client can make a socket costly: incoming messages and frames are capped at a few KiB
+//! (clients only answer pings and close), sockets are capped per credential and in total, a
+//! client that sends nothing (not even a pong) for `feed.idle_timeout_secs` is closed, and so is
+//! one that does not take a frame within `feed.write_timeout_secs`.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRef, Query, State};
@@ -19,8 +25,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::FeedConfig;
 use crate::error::Error;
-use crate::http::{Admin, AdminToken, Reader, Visible};
+use crate::http::{Admin, AdminToken, Principal, Reader, Visible};
 use crate::log::Log;
 use crate::normalize::Record;
 use crate::revocation::Revocations;
@@ -57,18 +64,81 @@ pub struct Feeds {
     closing: CancellationToken,
     admin: AdminToken,
     registry: Registry,
+    limits: Arc<Limits>,
+}
+
+/// What one socket may cost, and the sockets open now (by credential).
+#[derive(Debug)]
+struct Limits {
+    config: FeedConfig,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by: HashMap<Principal, usize>,
+}
+
+/// One open socket's place under the caps; given back when dropped (the socket closed, or the
+/// upgrade never happened).
+#[derive(Debug)]
+struct Slot {
+    limits: Arc<Limits>,
+    principal: Principal,
+}
+
+impl Limits {
+    /// A slot for `principal`, unless it already holds `max_sockets_per_credential` sockets or
+    /// the hub holds `max_sockets`.
+    fn take(self: &Arc<Self>, principal: &Principal) -> Result<Slot, Error> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let held = open.by.get(principal).copied().unwrap_or(0);
+        if held >= self.config.max_sockets_per_credential {
+            return Err(Error::Limit(format!(
+                "this credential already holds {held} websockets \
+                 (feed.max_sockets_per_credential); close one first"
+            )));
+        }
+        if open.total >= self.config.max_sockets {
+            return Err(Error::Unavailable(
+                "the hub holds as many websockets as it allows (feed.max_sockets); retry later"
+                    .into(),
+            ));
+        }
+        open.total += 1;
+        *open.by.entry(principal.clone()).or_default() += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            principal: principal.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                open.by.remove(&self.principal);
+            }
+        }
+    }
 }
 
 impl Feeds {
-    /// Rings of `capacity` items each (`feed.ring_capacity`); subscribes to `revocations`.
+    /// Rings of `feed.ring_capacity` items each; subscribes to `revocations`.
     pub fn new(
-        capacity: usize,
+        config: FeedConfig,
         log: Log,
         revocations: Arc<Revocations>,
         closing: CancellationToken,
         admin: AdminToken,
         registry: Registry,
     ) -> Feeds {
+        let capacity = config.ring_capacity;
         let deltas = broadcast::channel(capacity.max(1)).0;
         let ring = deltas.clone();
         revocations.on_delta(move |d| {
@@ -85,7 +155,30 @@ impl Feeds {
             closing,
             admin,
             registry,
+            limits: Arc::new(Limits {
+                config,
+                open: Mutex::default(),
+            }),
         }
+    }
+
+    /// Takes `principal`'s slot and sets the socket limits on the upgrade.
+    fn admit(
+        &self,
+        principal: &Principal,
+        ws: WebSocketUpgrade,
+    ) -> Result<(Slot, WebSocketUpgrade), Error> {
+        let slot = self.limits.take(principal)?;
+        let c = &self.limits.config;
+        // Clients send only pongs and close frames: a few KiB is plenty, and 64 MiB (the
+        // library default) per socket is an invitation. Outgoing frames are not limited by
+        // these; each send flushes, so a socket buffers at most the frame being written.
+        let ws = ws
+            .max_message_size(c.max_message_bytes)
+            .max_frame_size(c.max_frame_bytes)
+            .read_buffer_size(c.max_frame_bytes.max(4096))
+            .write_buffer_size(16 << 10);
+        Ok((slot, ws))
     }
 }
 
@@ -261,18 +354,19 @@ async fn get_feed(
     ws: WebSocketUpgrade,
 ) -> Result<Response, Error> {
     let filter = Filter::from(&params)?;
+    let (slot, ws) = feeds.admit(&Principal::Admin, ws)?;
     let since = params.since.unwrap_or_else(|| feeds.log.head());
     let live = feeds.events.subscribe();
     Ok(ws.on_upgrade(move |socket| async move {
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").increment(1.0);
-        follow(socket, feeds, since, filter, live, Source::Events).await;
+        follow(socket, feeds, since, filter, live, Source::Events, &slot).await;
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").decrement(1.0);
     }))
 }
 
 /// `GET /revocations/ws?since=` (receiver or admin token).
 async fn get_revocations_ws(
-    _: Reader,
+    Reader(principal): Reader,
     Visible(bound): Visible,
     State(feeds): State<Feeds>,
     Query(params): Query<FeedParams>,
@@ -282,11 +376,12 @@ async fn get_revocations_ws(
         bound,
         ..Filter::from(&params)?
     };
+    let (slot, ws) = feeds.admit(&principal, ws)?;
     let since = params.since.unwrap_or_else(|| feeds.revocations.position());
     let live = feeds.deltas.subscribe();
     Ok(ws.on_upgrade(move |socket| async move {
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "revocations").increment(1.0);
-        follow(socket, feeds, since, filter, live, Source::Deltas).await;
+        follow(socket, feeds, since, filter, live, Source::Deltas, &slot).await;
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "revocations").decrement(1.0);
     }))
 }
@@ -349,10 +444,98 @@ impl Source {
     }
 }
 
-/// Sends one frame; `false` if the client is gone.
-async fn send(socket: &mut WebSocket, frame: String, feed: &'static str) -> bool {
-    metrics::counter!("ssf_hub_ws_frames_total", "feed" => feed).increment(1);
-    socket.send(Message::Text(frame.into())).await.is_ok()
+/// Whether a socket's credential is still valid. A receiver's is re-read whenever the registry
+/// changes (revoking a receiver is such a change), so a revoked credential's sockets close at
+/// once instead of at their next reconnect; the admin token is configuration and stays valid.
+struct Access {
+    registry: Registry,
+    receiver: Option<String>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Access {
+    fn new(registry: &Registry, principal: &Principal) -> Access {
+        Access {
+            registry: registry.clone(),
+            receiver: match principal {
+                Principal::Admin => None,
+                Principal::Receiver(id) => Some(id.clone()),
+            },
+            changes: registry.subscribe(),
+        }
+    }
+
+    /// Reads the receiver now. A failed read counts as revoked: the client reconnects, and is
+    /// let in again only with a valid credential.
+    fn valid(&self) -> bool {
+        let Some(id) = &self.receiver else {
+            return true;
+        };
+        matches!(self.registry.receiver(id), Ok(Some(r)) if !r.revoked)
+    }
+
+    /// As [`Access::valid`], reading only if the registry changed since the last look: called
+    /// before every frame, so a delta that follows a revocation is never sent.
+    fn still_valid(&mut self) -> bool {
+        if self.receiver.is_none() || !self.changes.has_changed().unwrap_or(false) {
+            return true;
+        }
+        self.changes.borrow_and_update();
+        self.valid()
+    }
+
+    /// Resolves when the registry changes (never, for the admin token).
+    async fn changed(&mut self) {
+        if self.receiver.is_none() || self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// One client's socket, with the deadline every write must meet.
+struct Conn {
+    socket: WebSocket,
+    feed: &'static str,
+    write_timeout: Duration,
+}
+
+impl Conn {
+    /// Sends one message; `false` if the client is gone or did not take it within the write
+    /// timeout (the socket is then dropped, which closes it).
+    async fn send(&mut self, message: Message) -> bool {
+        match tokio::time::timeout(self.write_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                closed(self.feed, "write_timeout");
+                false
+            }
+        }
+    }
+
+    /// Sends one JSON text frame.
+    async fn text(&mut self, frame: String) -> bool {
+        metrics::counter!("ssf_hub_ws_frames_total", "feed" => self.feed).increment(1);
+        self.send(Message::Text(frame.into())).await
+    }
+
+    /// Sends a close frame with `code` and `reason`, counting why.
+    async fn close(&mut self, code: u16, reason: &'static str, label: &'static str) {
+        closed(self.feed, label);
+        let frame = axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// The close reason a revoked credential's sockets get (code 1008, policy violation).
+const REVOKED: &str = "the credential was revoked";
+
+/// Counts a socket the hub closed, by why.
+fn closed(feed: &'static str, reason: &'static str) {
+    metrics::counter!("ssf_hub_ws_closed_total", "feed" => feed, "reason" => reason).increment(1);
 }
 
 /// `{"type":"events","position":N,"items":[...]}`, assembled from the items' JSON text.
@@ -375,26 +558,45 @@ fn batch_frame(items: &[&Item]) -> String {
 
 /// Replays from `since`, then forwards live items, coalescing whatever is waiting into one
 /// frame. `live` was subscribed before the replay started, so nothing falls between the two;
-/// items at or below the last position sent are skipped, so nothing is sent twice.
+/// items at or below the last position sent are skipped, so nothing is sent twice. `slot` (whose
+/// credential this socket is) is held for as long as the socket is open.
 async fn follow(
-    mut socket: WebSocket,
+    socket: WebSocket,
     feeds: Feeds,
     since: u64,
     filter: Filter,
     mut live: broadcast::Receiver<Arc<Item>>,
     source: Source,
+    slot: &Slot,
 ) {
     let feed = source.label();
+    let mut access = Access::new(&feeds.registry, &slot.principal);
+    let config = &feeds.limits.config;
+    let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
+    let mut conn = Conn {
+        socket,
+        feed,
+        write_timeout: Duration::from_secs(config.write_timeout_secs),
+    };
     let mut sent = since;
+    // The credential may have been revoked between the request and the upgrade.
+    if !access.valid() {
+        conn.close(1008, REVOKED, "revoked").await;
+        return;
+    }
     // Replay what is stored, page by page, until caught up with what the ring will carry.
     loop {
+        if !access.still_valid() {
+            conn.close(1008, REVOKED, "revoked").await;
+            return;
+        }
         let earliest = source.earliest(&feeds);
         if sent + 1 < earliest {
             // Retention removed what the client asked for: say exactly what, then go on.
             let skipped = json!({"type": "skipped", "from": sent + 1, "through": earliest - 1,
                 "reason": "removed by retention"});
             metrics::counter!("ssf_hub_ws_skipped_total", "feed" => feed).increment(1);
-            if !send(&mut socket, skipped.to_string(), feed).await {
+            if !conn.text(skipped.to_string()).await {
                 return;
             }
             sent = earliest - 1;
@@ -410,7 +612,7 @@ async fn follow(
             break;
         };
         let wanted: Vec<&Item> = items.iter().filter(|i| filter.wants(i)).collect();
-        if !wanted.is_empty() && !send(&mut socket, batch_frame(&wanted), feed).await {
+        if !wanted.is_empty() && !conn.text(batch_frame(&wanted)).await {
             return;
         }
         sent = last;
@@ -418,8 +620,10 @@ async fn follow(
             break;
         }
     }
-    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    // Pings often enough that a live client answers several within the idle timeout.
+    let mut ping = tokio::time::interval((idle_timeout / 3).min(Duration::from_secs(20)));
     ping.tick().await;
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
             received = live.recv() => {
@@ -442,44 +646,56 @@ async fn follow(
                     .map(|i| &**i)
                     .filter(|i| i.position > sent)
                     .collect();
-                if lagged {
-                    // What was already received in this batch still goes out, in order, so
-                    // the cut-off position is exact.
-                    let wanted: Vec<&Item> = fresh.iter().copied().filter(|i| filter.wants(i)).collect();
-                    if !wanted.is_empty() && !send(&mut socket, batch_frame(&wanted), feed).await {
-                        return;
-                    }
-                    if let Some(last) = fresh.last() {
-                        sent = last.position;
-                    }
-                    metrics::counter!("ssf_hub_ws_cut_off_total", "feed" => feed).increment(1);
-                    let cut_off = json!({"type": "cut_off", "position": sent,
-                        "reason": "the client fell behind; reconnect with since=position"});
-                    let _ = send(&mut socket, cut_off.to_string(), feed).await;
-                    let _ = socket.send(Message::Close(None)).await;
+                let wanted: Vec<&Item> = fresh.iter().copied().filter(|i| filter.wants(i)).collect();
+                if !access.still_valid() {
+                    conn.close(1008, REVOKED, "revoked").await;
                     return;
                 }
-                let wanted: Vec<&Item> = fresh.iter().copied().filter(|i| filter.wants(i)).collect();
-                if !wanted.is_empty() && !send(&mut socket, batch_frame(&wanted), feed).await {
+                // When lagged, what was already received in this batch still goes out, in
+                // order, so the cut-off position is exact.
+                if !wanted.is_empty() && !conn.text(batch_frame(&wanted)).await {
                     return;
                 }
                 if let Some(last) = fresh.last() {
                     sent = last.position;
                 }
-            }
-            _ = feeds.closing.cancelled() => {
-                let _ = socket.send(Message::Close(None)).await;
-                return;
-            }
-            _ = ping.tick() => {
-                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                if lagged {
+                    metrics::counter!("ssf_hub_ws_cut_off_total", "feed" => feed).increment(1);
+                    let cut_off = json!({"type": "cut_off", "position": sent,
+                        "reason": "the client fell behind; reconnect with since=position"});
+                    let _ = conn.text(cut_off.to_string()).await;
+                    let _ = conn.send(Message::Close(None)).await;
                     return;
                 }
             }
-            incoming = socket.recv() => match incoming {
-                // Clients only talk to close or answer pings.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
+            _ = access.changed() => {
+                if !access.valid() {
+                    conn.close(1008, REVOKED, "revoked").await;
+                    return;
+                }
+            }
+            _ = feeds.closing.cancelled() => {
+                conn.close(1001, "the hub is shutting down", "shutdown").await;
+                return;
+            }
+            _ = ping.tick() => {
+                if heard.elapsed() >= idle_timeout {
+                    conn.close(1001, "idle: no frame or pong within feed.idle_timeout_secs", "idle").await;
+                    return;
+                }
+                if !conn.send(Message::Ping(Vec::new().into())).await {
+                    return;
+                }
+            }
+            incoming = conn.socket.recv() => match incoming {
+                // Clients only talk to close or answer pings. An error is a broken connection
+                // or a protocol violation, an oversized message among them.
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Err(_)) => {
+                    closed(feed, "protocol");
+                    return;
+                }
+                Some(Ok(_)) => heard = Instant::now(),
             }
         }
     }

@@ -181,11 +181,16 @@ async fn accept(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Error::TooLarge);
     }
-    // With the declared length checked, a read error here is a chunked body that outgrew the
-    // limit (or a client that went away, who will not read the answer anyway).
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::TooLarge)?;
+    // With the declared length checked, a read error here is a body too slow to arrive (the
+    // transport's deadline), a chunked body that outgrew the limit, or a client that went away
+    // (who will not read the answer anyway).
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::transport::is_body_timeout(&e) {
+            Error::BodyTimeout
+        } else {
+            Error::TooLarge
+        }
+    })?;
 
     let started = Instant::now();
     let policy = Policy {

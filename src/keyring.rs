@@ -60,7 +60,7 @@ impl Keyring {
         legacy_key: Option<(&Path, SignAlg)>,
         timing: Timing,
     ) -> Result<Keyring, SignError> {
-        std::fs::create_dir_all(dir)?;
+        crate::storage::create_private_dir(dir)?;
         let ring = Keyring {
             dir: dir.to_path_buf(),
             timing,

@@ -33,8 +33,9 @@
 //!   stream), [`revocation`] with [`state`] (stage 5a, the fold, deltas and decisions) and
 //!   [`feed`] (websockets; it subscribes to the fold's deltas).
 //! - [`sign`], [`keyring`]: signing keys and SET encoding (operator tools, the hub's own keys).
-//! - [`http`] with [`access`] (credentials, scopes, OAuth access tokens and DPoP proofs),
-//!   [`error`], [`ops`], [`guard`], [`telemetry`]: the edges. [`app`] composes the
+//! - [`transport`] (accept loop, timeouts, connection cap), [`http`] with [`access`]
+//!   (credentials, scopes, OAuth access tokens and DPoP proofs), [`error`], [`ops`], [`guard`],
+//!   [`telemetry`]: the edges. [`app`] composes the
 //!   parts and is imported by nothing but [`cli`]; the module graph has no cycle.
 
 pub mod access;
@@ -63,6 +64,7 @@ pub mod state;
 pub mod storage;
 pub mod streams;
 pub mod telemetry;
+pub mod transport;
 pub mod verify;
 
 /// Seconds since the Unix epoch.

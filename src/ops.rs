@@ -1,14 +1,18 @@
 //! Operator endpoints: the log itself (`GET /events`), Prometheus metrics and liveness. Reads
-//! only; everything that changes state lives with its stage.
+//! only; everything that changes state lives with its stage. Metrics name sources and show
+//! traffic, so on the main listener they need a bearer token; [`metrics_routes`] serves them
+//! without one on a listener of their own (`http.metrics_listen`).
 
 use axum::extract::{FromRef, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::config::Secret;
 use crate::error::Error;
 use crate::http::{Admin, AdminToken};
 use crate::log::Log;
@@ -19,7 +23,9 @@ pub struct Ops {
     pub log: Log,
     pub admin: AdminToken,
     /// Taking the handle installs the process's recorder, so build this before any traffic.
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub metrics: PrometheusHandle,
+    /// What `GET /metrics` requires: `http.metrics_token`, or the admin token.
+    pub metrics_token: Secret,
 }
 
 impl FromRef<Ops> for AdminToken {
@@ -74,11 +80,26 @@ async fn list_events(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }
 
-/// `GET /metrics`: Prometheus text exposition.
-async fn get_metrics(State(ops): State<Ops>) -> impl IntoResponse {
+/// `GET /metrics` with `Authorization: Bearer <metrics token>`: Prometheus text exposition.
+async fn get_metrics(State(ops): State<Ops>, headers: HeaderMap) -> Result<Response, Error> {
+    let token = crate::http::bearer(&headers)?;
+    if !ops.metrics_token.matches(token.as_bytes()) {
+        return Err(Error::WrongCredential);
+    }
+    Ok(render(&ops.metrics))
+}
+
+fn render(metrics: &PrometheusHandle) -> Response {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ops.metrics.render(),
+        metrics.render(),
     )
+        .into_response()
+}
+
+/// The routes of the metrics listener (`http.metrics_listen`): `GET /metrics` without
+/// authentication, for a scraper on a private network, and nothing else.
+pub fn metrics_routes(metrics: PrometheusHandle) -> Router {
+    Router::new().route("/metrics", get(move || async move { render(&metrics) }))
 }

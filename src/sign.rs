@@ -198,10 +198,11 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> String {
     URL_SAFE_NO_PAD.encode(openssl::sha::sha256(canonical.as_bytes()))
 }
 
-/// Writes private key material readable by the owner only.
+/// Writes private key material readable by the owner only (0600, in a 0700 directory if it
+/// has to create one).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::storage::create_private_dir(dir)?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

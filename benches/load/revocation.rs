@@ -54,7 +54,14 @@ struct Ctx {
 impl Ctx {
     /// A hub on `dir`, with one SET pushed if the log is empty (the bare servers copy it).
     fn start(&self, dir: &std::path::Path) -> Hub {
-        let hub = Hub::start(&self.hub_rt, hub::config(dir, &self.signer.jwks()));
+        let mut config = hub::config(dir, &self.signer.jwks());
+        // One token stands for a whole fleet of sidecars here (up to RL_CLIENTS sockets), so the
+        // websocket caps are raised, as a deployment sharing a credential would raise them.
+        config.feed.max_sockets_per_credential = 1 << 20;
+        config.feed.max_sockets = 1 << 20;
+        // Every client is on loopback, one address.
+        config.http.max_connections_per_ip = 0;
+        let hub = Hub::start(&self.hub_rt, config);
         if self.load.block_on(hub.head()) == 0 {
             self.push(&hub, 100.0, self.fresh(1));
         }

@@ -161,7 +161,10 @@ impl Api {
     /// empty if it fails.
     pub(crate) async fn metrics(&self) -> Metrics {
         let url = format!("{}/metrics", self.base);
-        let text = async { self.client.get(url).send().await?.text().await };
+        let text = async {
+            let resp = self.client.get(url).bearer_auth(ADMIN).send().await?;
+            resp.text().await
+        };
         Metrics(text.await.unwrap_or_default())
     }
 

@@ -200,6 +200,11 @@ impl Storage {
         budgets: Budgets,
     ) -> Result<Storage, StorageError> {
         refuse_sled_era(data_dir, dir)?;
+        // fjall would create these with the process umask (0755 as a rule).
+        for d in [dir.to_owned(), dir.join("log"), dir.join("state")] {
+            create_private_dir(&d)
+                .map_err(|e| StorageError::Storage(format!("creating {}: {e}", d.display())))?;
+        }
         let log = Embedded::open(&dir.join("log"), budgets, 2)?;
         let state = Budgets {
             cache_bytes: (budgets.cache_bytes / 4).max(1 << 20),
@@ -210,6 +215,43 @@ impl Storage {
             tables: Arc::new(Embedded::open(&dir.join("state"), state, 1)?),
         })
     }
+}
+
+/// Creates `dir` and its missing parents readable by the owner only (0700): the data directory
+/// holds raw SETs, receivers' push credentials and the hub's private keys.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Refuses a data directory that group or others may enter or read (a directory created by an
+/// earlier version, or by hand), naming it and the fix.
+pub fn check_private_dir(dir: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("data directory {}: {e}", dir.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "data directory {} has mode {mode:04o}: group or others can reach it, and it holds \
+                 raw SETs, receivers' push credentials and the hub's private keys. Make it private \
+                 with `chmod 700 {}` and start again",
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Hubs before the engine change kept their state in sled 0.34 (`<data_dir>/log`,

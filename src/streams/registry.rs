@@ -291,7 +291,7 @@ impl Registry {
         Ok(Ok(()))
     }
 
-    /// Wakes whenever a stream is created, changed or deleted.
+    /// Wakes whenever a stream is created, changed or deleted, or a receiver revoked.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -440,7 +440,7 @@ impl Registry {
         }
         self.tables.write(ops)?;
         self.flush().await?;
-        // Open long polls watch for changes; they end once their receiver is revoked.
+        // Open connections of this receiver (websockets, long polls) watch for it.
         self.changed();
         Ok(true)
     }

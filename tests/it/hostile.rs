@@ -273,6 +273,8 @@ async fn unknown_kids_force_one_refresh_and_no_storm() {
         TestHub::start(move |_, c| {
             let mut s = source("idp");
             s.jwks_uri = Some(url);
+            // The test JWKS server is plain HTTP on loopback.
+            s.allow_insecure_jwks_uri = true;
             c.sources = vec![s];
         })
         .await,

@@ -8,6 +8,8 @@ async fn hub_for(jwks: &JwksServer, min_cache: u64) -> TestHub {
     TestHub::start(move |_, c| {
         let mut s = source("idp");
         s.jwks_uri = Some(url);
+        // The test JWKS server is plain HTTP on loopback.
+        s.allow_insecure_jwks_uri = true;
         c.sources = vec![s];
         c.jwks.min_cache_secs = min_cache;
         c.jwks.max_cache_secs = min_cache.max(1);

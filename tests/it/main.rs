@@ -21,3 +21,4 @@ mod storage_conformance;
 mod streams_hardening;
 mod support;
 mod transmitter;
+mod transport;

@@ -26,7 +26,14 @@ pub const CREDENTIAL_CHANGE: &str =
     "https://schemas.openid.net/secevent/caep/event-type/credential-change";
 
 /// Defaults with the environment layer switched off, so a developer's SSF_HUB_* cannot leak in.
+/// An existing `data_dir` (a fresh temporary directory, created with the umask) is made private,
+/// as the hub requires.
 pub fn base_config(data_dir: &Path) -> Config {
+    if data_dir.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .expect("chmod 700 the data directory");
+    }
     let mut c = Config::load_from(
         None,
         figment::providers::Env::prefixed("SSF_HUB_TEST_NONE_"),
@@ -56,6 +63,7 @@ pub fn source(id: &str) -> SourceConfig {
         legacy: false,
         event_types: vec![],
         owns: Default::default(),
+        allow_insecure_jwks_uri: false,
     }
 }
 
@@ -256,6 +264,7 @@ impl TestHub {
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.base))
+            .bearer_auth(ADMIN)
             .send()
             .await
             .expect("metrics")
