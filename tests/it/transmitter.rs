@@ -891,11 +891,12 @@ async fn key_rotation_never_breaks_a_receiver_that_refreshes_on_unknown_kid() {
     let mut refreshes = 0;
     let mut kids = Vec::new();
     let mut early_sets = Vec::new();
-    let mut rotated_at = std::time::Instant::now();
+    // Unix ms at which the rotated-in key activates, from the hub's answer: key generation
+    // (RSA under load) takes a while, so the test's own clock cannot tell.
+    let mut activate_at_ms = u64::MAX;
     let mut round1_before_activation = true;
     for round in 0..3 {
         if round == 1 {
-            rotated_at = std::time::Instant::now();
             let r = hub
                 .client
                 .post(format!("{}/admin/keys/rotate", hub.base))
@@ -904,11 +905,13 @@ async fn key_rotation_never_breaks_a_receiver_that_refreshes_on_unknown_kid() {
                 .await
                 .expect("rotate");
             assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.expect("json");
+            activate_at_ms = body["activate_at"].as_u64().expect("activate_at") * 1000;
         }
         if round == 2 {
             // Past the activation delay: the new key signs now.
-            let wake = rotated_at + std::time::Duration::from_millis(4200);
-            tokio::time::sleep_until(wake.into()).await;
+            let wait = (activate_at_ms + 200).saturating_sub(ssf_hub::unix_now_ms());
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
         hub.push("idp", key.sign(&session_revoked()).expect("sign"))
             .await
@@ -928,7 +931,7 @@ async fn key_rotation_never_breaks_a_receiver_that_refreshes_on_unknown_kid() {
         if round == 1 {
             // A very slow machine may get here after the activation delay; only a SET minted
             // before it must carry the old kid.
-            round1_before_activation = rotated_at.elapsed() < std::time::Duration::from_secs(4);
+            round1_before_activation = ssf_hub::unix_now_ms() < activate_at_ms;
         }
         kids.push(kid);
         early_sets.push(set);

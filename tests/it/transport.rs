@@ -356,8 +356,8 @@ async fn websockets_are_capped_per_credential_and_in_total() {
         c.feed.max_sockets = 3;
     })
     .await;
-    let (_, token) = hub.receiver("sidecar").await;
-    let (_, other) = hub.receiver("other").await;
+    let (_, token) = hub.gateway("sidecar").await;
+    let (_, other) = hub.gateway("other").await;
     let (a, _, first) = ws_open(&hub, "/revocations/ws", &token).await;
     let (b, _, _second) = ws_open(&hub, "/revocations/ws", &token).await;
     assert_eq!((a, b), (101, 101));
@@ -399,7 +399,7 @@ async fn websockets_are_capped_per_credential_and_in_total() {
 async fn a_revoked_receivers_websocket_closes_at_once_and_gets_no_further_delta() {
     let signer = es256();
     let hub = TestHub::with_signer(&signer).await;
-    let (id, token) = hub.receiver("sidecar").await;
+    let (id, token) = hub.gateway("sidecar").await;
     let (status, _, mut socket) = ws_open(&hub, "/revocations/ws", &token).await;
     assert_eq!(status, 101);
     // The admin's socket stays open and sees the delta the receiver must not.
