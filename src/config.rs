@@ -256,6 +256,12 @@ impl Config {
         if j.fetch_timeout_secs == 0 {
             return Err(invalid("jwks.fetch_timeout_secs", "must be positive"));
         }
+        if j.refresh_wait_ms > 10_000 {
+            return Err(invalid(
+                "jwks.refresh_wait_ms",
+                "must be at most 10000 (a request must not wait for a slow key endpoint)",
+            ));
+        }
         if j.max_bytes < 1024 {
             return Err(invalid("jwks.max_bytes", "must be at least 1024"));
         }

@@ -10,6 +10,7 @@ mod hostile;
 mod ingest;
 mod interop;
 mod jwks;
+mod keys_refresh;
 mod modules;
 mod push;
 mod retention;
