@@ -16,6 +16,7 @@ mod push;
 mod retention;
 mod revocation;
 mod schemas;
+mod snapshot_stream;
 mod storage_conformance;
 mod support;
 mod transmitter;
