@@ -344,13 +344,13 @@ impl SourceKeys {
     }
 }
 
-/// Clears the in-flight flag however the refresh task ends (even by a panic), so a source can
-/// never be stuck with a refresh that nobody runs.
-struct InFlight<'a>(&'a tokio::sync::watch::Sender<bool>);
+/// Clears the in-flight flag however the refresh task ends (a panic, or dropped before it ran),
+/// so a source can never be stuck with a refresh that nobody runs.
+struct InFlight(Arc<Inner>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_replace(false);
+        self.0.refreshing.send_replace(false);
     }
 }
 
@@ -380,11 +380,8 @@ impl Inner {
             .refreshing
             .send_if_modified(|busy| !std::mem::replace(busy, true));
         if started {
-            let inner = self.clone();
-            tokio::spawn(async move {
-                let _in_flight = InFlight(&inner.refreshing);
-                inner.refresh().await;
-            });
+            let in_flight = InFlight(self.clone());
+            tokio::spawn(async move { in_flight.0.refresh().await });
         }
     }
 
