@@ -119,3 +119,28 @@ async fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
     true
 }
+
+#[tokio::test]
+async fn keys_never_loaded_from_a_hanging_endpoint_answer_503_promptly() {
+    let key = es256();
+    let jwks = HangingJwks::start(&key).await;
+    // Hanging from the start: the start-up warm-up fetch never completes.
+    jwks.hang.store(true, Ordering::SeqCst);
+    let url = jwks.url.clone();
+    let hub = TestHub::start(move |_, c| {
+        let mut s = source("idp");
+        s.jwks_uri = Some(url);
+        c.sources = vec![s];
+        c.jwks.fetch_timeout_secs = 600;
+    })
+    .await;
+    let r = tokio::time::timeout(
+        PROMPT,
+        hub.push("idp", key.sign(&session_revoked()).expect("sign")),
+    )
+    .await
+    .expect("a source whose keys never loaded is answered without waiting for the fetch");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "keys_unavailable");
+    hub.stop().await;
+}
