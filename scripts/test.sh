@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one. Installs only what is missing:
 #   - Debian packages that -sys crates build against (openssl-sys: libssl-dev, pkg-config)
 #   - Python packages the interop tests drive (tests/requirements.txt: jwcrypto, websockets)
-# then checks formatting and lints, and runs every test.
+# then checks formatting and lints, runs every test, then fuzzes each parser for a bounded time
+# (scripts/fuzz.sh: installs cargo-fuzz if it is missing; FUZZ_SECONDS per target, default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +34,5 @@ echo "==> cargo clippy (all targets, warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --locked
+echo "==> fuzzing (scripts/fuzz.sh, ${FUZZ_SECONDS:-20} s per target)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"

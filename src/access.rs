@@ -412,6 +412,7 @@ mod tests {
             refresh_cooldown_secs: 60,
             fetch_timeout_secs: 5,
             max_bytes: 65536,
+            refresh_wait_ms: 1000,
         };
         Access::from_config(&oauth, &jwks, hub_issuer)
             .expect("valid")

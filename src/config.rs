@@ -295,6 +295,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Loads defaults, then `toml` (the text of a configuration file), and validates the
+    /// result. No environment layer, so the outcome depends on the text alone (the config
+    /// loader's fuzz target and tools that check a file they were handed).
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Toml::string(DEFAULTS))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks what types alone cannot: consistency, ranges, and dangerous choices.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_url("issuer", &self.issuer)?;
@@ -341,6 +353,12 @@ impl Config {
         }
         if j.fetch_timeout_secs == 0 {
             return Err(invalid("jwks.fetch_timeout_secs", "must be positive"));
+        }
+        if j.refresh_wait_ms > 10_000 {
+            return Err(invalid(
+                "jwks.refresh_wait_ms",
+                "must be at most 10000 (a request must not wait for a slow key endpoint)",
+            ));
         }
         if j.max_bytes < 1024 {
             return Err(invalid("jwks.max_bytes", "must be at least 1024"));
@@ -731,6 +749,15 @@ mod tests {
             LogUrl::Fjall(PathBuf::from("ssf-hub-data/db"))
         );
         assert!(c.sources.is_empty());
+    }
+
+    #[test]
+    fn toml_text_loads_like_a_file_without_the_environment() {
+        let c = Config::from_toml("[jwks]\nrefresh_wait_ms = 250\n").expect("text");
+        assert_eq!(c.jwks.refresh_wait_ms, 250);
+        assert_eq!(c.listen, load("").expect("file").listen);
+        let err = Config::from_toml("[jwks]\nrefresh_wait_ms = 60000\n").expect_err("too long");
+        assert!(err.to_string().contains("jwks.refresh_wait_ms"), "{err}");
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct JwksConfig {
     pub refresh_cooldown_secs: u64,
     pub fetch_timeout_secs: u64,
     pub max_bytes: usize,
+    /// How long a SET whose key is not cached waits for a refresh already in flight.
+    pub refresh_wait_ms: u64,
 }
 
 /// One public key with a verifier per algorithm it may be used with.
@@ -195,24 +197,53 @@ struct Cached {
     loaded: bool,
 }
 
-#[derive(Debug, Default)]
-struct RefreshGate {
-    last_forced: Option<Instant>,
+/// The keys of one source.
+///
+/// Requests never wait for the issuer: a SET whose key is cached is verified with it, even when
+/// the cache is due for a refresh (the refresh runs in the background, one at a time per source).
+/// A `kid` not in the cache, or a source whose keys were never loaded, starts at most one
+/// rate-limited background refresh and waits for a refresh in flight at most
+/// `jwks.refresh_wait_ms`, then is answered from the cache. So a hanging key endpoint costs a
+/// request at most that wait, never the fetch timeout.
+#[derive(Debug, Clone)]
+pub struct SourceKeys {
+    inner: Arc<Inner>,
 }
 
-/// The keys of one source.
 #[derive(Debug)]
-pub struct SourceKeys {
+struct Inner {
     source_id: String,
     origin: Origin,
     allowed: Vec<Alg>,
     cfg: JwksConfig,
     cache: RwLock<Cached>,
-    /// Serialises fetches: concurrent requests wait for one fetch instead of starting their own.
-    gate: tokio::sync::Mutex<RefreshGate>,
+    /// `true` while a fetch is in flight: the single flight, and what waiters watch.
+    refreshing: tokio::sync::watch::Sender<bool>,
+    /// When the last refresh forced by an unknown `kid` started (the cool-down).
+    last_forced: std::sync::Mutex<Option<Instant>>,
 }
 
 impl SourceKeys {
+    fn new(
+        source_id: &str,
+        origin: Origin,
+        allowed: Vec<Alg>,
+        cfg: JwksConfig,
+        cached: Cached,
+    ) -> Self {
+        SourceKeys {
+            inner: Arc::new(Inner {
+                source_id: source_id.to_owned(),
+                origin,
+                allowed,
+                cfg,
+                cache: RwLock::new(cached),
+                refreshing: tokio::sync::watch::channel(false).0,
+                last_forced: Default::default(),
+            }),
+        }
+    }
+
     /// Keys from a local JWKS file, read once at start-up.
     pub fn from_file(
         source_id: &str,
@@ -221,19 +252,30 @@ impl SourceKeys {
         cfg: JwksConfig,
     ) -> Result<SourceKeys, FetchError> {
         let body = std::fs::read(path).map_err(|e| FetchError::File(e.to_string()))?;
-        let keys = KeySet::parse(&body, &allowed)?;
-        Ok(SourceKeys {
-            source_id: source_id.to_owned(),
-            origin: Origin::File,
+        SourceKeys::from_jwks(source_id, &body, allowed, cfg)
+    }
+
+    /// Keys from a JWKS document held in memory; like a file, never refreshed (the fuzz targets
+    /// and tools that verify against a fixed key set use it).
+    pub fn from_jwks(
+        source_id: &str,
+        jwks: &[u8],
+        allowed: Vec<Alg>,
+        cfg: JwksConfig,
+    ) -> Result<SourceKeys, FetchError> {
+        let keys = KeySet::parse(jwks, &allowed)?;
+        let cached = Cached {
+            keys,
+            refresh_at: far_future(),
+            loaded: true,
+        };
+        Ok(SourceKeys::new(
+            source_id,
+            Origin::File,
             allowed,
             cfg,
-            cache: RwLock::new(Cached {
-                keys,
-                refresh_at: far_future(),
-                loaded: true,
-            }),
-            gate: Default::default(),
-        })
+            cached,
+        ))
     }
 
     /// Keys fetched lazily from `url` and cached.
@@ -244,70 +286,102 @@ impl SourceKeys {
             .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        SourceKeys {
-            source_id: source_id.to_owned(),
-            origin: Origin::Uri {
-                url: url.to_owned(),
-                client,
-            },
-            allowed,
-            cfg,
-            cache: RwLock::new(Cached {
-                keys: KeySet::default(),
-                refresh_at: Instant::now(),
-                loaded: false,
-            }),
-            gate: Default::default(),
-        }
+        let origin = Origin::Uri {
+            url: url.to_owned(),
+            client,
+        };
+        let cached = Cached {
+            keys: KeySet::default(),
+            refresh_at: Instant::now(),
+            loaded: false,
+        };
+        SourceKeys::new(source_id, origin, allowed, cfg, cached)
     }
 
     /// Loads a remote key set that has never been loaded (start-up warm-up), so the first SET
-    /// does not wait for the fetch.
+    /// does not wait for the fetch. Waits for the fetch (bounded by `jwks.fetch_timeout_secs`).
     pub async fn warm(&self) {
-        if matches!(self.origin, Origin::Uri { .. }) && !self.lookup(None).2 {
-            let _gate = self.gate.lock().await;
-            if !self.lookup(None).2 {
-                self.refresh().await;
-            }
+        if matches!(self.inner.origin, Origin::Uri { .. }) && !self.inner.lookup(None).2 {
+            self.inner.start_refresh();
+            let mut rx = self.inner.refreshing.subscribe();
+            let _ = rx.wait_for(|busy| !*busy).await;
         }
     }
 
+    /// Finds the key for `kid`. A cached key is returned at once (a due refresh starts in the
+    /// background). Otherwise at most one refresh per cool-down is started, and the answer comes
+    /// from the cache after waiting at most `jwks.refresh_wait_ms` for a refresh in flight.
+    pub async fn key(&self, kid: Option<&str>) -> Result<Arc<PublicKey>, KeyError> {
+        let inner = &self.inner;
+        let (found, stale, loaded) = inner.lookup(kid);
+        if let Some(key) = found {
+            if stale {
+                inner.start_refresh();
+            }
+            return Ok(key);
+        }
+        if matches!(inner.origin, Origin::File) {
+            return Err(KeyError::UnknownKey);
+        }
+        if stale || !loaded {
+            // Due anyway; a failed fetch pushes `refresh_at` a cool-down ahead, so an
+            // unreachable issuer is retried at most once per cool-down.
+            inner.start_refresh();
+        } else if inner.cool_down_passed() {
+            metrics::counter!("ssf_hub_jwks_forced_refresh_total").increment(1);
+            inner.start_refresh();
+        }
+        let wait = Duration::from_millis(inner.cfg.refresh_wait_ms);
+        if !wait.is_zero() {
+            let mut rx = inner.refreshing.subscribe();
+            let _ = tokio::time::timeout(wait, rx.wait_for(|busy| !*busy)).await;
+        }
+        match inner.lookup(kid) {
+            (Some(key), _, _) => Ok(key),
+            (None, _, false) => Err(KeyError::Unavailable),
+            (None, _, true) => Err(KeyError::UnknownKey),
+        }
+    }
+}
+
+/// Clears the in-flight flag however the refresh task ends (a panic, or dropped before it ran),
+/// so a source can never be stuck with a refresh that nobody runs.
+struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.refreshing.send_replace(false);
+    }
+}
+
+impl Inner {
     fn lookup(&self, kid: Option<&str>) -> (Option<Arc<PublicKey>>, bool, bool) {
         let c = self.cache.read().unwrap_or_else(|p| p.into_inner());
         (c.keys.find(kid), c.refresh_at <= Instant::now(), c.loaded)
     }
 
-    /// Finds the key for `kid`: from the cache when fresh; after a refresh when the cache is
-    /// stale; after at most one forced refresh per cool-down when the `kid` is unknown.
-    pub async fn key(&self, kid: Option<&str>) -> Result<Arc<PublicKey>, KeyError> {
-        let (found, stale, _) = self.lookup(kid);
-        if let (Some(key), false) = (&found, stale) {
-            return Ok(key.clone());
+    /// Whether an unknown `kid` may force a refresh now; if so, starts the cool-down.
+    fn cool_down_passed(&self) -> bool {
+        let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+        let cooled =
+            last.is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.refresh_cooldown_secs));
+        if cooled {
+            *last = Some(Instant::now());
         }
-        if matches!(self.origin, Origin::File) {
-            return found.ok_or(KeyError::UnknownKey);
+        cooled
+    }
+
+    /// Starts a background fetch unless one is already in flight (single flight per source).
+    fn start_refresh(self: &Arc<Self>) {
+        if !matches!(self.origin, Origin::Uri { .. }) {
+            return;
         }
-        {
-            let mut gate = self.gate.lock().await;
-            // Someone else may have refreshed while we waited for the gate.
-            let (found, stale, _) = self.lookup(kid);
-            if stale {
-                self.refresh().await;
-            } else if found.is_none() {
-                let cooled = gate.last_forced.is_none_or(|t| {
-                    t.elapsed() >= Duration::from_secs(self.cfg.refresh_cooldown_secs)
-                });
-                if cooled {
-                    gate.last_forced = Some(Instant::now());
-                    metrics::counter!("ssf_hub_jwks_forced_refresh_total").increment(1);
-                    self.refresh().await;
-                }
-            }
-        }
-        match self.lookup(kid) {
-            (Some(key), _, _) => Ok(key),
-            (None, _, false) => Err(KeyError::Unavailable),
-            (None, _, true) => Err(KeyError::UnknownKey),
+        let started = self
+            .refreshing
+            .send_if_modified(|busy| !std::mem::replace(busy, true));
+        if started {
+            let in_flight = InFlight(self.clone());
+            tokio::spawn(async move { in_flight.0.refresh().await });
         }
     }
 

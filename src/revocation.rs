@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ use crate::log::Log;
 use crate::normalize::Record;
 use crate::set::Subject;
 use crate::state::{Delta, Query, State, SubjectState};
-use crate::storage::{Op, Tables};
+use crate::storage::{Op, TableView, Tables};
 use crate::streams::{Registry, RegistryError};
 
 /// The fold and its storage.
@@ -238,8 +239,67 @@ impl Revocations {
         Ok(removed)
     }
 
+    /// A consistent snapshot of the stored state (see [`Snapshot`]). Cheap to take: pages are
+    /// read as they are asked for.
+    pub fn snapshot(&self) -> Result<Snapshot, RegistryError> {
+        let view = self.tables.view()?;
+        let position = view
+            .get(META, POSITION_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok(Snapshot {
+            position,
+            view,
+            next: Some(Vec::new()),
+        })
+    }
+
     pub fn decide(&self, query: &Query) -> crate::state::Decision {
         self.read().decide(query)
+    }
+}
+
+/// One subject of a [`Snapshot`].
+#[derive(Debug)]
+pub struct SnapshotItem {
+    pub subject_key: String,
+    pub state: SubjectState,
+}
+
+/// The stored subject states at one position, read page by page.
+///
+/// Consistency: the fold stores a batch's deltas, changed subjects and new position in one
+/// atomic write, and the snapshot reads everything from one [`TableView`] of the store taken
+/// when it starts; so its subjects are exactly the state at its `position` (not a mix of before
+/// and after a batch), and every delta after `position` is (or will be) in the delta table.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub position: u64,
+    view: Arc<dyn TableView>,
+    /// Where the next page starts; `None` after the last page.
+    next: Option<Vec<u8>>,
+}
+
+impl Snapshot {
+    /// The next (at most `n`, at least 1) subjects in `subject_key` order; empty at the end.
+    pub fn page(&mut self, n: usize) -> Result<Vec<SnapshotItem>, RegistryError> {
+        let n = n.max(1);
+        let Some(start) = self.next.take() else {
+            return Ok(Vec::new());
+        };
+        let rows = self.view.scan(SUBJECTS, b"", &start, n)?;
+        if rows.len() == n {
+            // The smallest key after the last one read.
+            self.next = rows.last().map(|(k, _)| [k.as_slice(), &[0]].concat());
+        }
+        rows.into_iter()
+            .map(|(k, v)| {
+                Ok(SnapshotItem {
+                    subject_key: String::from_utf8_lossy(&k).into_owned(),
+                    state: serde_json::from_slice(&v)?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -468,43 +528,61 @@ async fn list_deltas(
         .into_response())
 }
 
-/// `GET /revocations/snapshot`: every subject's state and the position it reflects, streamed.
-/// Follow with `GET /revocations?since=<position>` for a gap-free view.
+/// Subjects read from the store per step of a snapshot response: what one request holds in
+/// memory (this page, and its encoding), however many subjects there are.
+const SNAPSHOT_PAGE: usize = 256;
+
+/// `GET /revocations/snapshot`: every subject's state and the position it reflects, streamed
+/// page by page from a consistent view of the store, in `subject_key` order. Follow with
+/// `GET /revocations?since=<position>` for a gap-free view.
 async fn get_snapshot(
     _: Reader,
     visible: Visible,
     AxumState(api): AxumState<Api>,
 ) -> Result<Response, Error> {
-    let (position, subjects): (u64, Vec<(String, Arc<SubjectState>)>) = {
-        let state = api.revocations.read();
-        // Arc clones: cheap, and consistent with `position` because they are taken under the lock.
-        (
-            state.position,
-            state
-                .subjects
-                .iter()
-                .filter(|(_, v)| visible.sees(&v.subject))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        )
-    };
-    let head = Bytes::from(format!("{{\"position\":{position},\"subjects\":["));
-    let chunks = subjects.chunks(1000).enumerate().map(|(i, chunk)| {
-        let mut buf = Vec::with_capacity(chunk.len() * 256);
-        for (j, (key, s)) in chunk.iter().enumerate() {
-            if i > 0 || j > 0 {
-                buf.push(b',');
+    let snapshot = api.revocations.snapshot()?;
+    let head = Bytes::from(format!(
+        "{{\"position\":{},\"subjects\":[",
+        snapshot.position
+    ));
+    // (snapshot, whether an item was written yet, what the credential may see); `None` once
+    // the closing bracket is out.
+    let start = Some((snapshot, false, visible));
+    let pages = futures_util::stream::unfold(start, |step| async move {
+        let (mut snapshot, mut wrote, visible) = step?;
+        loop {
+            // Storage reads block; each page is its own short task, so a slow client never
+            // holds a blocking thread.
+            let read = tokio::task::spawn_blocking(move || {
+                let page = snapshot.page(SNAPSHOT_PAGE);
+                (snapshot, page)
+            })
+            .await;
+            let page = match read {
+                Ok((s, Ok(page))) => {
+                    snapshot = s;
+                    page
+                }
+                Ok((_, Err(e))) => return Some((Err(snapshot_failed(&e)), None)),
+                Err(e) => return Some((Err(snapshot_failed(&e)), None)),
+            };
+            if page.is_empty() {
+                return Some((Ok(Bytes::from_static(b"]}")), None));
             }
-            let item = json!({ "subject_key": key, "state": &**s });
-            let _ = serde_json::to_writer(&mut buf, &item);
+            // A bound credential sees only its subjects: the filter is per item.
+            let chunk = encode_items(
+                page.iter().filter(|i| visible.sees(&i.state.subject)),
+                &mut wrote,
+            );
+            // A page whose items were all left out yields nothing; an empty chunk is skipped.
+            if !chunk.is_empty() {
+                return Some((Ok(chunk), Some((snapshot, wrote, visible))));
+            }
         }
-        Ok::<_, std::io::Error>(Bytes::from(buf))
     });
-    let parts: Vec<Result<Bytes, std::io::Error>> = std::iter::once(Ok(head))
-        .chain(chunks)
-        .chain(std::iter::once(Ok(Bytes::from_static(b"]}"))))
-        .collect();
-    let body = axum::body::Body::from_stream(futures_util::stream::iter(parts));
+    let body = axum::body::Body::from_stream(
+        futures_util::stream::once(std::future::ready(Ok(head))).chain(pages),
+    );
     Ok((
         StatusCode::OK,
         [
@@ -514,6 +592,27 @@ async fn get_snapshot(
         body,
     )
         .into_response())
+}
+
+/// A snapshot that cannot be read to the end is cut off (the client sees a truncated body, not
+/// a valid-looking partial state).
+fn snapshot_failed(e: &dyn std::fmt::Display) -> std::io::Error {
+    tracing::error!(error = %e, "reading the revocation snapshot failed");
+    std::io::Error::other("reading the revocation snapshot failed")
+}
+
+/// Snapshot items as JSON array elements, comma-separated across chunks (`wrote`: whether an
+/// element was written before).
+fn encode_items<'a>(items: impl Iterator<Item = &'a SnapshotItem>, wrote: &mut bool) -> Bytes {
+    let mut buf = Vec::new();
+    for item in items {
+        if std::mem::replace(wrote, true) {
+            buf.push(b',');
+        }
+        let element = json!({ "subject_key": item.subject_key, "state": item.state });
+        let _ = serde_json::to_writer(&mut buf, &element);
+    }
+    Bytes::from(buf)
 }
 
 /// `POST /revocations/check`: is this token still good?

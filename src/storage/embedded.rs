@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use fjall::config::PinningPolicy;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable as _};
 
 use super::{
     be, from_be, Append, Appended, BoxFuture, Entry, EventLog, Op, Position, Row, StorageError,
-    Tables,
+    TableView, Tables,
 };
 
 impl From<fjall::Error> for StorageError {
@@ -187,6 +187,57 @@ impl Tables for Embedded {
 
     fn sync(&self) -> Result<(), StorageError> {
         Ok(self.db.persist(PersistMode::SyncData)?)
+    }
+
+    fn view(&self) -> Result<Arc<dyn TableView>, StorageError> {
+        Ok(Arc::new(EmbeddedView {
+            snapshot: self.db.snapshot(),
+            db: self.clone(),
+        }))
+    }
+}
+
+/// A fjall cross-keyspace snapshot: batches are committed under one sequence number, so a
+/// snapshot holds each batch wholly or not at all.
+struct EmbeddedView {
+    snapshot: fjall::Snapshot,
+    db: Embedded,
+}
+
+impl std::fmt::Debug for EmbeddedView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedView").finish_non_exhaustive()
+    }
+}
+
+impl TableView for EmbeddedView {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .snapshot
+            .get(&self.db.table(table)?, key)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StorageError> {
+        let from = start.max(prefix).to_vec();
+        let mut out = Vec::new();
+        for guard in self.snapshot.range(&self.db.table(table)?, from..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = guard.into_inner()?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 }
 

@@ -2,10 +2,11 @@
 //! durability.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::{
-    Append, Appended, BoxFuture, Entry, EventLog, Op, Position, Row, StorageError, Tables,
+    Append, Appended, BoxFuture, Entry, EventLog, Op, Position, Row, StorageError, TableView,
+    Tables,
 };
 
 #[derive(Debug, Default)]
@@ -103,9 +104,29 @@ impl EventLog for MemoryLog {
 
 type Table = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// Tables shared copy-on-write: a view clones the `Arc`s, and a write clones a table only while
+/// a view still holds its old version.
 #[derive(Debug, Default)]
 pub struct MemoryTables {
-    tables: RwLock<HashMap<&'static str, Table>>,
+    tables: RwLock<HashMap<&'static str, Arc<Table>>>,
+}
+
+fn scan_table(
+    tables: &HashMap<&'static str, Arc<Table>>,
+    table: &'static str,
+    prefix: &[u8],
+    start: &[u8],
+    limit: usize,
+) -> Vec<Row> {
+    let Some(t) = tables.get(table) else {
+        return Vec::new();
+    };
+    let from = start.max(prefix).to_vec();
+    t.range(from..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 impl Tables for MemoryTables {
@@ -122,15 +143,7 @@ impl Tables for MemoryTables {
         limit: usize,
     ) -> Result<Vec<Row>, StorageError> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
-        let Some(t) = tables.get(table) else {
-            return Ok(Vec::new());
-        };
-        let from = start.max(prefix).to_vec();
-        Ok(t.range(from..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(scan_table(&tables, table, prefix, start, limit))
     }
 
     fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
@@ -138,11 +151,11 @@ impl Tables for MemoryTables {
         for op in ops {
             match op {
                 Op::Put { table, key, value } => {
-                    tables.entry(table).or_default().insert(key, value);
+                    Arc::make_mut(tables.entry(table).or_default()).insert(key, value);
                 }
                 Op::Delete { table, key } => {
                     if let Some(t) = tables.get_mut(table) {
-                        t.remove(&key);
+                        Arc::make_mut(t).remove(&key);
                     }
                 }
             }
@@ -152,5 +165,29 @@ impl Tables for MemoryTables {
 
     fn sync(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+
+    fn view(&self) -> Result<Arc<dyn TableView>, StorageError> {
+        let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
+        Ok(Arc::new(MemoryView(tables.clone())))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryView(HashMap<&'static str, Arc<Table>>);
+
+impl TableView for MemoryView {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.0.get(table).and_then(|t| t.get(key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StorageError> {
+        Ok(scan_table(&self.0, table, prefix, start, limit))
     }
 }

@@ -7,7 +7,8 @@
 //! - [`EventLog`]: records at dense, ordered, never-reused positions, plus the de-duplication
 //!   key index that decides whether a record is appended at all.
 //! - [`Tables`]: named tables of ordered keys to bytes with atomic multi-table writes and a
-//!   durable sync; the stream/cursor store and the revocation store are tables in it.
+//!   durable sync, and consistent read views; the stream/cursor store and the revocation store
+//!   are tables in it.
 
 mod embedded;
 mod memory;
@@ -155,6 +156,26 @@ pub trait Tables: Send + Sync + fmt::Debug + 'static {
 
     /// Blocks until every write made before the call is durable.
     fn sync(&self) -> Result<(), StorageError>;
+
+    /// A consistent read-only view of every table as of now: a write batch is in it wholly or
+    /// not at all, and later writes are invisible to it. Readers that page through a table
+    /// while it changes (the streamed revocation snapshot) read from one.
+    fn view(&self) -> Result<Arc<dyn TableView>, StorageError>;
+}
+
+/// What [`Tables::view`] returns. A view pins the versions it sees (the engine keeps them
+/// until the view is dropped), so hold one only for the length of one read.
+pub trait TableView: Send + Sync + fmt::Debug + 'static {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// As [`Tables::scan`], as of the view.
+    fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StorageError>;
 }
 
 impl dyn Tables {

@@ -55,6 +55,11 @@ async fn cached_keys_survive_an_unreachable_issuer() {
     hub.push("idp", key.sign(&session_revoked()).expect("sign"))
         .await
         .assert_accepted();
+    // The refresh runs in the background, after the SET was accepted from the cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while jwks.hits() <= before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(jwks.hits() > before, "the hub did try to refresh");
     assert_eq!(hub.events().await.len(), 2);
     hub.stop().await;
