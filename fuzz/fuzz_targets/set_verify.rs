@@ -1,7 +1,8 @@
 //! Stage 2 and 3 on hostile input: a pushed body as compact JWS (header parsing, the algorithm
 //! allow-list, `typ`/`crit`/`kid`, signature check against a fixed key), and, for inputs that
 //! are a JSON object, those claims signed with the fixed key so the claim checks and
-//! normalization (schemas, typed events, subjects) see them too.
+//! normalization (schemas, typed events, subjects) see them too. A normalized record must
+//! survive the log's JSON codec unchanged.
 
 #![no_main]
 
@@ -12,7 +13,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use ssf_hub::keys::{Alg, JwksConfig, SourceKeys};
-use ssf_hub::normalize::{normalize, Options};
+use ssf_hub::normalize::{normalize, Options, Record};
 use ssf_hub::schema::Schemas;
 use ssf_hub::sign::{SetSigner, SignAlg};
 use ssf_hub::verify::{Policy, Unverified};
@@ -74,7 +75,30 @@ fn check(f: &Fixture, body: &[u8], legacy: bool) {
     let Ok(verified) = f.runtime.block_on(parsed.verify(&f.keys, &policy)) else {
         return;
     };
-    let _ = normalize(&f.schemas, verified, "fuzz", 0, Options { legacy });
+    let Ok(record) = normalize(&f.schemas, verified, "fuzz", 0, Options { legacy }) else {
+        return;
+    };
+    // An accepted SET is stored as this JSON and read back by every follower: a record that
+    // encodes but does not decode would be acknowledged and then silently skipped.
+    let stored = serde_json::to_vec(&record).expect("a record encodes");
+    let back: Record = serde_json::from_slice(&stored).expect("a stored record decodes");
+    // (Compared by what identifies and orders it: serde_json may read a float in the claims
+    // back one ulp off, which changes nothing.)
+    assert_eq!(
+        (
+            &back.jti,
+            &back.subject_key,
+            &back.event_type,
+            back.event_timestamp
+        ),
+        (
+            &record.jti,
+            &record.subject_key,
+            &record.event_type,
+            record.event_timestamp
+        ),
+        "a record survives the log's codec"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
