@@ -66,6 +66,7 @@ async fn folded(hub: &TestHub, token: &str, position: u64) {
             .call("GET", "/revocations?since=0&limit=1", token, None)
             .await
             .json();
+        assert_eq!(page.get("error"), None, "{page}");
         if page["position"].as_u64() >= Some(position) {
             return;
         }
@@ -98,7 +99,7 @@ fn subjects(snapshot: &Value) -> &Vec<Value> {
 async fn a_large_snapshot_streams_every_subject_in_key_order() {
     const N: u64 = 20_000;
     let hub = TestHub::start(|_, _| {}).await;
-    let (_, token) = hub.receiver("sidecar").await;
+    let (_, token) = hub.gateway("sidecar").await;
     append(&hub, (0..N).map(|i| revoked(i, BASE_TS + i, "a")).collect()).await;
     folded(&hub, &token, N).await;
 
@@ -139,7 +140,7 @@ async fn a_large_snapshot_streams_every_subject_in_key_order() {
 async fn a_snapshot_taken_while_the_fold_runs_plus_later_deltas_is_the_final_state() {
     const N: u64 = 4_000;
     let hub = TestHub::start(|_, _| {}).await;
-    let (_, token) = hub.receiver("sidecar").await;
+    let (_, token) = hub.gateway("sidecar").await;
     append(&hub, (0..N).map(|i| revoked(i, BASE_TS + i, "a")).collect()).await;
     folded(&hub, &token, N).await;
 
