@@ -83,6 +83,19 @@ fn build(config: Config) -> Result<Parts, StartError> {
             )?
         }
         LogUrl::Memory => Storage::memory(),
+        #[cfg(feature = "kafka")]
+        LogUrl::Kafka { brokers, prefix } => {
+            let settings = config.kafka_settings(brokers, &prefix);
+            tracing::info!(?settings, "opening the kafka storage");
+            // Blocks while it reads the topics back, as opening the embedded engine does.
+            Storage::kafka(settings)?
+        }
+        #[cfg(not(feature = "kafka"))]
+        LogUrl::Kafka { .. } => {
+            return Err(StartError::Setup(
+                "log.url is kafka:// but this binary was built without the `kafka` feature".into(),
+            ))
+        }
     };
     let setup = |what: &str| {
         let what = what.to_owned();

@@ -176,6 +176,23 @@ pub struct LogConfig {
     pub cache_capacity_bytes: u64,
     pub write_buffer_bytes: u64,
     pub retention: crate::log::Retention,
+    pub kafka: KafkaConfig,
+}
+
+/// `[log.kafka]`: used only when `log.url` is `kafka://...`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Topic names; empty means `<prefix>.events` / `<prefix>.state` (prefix from the URL).
+    pub events_topic: String,
+    pub state_topic: String,
+    pub create_topics: bool,
+    pub replication_factor: i32,
+    pub linger_ms: u64,
+    pub delivery_timeout_ms: u64,
+    pub startup_timeout_ms: u64,
+    /// librdkafka properties; values are secrets (SASL passwords) and never printed.
+    pub properties: std::collections::BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +287,11 @@ pub enum LogUrl {
     /// The embedded fjall database in this directory.
     Fjall(PathBuf),
     Memory,
+    /// `kafka://host:port[,host:port]/topic_prefix`.
+    Kafka {
+        brokers: String,
+        prefix: String,
+    },
 }
 
 impl Config {
@@ -664,13 +686,76 @@ impl Config {
             ))
         } else if url == "memory://" {
             Ok(LogUrl::Memory)
-        } else if url.starts_with("kafka://") {
+        } else if let Some(rest) = url.strip_prefix("kafka://") {
+            if !cfg!(feature = "kafka") {
+                return Err(invalid(
+                    "log.url",
+                    "kafka:// needs the `kafka` cargo feature, and this ssf-hub binary was built \
+                     without it; rebuild with `cargo build --release --features kafka`",
+                ));
+            }
+            let (brokers, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if brokers.is_empty() || brokers.split(',').any(|b| !b.contains(':')) {
+                return Err(invalid(
+                    "log.url",
+                    "kafka:// needs brokers as host:port[,host:port], then /topic_prefix",
+                ));
+            }
+            if prefix.is_empty() || prefix.len() > 200 || !prefix.chars().all(legal) {
+                return Err(invalid(
+                    "log.url",
+                    "kafka://brokers/topic_prefix: the prefix is required and may hold only \
+                     ASCII letters, digits, '.', '_' and '-'",
+                ));
+            }
+            let k = &self.log.kafka;
+            if k.replication_factor < 1 {
+                return Err(invalid(
+                    "log.kafka.replication_factor",
+                    "must be at least 1",
+                ));
+            }
+            if k.delivery_timeout_ms == 0 || k.startup_timeout_ms == 0 {
+                return Err(invalid(
+                    "log.kafka.delivery_timeout_ms",
+                    "delivery_timeout_ms and startup_timeout_ms must be above 0",
+                ));
+            }
+            Ok(LogUrl::Kafka {
+                brokers: brokers.to_owned(),
+                prefix: prefix.to_owned(),
+            })
+        } else {
             Err(invalid(
                 "log.url",
-                "the kafka backend is not compiled into this build",
+                "scheme must be fjall://, memory:// or kafka://",
             ))
-        } else {
-            Err(invalid("log.url", "scheme must be fjall:// or memory://"))
+        }
+    }
+
+    /// What the Kafka backend needs, from `log.url`'s parts and `[log.kafka]`.
+    #[cfg(feature = "kafka")]
+    pub fn kafka_settings(&self, brokers: String, prefix: &str) -> crate::storage::KafkaSettings {
+        let k = &self.log.kafka;
+        let name = |set: &str, suffix: &str| match set {
+            "" => format!("{prefix}.{suffix}"),
+            s => s.to_owned(),
+        };
+        crate::storage::KafkaSettings {
+            brokers,
+            events_topic: name(&k.events_topic, "events"),
+            state_topic: name(&k.state_topic, "state"),
+            create_topics: k.create_topics,
+            replication_factor: k.replication_factor,
+            linger_ms: k.linger_ms,
+            delivery_timeout_ms: k.delivery_timeout_ms,
+            startup_timeout_ms: k.startup_timeout_ms,
+            properties: k
+                .properties
+                .iter()
+                .map(|(name, v)| (name.clone(), v.expose().to_owned()))
+                .collect(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! the backends behind them. The traits know keys, positions and bytes, never SETs or streams;
 //! what the bytes mean stays with the services that own them (log, streams, cursors,
 //! revocations). Each trait has one conformance suite (tests/it/storage_conformance.rs) that
-//! every backend passes: memory and the embedded engine now, Kafka next.
+//! every backend passes: memory, the embedded engine and (with the `kafka` feature) Kafka.
 //!
 //! - [`EventLog`]: records at dense, ordered, never-reused positions, plus the de-duplication
 //!   key index that decides whether a record is appended at all.
@@ -11,6 +11,8 @@
 //!   are tables in it.
 
 mod embedded;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod memory;
 
 use std::fmt;
@@ -20,6 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use self::embedded::{Budgets, Embedded};
+#[cfg(feature = "kafka")]
+pub use self::kafka::KafkaSettings;
 pub use self::memory::{MemoryLog, MemoryTables};
 
 /// A position in the log: 1 for the first record, increasing by one per record, never reused
@@ -207,6 +211,13 @@ impl Storage {
             log: Arc::new(MemoryLog::default()),
             tables: Arc::new(MemoryTables::default()),
         }
+    }
+
+    /// Kafka (`log.url = "kafka://..."`): the log and the tables in two topics, read back into
+    /// memory before this returns. Blocks while it talks to the brokers.
+    #[cfg(feature = "kafka")]
+    pub fn kafka(settings: KafkaSettings) -> Result<Storage, StorageError> {
+        self::kafka::open(settings)
     }
 
     /// The embedded engine in `dir`; `data_dir` is checked for state an older engine left.

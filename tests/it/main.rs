@@ -12,6 +12,8 @@ mod ingest;
 mod integrity;
 mod interop;
 mod jwks;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod keys_refresh;
 mod modules;
 mod push;

@@ -1,6 +1,6 @@
 //! One contract, every backend: each test is a function over the storage seams (`EventLog`,
 //! `Tables`), run against the in-memory backend and the embedded engine (in a real temporary
-//! directory, reopened where it matters). The Kafka backend joins the `conformance!` list.
+//! directory, reopened where it matters) and, with the `kafka` feature, Kafka (tests/it/kafka.rs).
 
 use std::sync::Arc;
 
@@ -239,6 +239,14 @@ macro_rules! conformance {
                     .expect("open");
                 super::$tables(storage.tables)
             } )+
+        }
+        // Each test on topics of its own, on the broker scripts/test.sh starts.
+        #[cfg(feature = "kafka")]
+        mod kafka {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $log() {
+                super::$log(crate::kafka::fresh().log).await
+            } )+
+            $( #[test] fn $tables() { super::$tables(crate::kafka::fresh().tables) } )+
         }
     };
 }
