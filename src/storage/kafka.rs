@@ -25,7 +25,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -177,33 +177,37 @@ impl KafkaSettings {
     }
 
     /// Every message of `topic` (one partition) up to its end at the time of the call, in order.
+    ///
+    /// The end is where the consumer reports end-of-partition (the high watermark of the fetch
+    /// responses), not a ListOffsets answer: tansu 0.6 answers ListOffsets(latest) with the
+    /// base offset of the last record batch plus one, short of the end after a batched produce.
     fn read_all(
         &self,
         topic: &str,
         mut each: impl FnMut(i64, Option<&[u8]>, &[u8]) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
-        let consumer = self.consumer()?;
-        let (low, high) = consumer
-            .fetch_watermarks(topic, 0, self.timeout())
-            .map_err(kafka_err("reading watermarks"))?;
-        if high <= low {
-            return Ok(());
-        }
+        let mut c = self.client();
+        // Assigned partitions only, no group joined and nothing committed: a plain reader.
+        c.set("enable.auto.commit", "false")
+            .set("group.id", "ssf-hub-rebuild")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = c.create().map_err(kafka_err("creating the consumer"))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
             .map_err(kafka_err("assigning"))?;
         consumer.assign(&tpl).map_err(kafka_err("assigning"))?;
         let deadline = Instant::now() + self.timeout();
-        let mut next = low;
-        while next < high {
+        let mut next = 0;
+        loop {
             if Instant::now() > deadline {
                 return Err(StorageError::Storage(format!(
-                    "kafka: reading {topic} back timed out at offset {next} of {high} \
+                    "kafka: reading {topic} back timed out at offset {next} \
                      (log.kafka.startup_timeout_ms)"
                 )));
             }
             match consumer.poll(Duration::from_millis(200)) {
                 None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
                 Some(Err(e)) => return Err(kafka_err("reading back")(e)),
                 Some(Ok(m)) => {
                     next = m.offset() + 1;
@@ -211,18 +215,17 @@ impl KafkaSettings {
                 }
             }
         }
-        Ok(())
     }
 }
 
 /// Opens (and rebuilds from Kafka) the log and the tables.
 pub(super) fn open(settings: KafkaSettings) -> Result<Storage, StorageError> {
     settings.ensure_topics()?;
-    let tables = Arc::new(KafkaTables::open(&settings)?);
+    let tables = Arc::new(TablesInner::open(&settings)?);
     let log = KafkaLog::open(&settings, tables.clone())?;
     Ok(Storage {
         log: Arc::new(log),
-        tables,
+        tables: Arc::new(KafkaTables(tables)),
     })
 }
 
@@ -232,7 +235,7 @@ pub(super) fn open(settings: KafkaSettings) -> Result<Storage, StorageError> {
 pub(crate) struct KafkaLog {
     producer: FutureProducer,
     topic: String,
-    tables: Arc<KafkaTables>,
+    tables: Arc<TablesInner>,
     /// One append at a time: the dedupe check and the positions it predicts hold only if no
     /// other append runs between the check and the delivery reports.
     appending: tokio::sync::Mutex<()>,
@@ -257,7 +260,7 @@ struct LogState {
 }
 
 impl KafkaLog {
-    fn open(settings: &KafkaSettings, tables: Arc<KafkaTables>) -> Result<KafkaLog, StorageError> {
+    fn open(settings: &KafkaSettings, tables: Arc<TablesInner>) -> Result<KafkaLog, StorageError> {
         let floor = match tables.get(LOG_TABLE, EARLIEST_KEY)? {
             Some(b) => super::from_be(&b)?,
             None => 1,
@@ -467,7 +470,40 @@ impl EventLog for KafkaLog {
 // ---------------------------------------------------------------------------------------------
 // The tables.
 
-pub(crate) struct KafkaTables {
+/// The tables the hub sees. A thin handle: the log shares the inner tables (it records its
+/// retention floor there), and the hub's shutdown check counts the handles it gave out.
+#[derive(Debug)]
+pub(crate) struct KafkaTables(Arc<TablesInner>);
+
+impl Tables for KafkaTables {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Row>, StorageError> {
+        self.0.scan(table, prefix, start, limit)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        self.0.write(ops)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.0.sync()
+    }
+
+    fn view(&self) -> Result<Arc<dyn TableView>, StorageError> {
+        self.0.view()
+    }
+}
+
+struct TablesInner {
     memory: MemoryTables,
     producer: FutureProducer,
     topic: String,
@@ -479,7 +515,7 @@ pub(crate) struct KafkaTables {
     timeout: Duration,
 }
 
-impl std::fmt::Debug for KafkaTables {
+impl std::fmt::Debug for TablesInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaTables")
             .field("topic", &self.topic)
@@ -487,8 +523,8 @@ impl std::fmt::Debug for KafkaTables {
     }
 }
 
-impl KafkaTables {
-    fn open(settings: &KafkaSettings) -> Result<KafkaTables, StorageError> {
+impl TablesInner {
+    fn open(settings: &KafkaSettings) -> Result<TablesInner, StorageError> {
         let memory = MemoryTables::default();
         settings.read_all(&settings.state_topic, |offset, _, value| {
             let ops = decode_ops(value).ok_or_else(|| {
@@ -499,7 +535,7 @@ impl KafkaTables {
             })?;
             memory.write(ops)
         })?;
-        Ok(KafkaTables {
+        Ok(TablesInner {
             memory,
             producer: settings.producer()?,
             topic: settings.state_topic.clone(),
@@ -517,7 +553,7 @@ impl KafkaTables {
     }
 }
 
-impl Tables for KafkaTables {
+impl Tables for TablesInner {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.memory.get(table, key)
     }
