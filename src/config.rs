@@ -836,6 +836,45 @@ mod tests {
         assert!(c.sources.is_empty());
     }
 
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_urls_name_brokers_and_prefix_and_hide_property_values() {
+        let c = Config::from_toml(
+            "[log]\nurl = \"kafka://k1:9092,k2:9092/hub.prod\"\n[log.kafka]\n\
+             properties = { \"sasl.password\" = \"hunter2\" }\n",
+        )
+        .expect("kafka config");
+        let LogUrl::Kafka { brokers, prefix } = c.log_url().expect("url") else {
+            panic!("not kafka")
+        };
+        assert_eq!(
+            (brokers.as_str(), prefix.as_str()),
+            ("k1:9092,k2:9092", "hub.prod")
+        );
+        let settings = c.kafka_settings(brokers, &prefix);
+        assert_eq!(settings.events_topic, "hub.prod.events");
+        assert_eq!(settings.state_topic, "hub.prod.state");
+        assert!(!format!("{c:?}{settings:?}").contains("hunter2"));
+        for bad in [
+            "kafka://k1:9092",
+            "kafka://k1:9092/",
+            "kafka:///p",
+            "kafka://k1/p",
+            "kafka://k1:9092/a b",
+        ] {
+            let err = Config::from_toml(&format!("[log]\nurl = \"{bad}\"\n")).expect_err(bad);
+            assert!(err.to_string().contains("log.url"), "{bad}: {err}");
+        }
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    #[test]
+    fn kafka_urls_need_the_kafka_feature() {
+        let err =
+            Config::from_toml("[log]\nurl = \"kafka://k1:9092/hub\"\n").expect_err("no kafka");
+        assert!(err.to_string().contains("`kafka` cargo feature"), "{err}");
+    }
+
     #[test]
     fn toml_text_loads_like_a_file_without_the_environment() {
         let c = Config::from_toml("[jwks]\nrefresh_wait_ms = 250\n").expect("text");
