@@ -26,7 +26,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::{
@@ -509,6 +509,9 @@ struct TablesInner {
     topic: String,
     /// Held across enqueue and apply, so that memory sees writes in the topic's order.
     writing: Mutex<Vec<DeliveryFuture>>,
+    /// One sync at a time: a sync that found nothing pending must still wait for the reports an
+    /// earlier, still running sync took, since those writes came before its call too.
+    syncing: Mutex<()>,
     /// The first delivery failure: memory then holds a write Kafka lost, so every later sync
     /// fails until the hub restarts and rebuilds from the topic.
     failed: Mutex<Option<String>>,
@@ -520,6 +523,15 @@ impl std::fmt::Debug for TablesInner {
         f.debug_struct("KafkaTables")
             .field("topic", &self.topic)
             .finish()
+    }
+}
+
+impl Drop for TablesInner {
+    // Dropping a producer purges its queue: writes not yet synced would be lost at a clean stop.
+    fn drop(&mut self) {
+        if let Err(e) = self.producer.flush(self.timeout) {
+            tracing::error!(error = %e, topic = %self.topic, "kafka: state writes not delivered at close");
+        }
     }
 }
 
@@ -540,6 +552,7 @@ impl TablesInner {
             producer: settings.producer()?,
             topic: settings.state_topic.clone(),
             writing: Mutex::new(Vec::new()),
+            syncing: Mutex::new(()),
             failed: Mutex::new(None),
             timeout: Duration::from_millis(settings.delivery_timeout_ms),
         })
@@ -603,6 +616,7 @@ impl Tables for TablesInner {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         let reports = std::mem::take(&mut *self.writing.lock().unwrap_or_else(|p| p.into_inner()));
         let deadline = Instant::now() + self.timeout * 2;
         for report in reports {

@@ -126,6 +126,26 @@ async fn log_and_tables_rebuild_from_the_topics_alone() {
     );
 }
 
+#[test]
+fn writes_not_yet_synced_survive_a_clean_close() {
+    // Dropping a librdkafka producer purges its queue; closing the tables must deliver first.
+    let p = prefix();
+    {
+        // A long linger keeps the writes in the producer's queue when the tables close.
+        let mut lingering = settings(&p);
+        lingering.linger_ms = 2000;
+        let s = Storage::kafka(lingering).expect("open");
+        for i in 0..50u32 {
+            s.tables
+                .put("cursors", &i.to_be_bytes(), b"v")
+                .expect("put");
+        }
+    }
+    let s = Storage::kafka(settings(&p)).expect("reopen");
+    let tables: Arc<dyn Tables> = s.tables.clone();
+    assert_eq!(tables.prefix("cursors", b"").expect("scan").len(), 50);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_topic_is_named_with_the_command_that_creates_it() {
     let p = prefix();
