@@ -800,6 +800,17 @@ impl Config {
                 );
             }
         }
+        if matches!(self.log_url(), Ok(LogUrl::Kafka { .. }))
+            && self.log.kafka.create_topics
+            && self.log.kafka.replication_factor < 3
+        {
+            out.push(format!(
+                "log.kafka.replication_factor is {}: the topics the hub creates (all its state) \
+                 survive the loss of at most {} brokers; 3 replicas are usual in production",
+                self.log.kafka.replication_factor,
+                self.log.kafka.replication_factor - 1
+            ));
+        }
         if self.log_url().ok() == Some(LogUrl::Memory) {
             out.push("log.url is memory://: events are lost when the hub stops".into());
         }
