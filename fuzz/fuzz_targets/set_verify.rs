@@ -68,6 +68,8 @@ fn check(f: &Fixture, body: &[u8], legacy: bool) {
         algorithms: &f.algorithms,
         legacy,
         max_future_iat_secs: 300,
+        // The shipped default (ingest.dedupe_retention_secs): the age check runs too.
+        max_iat_age_secs: 1_209_600,
     };
     let Ok(parsed) = Unverified(body).parse(&policy) else {
         return;
@@ -75,7 +77,16 @@ fn check(f: &Fixture, body: &[u8], legacy: bool) {
     let Ok(verified) = f.runtime.block_on(parsed.verify(&f.keys, &policy)) else {
         return;
     };
-    let Ok(record) = normalize(&f.schemas, verified, "fuzz", 0, Options { legacy }) else {
+    let Ok(record) = normalize(
+        &f.schemas,
+        verified,
+        "fuzz",
+        0,
+        Options {
+            legacy,
+            max_event_timestamp: Some(ssf_hub::unix_now() + 300),
+        },
+    ) else {
         return;
     };
     // An accepted SET is stored as this JSON and read back by every follower: a record that

@@ -31,7 +31,8 @@ fn hub() -> &'static Hub {
         let toml = format!(
             "listen = \"127.0.0.1:0\"\nissuer = \"http://127.0.0.1\"\ndata_dir = {:?}\n\
              admin_token = \"{ADMIN}\"\n[log]\nurl = \"memory://\"\n",
-            dir.path().display().to_string()
+            // A directory the hub creates itself, so it is private (0700) as the hub requires.
+            dir.path().join("data").display().to_string()
         );
         let config = ssf_hub::config::Config::from_toml(&toml).expect("fuzz hub config");
         let runtime = tokio::runtime::Builder::new_multi_thread()
