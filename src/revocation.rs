@@ -509,21 +509,20 @@ async fn list_deltas(
             .and_then(|d| d["position"].as_u64())
             .unwrap_or(p.since)
     };
+    // Read after the page: a sweep that ran meanwhile moved it, and the deltas it removed are
+    // left out below, so a page never holds deltas from before the `earliest` it reports.
+    let earliest = api.revocations.earliest();
     // A bound credential sees its subjects' deltas only; `next` still moves past the others.
-    let deltas: Vec<Value> = if visible.0.is_empty() {
-        deltas
-    } else {
-        deltas
-            .into_iter()
-            .filter(|d| Subject::parse(&d["subject"]).is_ok_and(|s| visible.sees(&s)))
-            .collect()
-    };
+    let deltas: Vec<Value> = deltas
+        .into_iter()
+        .filter(|d| d["position"].as_u64().is_some_and(|p| p >= earliest))
+        .filter(|d| {
+            visible.0.is_empty() || Subject::parse(&d["subject"]).is_ok_and(|s| visible.sees(&s))
+        })
+        .collect();
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(
-            json!({ "deltas": deltas, "next": next, "position": position,
-            "earliest": api.revocations.earliest() }),
-        ),
+        Json(json!({ "deltas": deltas, "next": next, "position": position, "earliest": earliest })),
     )
         .into_response())
 }
