@@ -61,6 +61,11 @@ for _ in $(seq 1 300); do
   if ! kill -0 "$kafka_pid" 2>/dev/null; then
     echo "the test broker exited:" >&2
     cat "$kafka_log" >&2
+    if grep -q 'FeatureNotEnabled' "$kafka_log"; then
+      # A tansu installed without --features dynostore cannot use memory:// storage.
+      echo "this tansu lacks the dynostore feature; reinstall it with:" >&2
+      echo "  cargo install tansu --version 0.6.0 --locked --features dynostore --force" >&2
+    fi
     exit 1
   fi
   sleep 0.1

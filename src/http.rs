@@ -280,6 +280,21 @@ pub enum Principal {
     Receiver(String),
 }
 
+/// The request's credential, if it may read the revocation views (`revocations.read`).
+async fn revocation_reader<S>(parts: &mut Parts, state: &S) -> Result<Arc<Credential>, Error>
+where
+    AdminToken: FromRef<S>,
+    Registry: FromRef<S>,
+    S: Send + Sync,
+{
+    let c = credential(parts, state).await?;
+    if c.has(SCOPE_REVOCATIONS) {
+        Ok(c)
+    } else {
+        Err(Error::InsufficientScope(SCOPE_REVOCATIONS))
+    }
+}
+
 /// A request from an operator or from a receiver whose credential has the revocation scope
 /// (`revocations.read`): the revocation views and decisions.
 #[derive(Debug, Clone)]
@@ -294,11 +309,9 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Reader, Error> {
-        let c = credential(parts, state).await?;
-        if !c.has(SCOPE_REVOCATIONS) {
-            return Err(Error::InsufficientScope(SCOPE_REVOCATIONS));
-        }
-        Ok(Reader(c.principal.clone()))
+        Ok(Reader(
+            revocation_reader(parts, state).await?.principal.clone(),
+        ))
     }
 }
 
@@ -316,11 +329,9 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Visible, Error> {
-        let c = credential(parts, state).await?;
-        if !c.has(SCOPE_REVOCATIONS) {
-            return Err(Error::InsufficientScope(SCOPE_REVOCATIONS));
-        }
-        Ok(Visible(c.bound_to().to_vec()))
+        Ok(Visible(
+            revocation_reader(parts, state).await?.bound_to().to_vec(),
+        ))
     }
 }
 
