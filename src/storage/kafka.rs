@@ -15,7 +15,7 @@
 //!   ordinary messages, never null tombstones: a tombstone is itself dropped after
 //!   `delete.retention.ms`, and an older multi-op write would then resurrect the row.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Wake};
@@ -29,6 +29,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
+use super::memory::LogState;
 use super::{
     Append, Appended, BoxFuture, Entry, EventLog, MemoryTables, Op, Position, Row, Storage,
     StorageError, TableView, Tables,
@@ -251,14 +252,6 @@ impl std::fmt::Debug for KafkaLog {
     }
 }
 
-#[derive(Debug, Default)]
-struct LogState {
-    events: BTreeMap<Position, Vec<u8>>,
-    keys: HashMap<Vec<u8>, (Position, u64)>,
-    head: Position,
-    bytes: u64,
-}
-
 impl KafkaLog {
     fn open(settings: &KafkaSettings, tables: Arc<TablesInner>) -> Result<KafkaLog, StorageError> {
         let floor = match tables.get(LOG_TABLE, EARLIEST_KEY)? {
@@ -378,10 +371,7 @@ impl KafkaLog {
                     self.topic
                 ));
             }
-            s.head = s.head.max(position);
-            s.bytes += a.record.len() as u64;
-            s.keys.insert(a.key, (position, a.key_expires_at));
-            s.events.insert(position, a.record);
+            s.insert(position, a.key, a.key_expires_at, a.record);
         }
         match failure {
             Some(f) => Err(StorageError::Storage(f)),
@@ -393,10 +383,7 @@ impl KafkaLog {
         let (removed, earliest) = {
             let mut s = self.state();
             let through = through.min(s.head);
-            let keep = s.events.split_off(&through.saturating_add(1));
-            let removed = std::mem::replace(&mut s.events, keep);
-            s.bytes -= removed.values().map(|r| r.len() as u64).sum::<u64>();
-            (removed.len() as u64, through + 1)
+            (s.remove_through(through), through + 1)
         };
         if removed > 0 {
             // The records stay in the topic until its own retention drops them (tansu, the test
@@ -427,17 +414,7 @@ impl EventLog for KafkaLog {
         after: Position,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
-        let out = self
-            .state()
-            .events
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .map(|(p, r)| Entry {
-                position: *p,
-                record: r.clone(),
-            })
-            .collect();
-        Box::pin(std::future::ready(Ok(out)))
+        Box::pin(std::future::ready(Ok(self.state().read(after, limit))))
     }
 
     fn head(&self) -> Position {
@@ -445,8 +422,7 @@ impl EventLog for KafkaLog {
     }
 
     fn earliest(&self) -> Position {
-        let s = self.state();
-        s.events.keys().next().copied().unwrap_or(s.head + 1)
+        self.state().earliest()
     }
 
     fn remove_through(&self, through: Position) -> BoxFuture<'_, Result<u64, StorageError>> {
@@ -456,10 +432,7 @@ impl EventLog for KafkaLog {
     fn prune_keys(&self, now: u64) -> BoxFuture<'_, Result<usize, StorageError>> {
         // Keys live in the records' Kafka keys with their expiry; a rebuild skips expired ones,
         // so forgetting them here needs no write.
-        let mut s = self.state();
-        let before = s.keys.len();
-        s.keys.retain(|_, (_, expires)| *expires >= now);
-        Box::pin(std::future::ready(Ok(before - s.keys.len())))
+        Box::pin(std::future::ready(Ok(self.state().prune_keys(now))))
     }
 
     fn approximate_bytes(&self) -> u64 {

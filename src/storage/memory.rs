@@ -14,12 +14,60 @@ pub struct MemoryLog {
     inner: Mutex<LogState>,
 }
 
+/// A log held in memory: records by position, dedupe keys with their expiry, the head. The
+/// memory backend is only this; the Kafka backend keeps one as its read side.
 #[derive(Debug, Default)]
-struct LogState {
-    events: BTreeMap<Position, Vec<u8>>,
-    keys: HashMap<Vec<u8>, (Position, u64)>,
-    head: Position,
-    bytes: u64,
+pub(super) struct LogState {
+    pub(super) events: BTreeMap<Position, Vec<u8>>,
+    pub(super) keys: HashMap<Vec<u8>, (Position, u64)>,
+    pub(super) head: Position,
+    pub(super) bytes: u64,
+}
+
+impl LogState {
+    /// Stores `record` at `position` under dedupe `key`, moving the head up to it.
+    pub(super) fn insert(
+        &mut self,
+        position: Position,
+        key: Vec<u8>,
+        expires: u64,
+        record: Vec<u8>,
+    ) {
+        self.head = self.head.max(position);
+        self.bytes += record.len() as u64;
+        self.keys.insert(key, (position, expires));
+        self.events.insert(position, record);
+    }
+
+    pub(super) fn read(&self, after: Position, limit: usize) -> Vec<Entry> {
+        self.events
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(p, r)| Entry {
+                position: *p,
+                record: r.clone(),
+            })
+            .collect()
+    }
+
+    pub(super) fn earliest(&self) -> Position {
+        self.events.keys().next().copied().unwrap_or(self.head + 1)
+    }
+
+    /// Forgets the records at positions up to `through`; returns how many there were.
+    pub(super) fn remove_through(&mut self, through: Position) -> u64 {
+        let keep = self.events.split_off(&through.saturating_add(1));
+        let removed = std::mem::replace(&mut self.events, keep);
+        self.bytes -= removed.values().map(|r| r.len() as u64).sum::<u64>();
+        removed.len() as u64
+    }
+
+    /// Forgets dedupe keys that expired before `now`; returns how many.
+    pub(super) fn prune_keys(&mut self, now: u64) -> usize {
+        let before = self.keys.len();
+        self.keys.retain(|_, (_, expires)| *expires >= now);
+        before - self.keys.len()
+    }
 }
 
 impl MemoryLog {
@@ -45,11 +93,8 @@ impl EventLog for MemoryLog {
                     continue;
                 }
             }
-            s.head += 1;
-            let pos = s.head;
-            s.bytes += a.record.len() as u64;
-            s.events.insert(pos, a.record);
-            s.keys.insert(a.key, (pos, a.key_expires_at));
+            let pos = s.head + 1;
+            s.insert(pos, a.key, a.key_expires_at, a.record);
             out.push(Appended::New(pos));
         }
         Box::pin(std::future::ready(Ok(out)))
@@ -60,17 +105,7 @@ impl EventLog for MemoryLog {
         after: Position,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Entry>, StorageError>> {
-        let out = self
-            .state()
-            .events
-            .range(after.saturating_add(1)..)
-            .take(limit)
-            .map(|(p, r)| Entry {
-                position: *p,
-                record: r.clone(),
-            })
-            .collect();
-        Box::pin(std::future::ready(Ok(out)))
+        Box::pin(std::future::ready(Ok(self.state().read(after, limit))))
     }
 
     fn head(&self) -> Position {
@@ -78,23 +113,15 @@ impl EventLog for MemoryLog {
     }
 
     fn earliest(&self) -> Position {
-        let s = self.state();
-        s.events.keys().next().copied().unwrap_or(s.head + 1)
+        self.state().earliest()
     }
 
     fn remove_through(&self, through: Position) -> BoxFuture<'_, Result<u64, StorageError>> {
-        let mut s = self.state();
-        let keep = s.events.split_off(&through.saturating_add(1));
-        let removed = std::mem::replace(&mut s.events, keep);
-        s.bytes -= removed.values().map(|r| r.len() as u64).sum::<u64>();
-        Box::pin(std::future::ready(Ok(removed.len() as u64)))
+        Box::pin(std::future::ready(Ok(self.state().remove_through(through))))
     }
 
     fn prune_keys(&self, now: u64) -> BoxFuture<'_, Result<usize, StorageError>> {
-        let mut s = self.state();
-        let before = s.keys.len();
-        s.keys.retain(|_, (_, expires)| *expires >= now);
-        Box::pin(std::future::ready(Ok(before - s.keys.len())))
+        Box::pin(std::future::ready(Ok(self.state().prune_keys(now))))
     }
 
     fn approximate_bytes(&self) -> u64 {
