@@ -201,8 +201,8 @@ async fn stream_and_revocation_credentials_each_stay_in_their_scope() {
 
     // An operator grants the revocation scope to an existing credential (how receivers stored
     // before scopes existed get it back), through the CLI.
-    let out = std::process::Command::new(crate::support::process::BIN)
-        .args([
+    let (ok, _, stderr) = crate::support::process::run_cli(
+        &[
             "receivers",
             "update",
             &stream_receiver,
@@ -212,14 +212,10 @@ async fn stream_and_revocation_credentials_each_stay_in_their_scope() {
             &hub.base,
             "--token",
             ADMIN,
-        ])
-        .output()
-        .expect("cli runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        hub.dir.path(),
     );
+    assert!(ok, "{stderr}");
     let r = hub.call("GET", "/revocations?since=0", &stream, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = hub.call("GET", "/ssf/streams", &stream, None).await;
@@ -247,8 +243,8 @@ async fn a_bound_credential_sees_only_its_subjects() {
     }
     folded(&hub, 3).await;
     // Registered through the CLI, as an operator would.
-    let out = std::process::Command::new(crate::support::process::BIN)
-        .args([
+    let (ok, stdout, stderr) = crate::support::process::run_cli(
+        &[
             "receivers",
             "add",
             "--name",
@@ -263,15 +259,11 @@ async fn a_bound_credential_sees_only_its_subjects() {
             &hub.base,
             "--token",
             ADMIN,
-        ])
-        .output()
-        .expect("cli runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        hub.dir.path(),
     );
-    let added: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(ok, "{stderr}");
+    let added: Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(added["scopes"], json!(["revocations.read"]));
     let bound = added["token"].as_str().expect("token").to_owned();
     let (_, unbound) = hub.gateway("all-edge").await;

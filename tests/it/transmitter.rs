@@ -64,18 +64,8 @@ async fn verify_outbound(hub: &TestHub, set: &str, aud: &str) -> Value {
         .expect("text");
     let path = hub.dir.path().join("hub.jwks.json");
     std::fs::write(&path, jwks).expect("write");
-    let out = jose_tool(
-        &[
-            "verify",
-            "--jwks",
-            path.to_str().expect("utf8"),
-            "--token",
-            "-",
-        ],
-        Some(set),
-    )
-    .unwrap_or_else(|e| panic!("jwcrypto refused an outbound SET: {e}"));
-    let out: Value = serde_json::from_str(&out).expect("json");
+    let out = jwcrypto_verify(&path, set)
+        .unwrap_or_else(|e| panic!("jwcrypto refused an outbound SET: {e}"));
     let (header, claims) = (&out["header"], &out["claims"]);
     assert_eq!(header["typ"], "secevent+jwt");
     assert!(header["kid"].is_string());

@@ -389,6 +389,14 @@ impl JwksServer {
     }
 }
 
+/// Verifies a compact JWS with jwcrypto against the JWKS file at `jwks`; the decoded header and
+/// claims (`{"header": .., "claims": ..}`), or jwcrypto's refusal.
+pub fn jwcrypto_verify(jwks: &std::path::Path, token: &str) -> Result<Value, String> {
+    let jwks = jwks.to_str().expect("utf8 path");
+    let out = jose_tool(&["verify", "--jwks", jwks, "--token", "-"], Some(token))?;
+    Ok(serde_json::from_str(&out).expect("jose_tool prints JSON"))
+}
+
 /// Runs `tests/interop/jose_tool.py` (jwcrypto, an independent JOSE implementation).
 pub fn jose_tool(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write as _;
