@@ -251,6 +251,11 @@ impl Log {
             .map(|s| s.received_at_ms))
     }
 
+    /// Whether the backend can make appends durable now; the reason when not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.inner.backend.readiness()
+    }
+
     /// Bytes the records take, as the backend estimates them.
     pub fn approximate_bytes(&self) -> u64 {
         self.inner.backend.approximate_bytes()

@@ -1,7 +1,8 @@
-//! Operator endpoints: the log itself (`GET /events`), Prometheus metrics and liveness. Reads
-//! only; everything that changes state lives with its stage. Metrics name sources and show
-//! traffic, so on the main listener they need a bearer token; [`metrics_routes`] serves them
-//! without one on a listener of their own (`http.metrics_listen`).
+//! Operator endpoints: the log itself (`GET /events`), Prometheus metrics, liveness and
+//! readiness. Reads only; everything that changes state lives with its stage. Metrics name
+//! sources and show traffic, so on the main listener they need a bearer token;
+//! [`metrics_routes`] serves them without one on a listener of their own
+//! (`http.metrics_listen`).
 
 use axum::extract::{FromRef, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -38,8 +39,24 @@ pub fn routes(ops: Ops) -> Router {
     Router::new()
         .route("/events", get(list_events))
         .route("/metrics", get(get_metrics))
+        // Liveness: the process serves HTTP. Readiness: it can also keep what it accepts.
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .with_state(ops)
+}
+
+/// `GET /readyz`: 200 while the log can make appends durable, else 503 with the reason (a
+/// load balancer then sends ingest elsewhere; `/healthz` stays 200, so nothing restarts a hub
+/// that is only waiting for its brokers).
+async fn ready(State(ops): State<Ops>) -> Response {
+    match ops.log.readiness() {
+        Ok(()) => "ready".into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

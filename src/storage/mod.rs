@@ -104,6 +104,12 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
 
     /// Bytes the records take, as the backend estimates them (retention by size).
     fn approximate_bytes(&self) -> u64;
+
+    /// Whether appends can be made durable now; the reason when not (`/readyz`). Local
+    /// backends are always ready: their failures surface on the append itself.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One write in a [`Tables::write`] batch.
