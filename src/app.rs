@@ -106,7 +106,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         Registry::open(storage.tables.clone(), flusher.clone()).map_err(setup("streams"))?;
     let cursors = Cursors::open(storage.tables.clone(), flusher).map_err(setup("cursors"))?;
     let (revocations, restored_in) =
-        crate::revocation::timed_open(storage.tables.clone()).map_err(setup("revocation state"))?;
+        crate::revocation::timed_open(storage.local.clone()).map_err(setup("revocation state"))?;
     tracing::info!(
         subjects = revocations.subject_count(),
         position = revocations.position(),
@@ -151,8 +151,27 @@ fn build(config: Config) -> Result<Parts, StartError> {
         minter.clone(),
         config.delivery.clone(),
         guard.clone(),
+        crate::replicas::Share::new(storage.cluster.clone()),
     );
     let closing = CancellationToken::new();
+    if let Some(mut remote) = storage.tables.remote_changes() {
+        // Other replicas' writes (Kafka mode): stream followers reload what they cached.
+        let (registry, cursors, closing) = (registry.clone(), cursors.clone(), closing.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = closing.cancelled() => break,
+                    changed = remote.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        registry.remote_changed();
+                        cursors.wake();
+                    }
+                }
+            }
+        });
+    }
     let feeds = Feeds::new(
         config.feed.clone(),
         log.clone(),

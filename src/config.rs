@@ -191,6 +191,8 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     pub delivery_timeout_ms: u64,
     pub startup_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub lease_ms: u64,
     /// librdkafka properties; values are secrets (SASL passwords) and never printed.
     pub properties: std::collections::BTreeMap<String, Secret>,
 }
@@ -722,6 +724,12 @@ impl Config {
                     "delivery_timeout_ms and startup_timeout_ms must be above 0",
                 ));
             }
+            if k.heartbeat_ms == 0 || k.lease_ms < k.heartbeat_ms.saturating_mul(2) {
+                return Err(invalid(
+                    "log.kafka.lease_ms",
+                    "heartbeat_ms must be above 0 and lease_ms at least twice heartbeat_ms",
+                ));
+            }
             Ok(LogUrl::Kafka {
                 brokers: brokers.to_owned(),
                 prefix: prefix.to_owned(),
@@ -751,6 +759,8 @@ impl Config {
             linger_ms: k.linger_ms,
             delivery_timeout_ms: k.delivery_timeout_ms,
             startup_timeout_ms: k.startup_timeout_ms,
+            heartbeat_ms: k.heartbeat_ms,
+            lease_ms: k.lease_ms,
             properties: k
                 .properties
                 .iter()

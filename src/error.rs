@@ -78,7 +78,7 @@ impl Error {
             Error::Verify(VerifyError::KeysUnavailable) => "unavailable",
             Error::Verify(e) => e.code().as_str(),
             Error::Normalize(_) => ErrCode::InvalidRequest.as_str(),
-            Error::Log(_) => "internal",
+            Error::Log(_) => "unavailable",
             Error::InvalidToken => "unauthorized",
             Error::InsufficientScope(_) => "insufficient_scope",
             Error::Access(crate::access::AccessError::ReplayCacheFull) => "unavailable",
@@ -88,7 +88,8 @@ impl Error {
             Error::TooManyRequests | Error::Throttled(_) | Error::Limit(_) => "too_many_requests",
             Error::Unavailable(_) => "unavailable",
             Error::Refused(_) => "forbidden",
-            Error::Registry(_) | Error::Internal(_) => "internal",
+            Error::Registry(_) => "unavailable",
+            Error::Internal(_) => "internal",
         }
     }
 }
@@ -129,6 +130,14 @@ fn too_many(retry_after_secs: u64, description: String) -> Response {
     );
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
+}
+
+/// 503 with `Retry-After`: the hub cannot do it now and will be able to later.
+fn unavailable(description: String) -> Response {
+    let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", description);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     r
 }
 
@@ -173,13 +182,11 @@ impl IntoResponse for Error {
             }
             Error::Verify(e) => set_error(e.code(), description),
             Error::Normalize(_) => set_error(ErrCode::InvalidRequest, description),
+            // Storage that cannot keep a write now (a full disk, brokers out of reach) is a
+            // condition to retry after, not a fault of the request: 503 with Retry-After.
             Error::Log(e) => {
                 tracing::error!(error = %e, "request failed on storage");
-                http_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; the SET was not stored".into(),
-                )
+                unavailable("storage is unavailable; the SET was not stored".into())
             }
             Error::InvalidToken => {
                 // RFC 6750 §3.1: an invalid token is 401 with `error="invalid_token"`.
@@ -243,19 +250,10 @@ impl IntoResponse for Error {
             Error::TooManyRequests => too_many(DEFAULT_RETRY_AFTER_SECS, description),
             Error::Throttled(secs) => too_many(secs.max(1), description),
             Error::Limit(_) => too_many(5, description),
-            Error::Unavailable(_) => {
-                let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", description);
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                r
-            }
+            Error::Unavailable(_) => unavailable(description),
             Error::Registry(e) => {
                 tracing::error!(error = %e, "request failed on state storage");
-                http_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error".into(),
-                )
+                unavailable("state storage is unavailable; nothing was changed".into())
             }
             Error::Internal(e) => {
                 tracing::error!(error = %e, "request failed");

@@ -256,6 +256,9 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Receiver, Error> {
+        // In Kafka mode the previous call may have gone to another replica: see its effects
+        // (the credential, the stream, the acknowledgements) before this one is answered.
+        Registry::from_ref(state).catch_up().await?;
         let c = credential(parts, state).await?;
         // The operator is not a receiver and owns no stream.
         let receiver = c.receiver.clone().ok_or(Error::InvalidToken)?;

@@ -231,6 +231,8 @@ async fn accept(
     // recognized here or refused there; an `iat` a little ahead (clock skew) extends it.
     let iat = u64::try_from(record.iat).unwrap_or(0);
     let expires_at = (received_at_ms / 1000).max(iat) + ingest.limits.dedupe_retention_secs;
+    // Brokers known to be out of reach: say so now rather than after the delivery timeout.
+    ingest.log.readiness().map_err(Error::Unavailable)?;
     let started = Instant::now();
     // The journal hands the decoded record to the log's followers once it is durable.
     let appended = ingest.log.append_record(record, key, expires_at).await?;

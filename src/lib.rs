@@ -26,7 +26,8 @@
 //! - [`schema`] and [`normalize`]: stage 3, schema-checked, typed, canonical records.
 //! - [`log`]: stage 4, the journal: group commit, the record codec and a decoded-record cache,
 //!   head notifications, retention.
-//! - [`storage`]: the storage seams (`EventLog`, `Tables`) and their backends (fjall, memory).
+//! - [`storage`]: the storage seams (`EventLog`, `Tables`, `Cluster`) and their backends
+//!   (fjall, memory, Kafka); [`replicas`]: which replica does work with one owner at a time.
 //! - [`streams`], [`manage`], [`outbound`]: stage 5, the SSF transmitter: receivers and streams
 //!   with their cursors, the management API, and the SETs the hub signs.
 //! - The log's followers, each woken by its head: [`delivery`] (stage 6, push and poll per
@@ -56,6 +57,7 @@ pub mod manage;
 pub mod normalize;
 pub mod ops;
 pub mod outbound;
+pub mod replicas;
 pub mod revocation;
 pub mod schema;
 pub mod set;

@@ -54,6 +54,17 @@ impl Log {
     pub fn start(backend: Arc<dyn EventLog>) -> Log {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let (head_tx, head) = watch::channel(backend.head());
+        let head_tx = Arc::new(head_tx);
+        if let Some(mut moved) = backend.head_changes() {
+            // Other replicas append too: their records move the head as well.
+            let head_tx = head_tx.clone();
+            tokio::spawn(async move {
+                while moved.changed().await.is_ok() {
+                    let at = *moved.borrow_and_update();
+                    advance(&head_tx, at);
+                }
+            });
+        }
         let closing = tokio_util::sync::CancellationToken::new();
         let recent = Arc::<Recent>::default();
         let committer = tokio::spawn(commit_loop(
@@ -269,7 +280,7 @@ async fn commit_loop(
     backend: Arc<dyn EventLog>,
     recent: Arc<Recent>,
     mut rx: mpsc::Receiver<Pending>,
-    head: watch::Sender<Position>,
+    head: Arc<watch::Sender<Position>>,
     closing: tokio_util::sync::CancellationToken,
 ) {
     let mut waiting: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
@@ -304,7 +315,7 @@ async fn commit_loop(
                     }),
                     Appended::Duplicate(_) => None,
                 }));
-                head.send_replace(backend.head());
+                advance(&head, backend.head());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
@@ -318,6 +329,16 @@ async fn commit_loop(
             }
         }
     }
+}
+
+/// Moves the announced head forward to `at` (never back: the committer and the follower of
+/// other replicas' appends both announce).
+fn advance(head: &watch::Sender<Position>, at: Position) {
+    head.send_if_modified(|h| {
+        let moved = at > *h;
+        *h = (*h).max(at);
+        moved
+    });
 }
 
 /// Recently read log records, decoded once and shared by every stream's delivery: with many

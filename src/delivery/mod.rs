@@ -39,6 +39,8 @@ pub struct Delivery {
     signed: Arc<Mutex<Signed>>,
     /// Long polls waiting now, per receiver id.
     long_polls: Arc<Mutex<HashMap<String, usize>>>,
+    /// Which streams this replica pushes (and sweeps for inactivity).
+    share: crate::replicas::Share,
 }
 
 /// One waiting long poll of a receiver; the count drops with it.
@@ -69,6 +71,7 @@ impl Delivery {
         minter: Minter,
         config: DeliveryConfig,
         guard: Arc<Guard>,
+        share: crate::replicas::Share,
     ) -> Delivery {
         let client = push::client(
             guard.clone(),
@@ -84,6 +87,7 @@ impl Delivery {
             client,
             signed: Arc::default(),
             long_polls: Arc::default(),
+            share,
         }
     }
 
@@ -203,7 +207,11 @@ impl Delivery {
             }
         };
         let now = crate::unix_now_ms();
-        for s in streams {
+        // Another replica sweeps the streams it owns.
+        for s in streams
+            .into_iter()
+            .filter(|s| self.share.owns(&s.stream_id))
+        {
             let idle = |s: &Stream| {
                 s.status == StreamStatus::Enabled
                     && now.saturating_sub(self.registry.last_activity_ms(s)) >= timeout_ms

@@ -2,7 +2,8 @@
 //! order, POSTs each SET, and moves the durable cursor only on a 2xx. Transient failures
 //! (network, timeout, 5xx, 429) are retried with exponential backoff and jitter, honouring
 //! `Retry-After`; permanent refusals are dead-lettered, not retried; a stream that exhausts its
-//! budget is paused with a stream-updated event and a reason the operator can read.
+//! budget is paused with a stream-updated event and a reason the operator can read. With
+//! several replicas, each pushes the streams it owns (`replicas`), from the shared cursor.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -178,6 +179,7 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
 #[tracing::instrument(name = "push_supervisor", skip_all)]
 pub async fn run(d: Delivery, shutdown: CancellationToken) {
     let mut changes = d.registry.subscribe();
+    let mut members = d.share.subscribe();
     let mut workers: HashMap<String, (CancellationToken, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     let mut progress = tokio::time::interval(crate::streams::PUSH_PROGRESS_FLUSH);
@@ -195,6 +197,7 @@ pub async fn run(d: Delivery, shutdown: CancellationToken) {
             Ok(all) => all
                 .into_iter()
                 .filter(|s| !s.delivery.is_poll() && s.status == StreamStatus::Enabled)
+                .filter(|s| d.share.owns(&s.stream_id))
                 .collect(),
             Err(e) => {
                 tracing::error!(error = %e, "reading streams failed");
@@ -221,11 +224,13 @@ pub async fn run(d: Delivery, shutdown: CancellationToken) {
                 slot.insert((stop, task));
             }
         }
-        // Until the set of streams changes: make the workers' staged progress durable.
+        // Until the set of streams (or of replicas) changes: make the workers' staged progress
+        // durable.
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break 'supervise,
                 _ = changes.changed() => break,
+                _ = changed(&mut members) => break,
                 _ = progress.tick() => flush_progress(&d).await,
                 _ = inactivity.tick() => d.pause_inactive().await,
             }
@@ -236,6 +241,16 @@ pub async fn run(d: Delivery, shutdown: CancellationToken) {
         let _ = task.await;
     }
     flush_progress(&d).await;
+}
+
+/// Resolves when the replicas change; never on one machine.
+async fn changed(members: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    if let Some(m) = members {
+        if m.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 async fn flush_progress(d: &Delivery) {

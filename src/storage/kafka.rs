@@ -1,38 +1,59 @@
-//! Kafka storage: the log in a one-partition topic (position = offset + 1), the tables in a
-//! compacted topic, both read back into memory when the hub starts. Kafka is the only durable
-//! copy; the memory is a materialized view of it, so a replica with an empty data directory
-//! rebuilds everything from the brokers. One hub per topic prefix in this version (the next
-//! slices share the topics between replicas).
+//! Kafka storage: the log in a one-partition topic (position = offset + 1), the shared tables in
+//! a compacted topic. Kafka is the only durable copy; each replica keeps a materialized view of
+//! both topics in memory, read back when it starts and then kept current by one tailing
+//! consumer per topic, so any number of replicas append and write side by side and a replica
+//! with an empty data directory rebuilds everything from the brokers.
+//!
+//! - Log: a replica inserts its own record when Kafka's delivery report gives its offset, and
+//!   everyone's records as its tailer reads them; the head moves only over positions with no
+//!   gap below them, so no follower ever steps over a record another replica wrote.
+//! - Tables: the state every replica materializes is the state topic applied in topic order.
+//!   A replica applies its own writes at once (read-your-writes) and keeps them as pending until
+//!   its tailer reads them back; a write of another replica that arrives meanwhile is applied
+//!   and the pending writes touching the same rows are applied again over it, which is exactly
+//!   topic order. A write Kafka refused leaves memory ahead of the topic: the tailer then
+//!   rebuilds the tables from the topic (the refused write's caller got an error, so dropping
+//!   it is right) and the replica is not ready until it has.
+//! - Liveness: every replica writes a heartbeat marker to the state topic; the replicas whose
+//!   markers a replica has read recently are the live members ([`super::Cluster`]), and a
+//!   replica counts itself only while its own markers come back (the same round trip makes it
+//!   ready, `/readyz`).
 //!
 //! Message formats (all written by this module only):
 //! - `<events>`: key = 8-byte big-endian expiry of the dedupe key, then the dedupe key;
 //!   value = the record. Keeping the expiry in the key (not a header) keeps the format to what
 //!   every Kafka-compatible broker stores.
-//! - `<state>`: value = the ops of ONE `Tables::write` (so a write is atomic by construction).
+//! - `<state>`: value = `w`, the writer's 16-byte replica id, its 8-byte sequence number, then
+//!   the ops of ONE `Tables::write` (so a write is atomic by construction; a heartbeat marker
+//!   has no ops). Values without the `w` header (the first Kafka slice) are ops only.
 //!   Kafka key = `1` + table + NUL + row key when the write has a single op (compaction then
 //!   keeps only the latest write of that row, and an earlier multi-op write that touched the row
-//!   replays before it), and `m` + a random id otherwise (never compacted away). Deletes are
-//!   ordinary messages, never null tombstones: a tombstone is itself dropped after
-//!   `delete.retention.ms`, and an older multi-op write would then resurrect the row.
+//!   replays before it), `m` + a random id for multi-op writes (never compacted away), and
+//!   `h` + replica id for markers. Deletes are ordinary messages, never null tombstones: a
+//!   tombstone is itself dropped after `delete.retention.ms`, and an older multi-op write
+//!   would then resurrect the row.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
 
 use super::memory::LogState;
 use super::{
-    Append, Appended, BoxFuture, Entry, EventLog, MemoryTables, Op, Position, Row, Storage,
-    StorageError, TableView, Tables,
+    Append, Appended, BoxFuture, Cluster, Entry, EventLog, MemoryTables, Op, Position, Row,
+    Storage, StorageError, TableView, Tables,
 };
 
 /// Where and how to reach Kafka, from `log.url` and `[log.kafka]`.
@@ -50,6 +71,10 @@ pub struct KafkaSettings {
     pub startup_timeout_ms: u64,
     /// Extra librdkafka properties (SASL, TLS, ...), applied to every client.
     pub properties: Vec<(String, String)>,
+    /// How often this replica writes its heartbeat marker.
+    pub heartbeat_ms: u64,
+    /// How long a replica whose markers stopped still counts as alive (and keeps its work).
+    pub lease_ms: u64,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -62,6 +87,8 @@ impl std::fmt::Debug for KafkaSettings {
             .field("create_topics", &self.create_topics)
             .field("replication_factor", &self.replication_factor)
             .field("linger_ms", &self.linger_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("lease_ms", &self.lease_ms)
             .field(
                 "properties",
                 &self.properties.iter().map(|(k, _)| k).collect::<Vec<_>>(),
@@ -78,24 +105,75 @@ fn kafka_err(what: &str) -> impl Fn(rdkafka::error::KafkaError) -> StorageError 
     move |e| StorageError::Storage(format!("kafka: {what}: {e}"))
 }
 
+/// Every client's context: turns librdkafka's statistics into metrics (queue depth, broker
+/// connection state, consumer lag) and its errors into log lines.
+#[derive(Clone)]
+struct Observed {
+    /// `events` or `state`: which topic the client writes or follows.
+    topic: &'static str,
+    role: &'static str,
+}
+
+impl ClientContext for Observed {
+    fn stats(&self, s: Statistics) {
+        let labels = [("topic", self.topic), ("client", self.role)];
+        if self.role == "producer" {
+            metrics::gauge!("ssf_hub_kafka_producer_queue_messages", &labels).set(s.msg_cnt as f64);
+        }
+        for b in s.brokers.values().filter(|b| b.source != "internal") {
+            metrics::gauge!(
+                "ssf_hub_kafka_broker_up",
+                "topic" => self.topic,
+                "client" => self.role,
+                "broker" => b.nodename.clone(),
+            )
+            .set(if b.state == "UP" { 1.0 } else { 0.0 });
+        }
+        if self.role == "tailer" {
+            for t in s.topics.values() {
+                for (id, p) in &t.partitions {
+                    if *id >= 0 && p.consumer_lag >= 0 {
+                        metrics::gauge!("ssf_hub_kafka_consumer_lag_messages", &labels)
+                            .set(p.consumer_lag as f64);
+                    }
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(topic = self.topic, client = self.role, error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for Observed {}
+
+type Producer_ = FutureProducer<Observed>;
+type Consumer_ = BaseConsumer<Observed>;
+
 impl KafkaSettings {
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        c.set("bootstrap.servers", &self.brokers);
+        c.set("bootstrap.servers", &self.brokers)
+            .set("statistics.interval.ms", "5000");
         c
     }
 
-    fn producer(&self) -> Result<FutureProducer, StorageError> {
+    fn producer(&self, topic: &'static str) -> Result<Producer_, StorageError> {
         let mut c = self.client();
         // Set after the operator's properties: these are what makes a 202 mean "in Kafka".
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", self.linger_ms.to_string())
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string());
-        c.create().map_err(kafka_err("creating the producer"))
+        c.create_with_context(Observed {
+            topic,
+            role: "producer",
+        })
+        .map_err(kafka_err("creating the producer"))
     }
 
     fn timeout(&self) -> Duration {
@@ -110,9 +188,12 @@ impl KafkaSettings {
             (&self.state_topic, "-1", "compact"),
         ];
         if self.create_topics {
-            let admin: AdminClient<DefaultClientContext> = self
+            let admin: AdminClient<Observed> = self
                 .client()
-                .create()
+                .create_with_context(Observed {
+                    topic: "admin",
+                    role: "admin",
+                })
                 .map_err(kafka_err("creating the admin client"))?;
             let new: Vec<NewTopic<'_>> = topics
                 .iter()
@@ -139,7 +220,7 @@ impl KafkaSettings {
                 }
             }
         }
-        let consumer = self.consumer()?;
+        let consumer = self.consumer("admin", "admin", false)?;
         for (name, _, policy) in topics {
             let meta = consumer
                 .fetch_metadata(Some(name), self.timeout())
@@ -168,16 +249,41 @@ impl KafkaSettings {
         Ok(())
     }
 
-    fn consumer(&self) -> Result<BaseConsumer, StorageError> {
+    /// A plain reader: assigned partitions only, no group joined, nothing committed.
+    fn consumer(
+        &self,
+        topic: &'static str,
+        role: &'static str,
+        eof: bool,
+    ) -> Result<Consumer_, StorageError> {
         let mut c = self.client();
-        // Assigned partitions only, no group: a reader of the whole topic, committing nothing.
         c.set("enable.auto.commit", "false")
-            .set("group.id", "ssf-hub-rebuild")
-            .set("enable.partition.eof", "false");
-        c.create().map_err(kafka_err("creating the consumer"))
+            .set("group.id", "ssf-hub-reader")
+            .set("enable.partition.eof", if eof { "true" } else { "false" })
+            // A follower wakes as soon as a record is there; the broker holds an empty fetch
+            // this long (tansu's consumer collapses below about 5 ms).
+            .set("fetch.wait.max.ms", "10");
+        c.create_with_context(Observed { topic, role })
+            .map_err(kafka_err("creating the consumer"))
     }
 
-    /// Every message of `topic` (one partition) up to its end at the time of the call, in order.
+    /// A follower of `topic` from `offset` on.
+    fn tailer(
+        &self,
+        topic: &str,
+        label: &'static str,
+        offset: i64,
+    ) -> Result<Consumer_, StorageError> {
+        let consumer = self.consumer(label, "tailer", false)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+            .map_err(kafka_err("assigning"))?;
+        consumer.assign(&tpl).map_err(kafka_err("assigning"))?;
+        Ok(consumer)
+    }
+
+    /// Every message of `topic` (one partition) up to its end at the time of the call, in order;
+    /// returns the offset after the last one.
     ///
     /// The end is where the consumer reports end-of-partition (the high watermark of the fetch
     /// responses), not a ListOffsets answer: tansu 0.6 answers ListOffsets(latest) with the
@@ -186,13 +292,8 @@ impl KafkaSettings {
         &self,
         topic: &str,
         mut each: impl FnMut(i64, Option<&[u8]>, &[u8]) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
-        let mut c = self.client();
-        // Assigned partitions only, no group joined and nothing committed: a plain reader.
-        c.set("enable.auto.commit", "false")
-            .set("group.id", "ssf-hub-rebuild")
-            .set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = c.create().map_err(kafka_err("creating the consumer"))?;
+    ) -> Result<i64, StorageError> {
+        let consumer = self.consumer("admin", "reader", true)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Beginning)
             .map_err(kafka_err("assigning"))?;
@@ -208,7 +309,7 @@ impl KafkaSettings {
             }
             match consumer.poll(Duration::from_millis(200)) {
                 None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(next),
                 Some(Err(e)) => return Err(kafka_err("reading back")(e)),
                 Some(Ok(m)) => {
                     next = m.offset() + 1;
@@ -219,29 +320,114 @@ impl KafkaSettings {
     }
 }
 
-/// Opens (and rebuilds from Kafka) the log and the tables.
+/// Opens (and rebuilds from Kafka) the log and the tables, and starts following both topics.
 pub(super) fn open(settings: KafkaSettings) -> Result<Storage, StorageError> {
     settings.ensure_topics()?;
-    let tables = Arc::new(TablesInner::open(&settings)?);
+    let tables = TablesInner::open(&settings)?;
     let log = KafkaLog::open(&settings, tables.clone())?;
     Ok(Storage {
         log: Arc::new(log),
-        tables: Arc::new(KafkaTables(tables)),
+        tables: Arc::new(KafkaTables(tables.clone())),
+        // The revocation fold is derived from the log; every replica folds it itself.
+        local: Arc::new(MemoryTables::default()),
+        cluster: Some(Arc::new(KafkaCluster(tables))),
     })
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every mutation under these locks completes before anything could panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A follower thread's loop: polls `consumer` and hands each message to `each` while `owner`
+/// is alive; `tick` runs between polls (heartbeats, membership, rebuilds).
+fn follow<T: Send + Sync + 'static>(
+    name: &str,
+    owner: Weak<T>,
+    mut consumer: Consumer_,
+    each: fn(&T, i64, Option<&[u8]>, &[u8]),
+    tick: fn(&T, &mut Consumer_),
+) -> Result<(), StorageError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let mut warned = Instant::now() - Duration::from_secs(60);
+            loop {
+                let polled = consumer.poll(Duration::from_millis(100));
+                let Some(owner) = owner.upgrade() else { return };
+                match polled {
+                    None => {}
+                    Some(Ok(m)) => {
+                        each(&owner, m.offset(), m.key(), m.payload().unwrap_or_default())
+                    }
+                    // librdkafka retries by itself; one line a minute is enough to see it.
+                    Some(Err(e)) if warned.elapsed() > Duration::from_secs(60) => {
+                        warned = Instant::now();
+                        tracing::warn!(error = %e, "kafka: following a topic");
+                    }
+                    Some(Err(_)) => {}
+                }
+                tick(&owner, &mut consumer);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| StorageError::Storage(format!("starting the kafka follower: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The log.
 
 pub(crate) struct KafkaLog {
-    producer: FutureProducer,
+    shared: Arc<LogShared>,
+    producer: Producer_,
     topic: String,
     tables: Arc<TablesInner>,
-    /// One append at a time: the dedupe check and the positions it predicts hold only if no
-    /// other append runs between the check and the delivery reports.
+    /// One append at a time in this replica, so that its dedupe check sees its own earlier
+    /// appends. (Two replicas handed the same SET at the same instant may both append it; every
+    /// follower then delivers it twice with the same `jti`, which at-least-once allows.)
     appending: tokio::sync::Mutex<()>,
-    state: Mutex<LogState>,
     timeout: Duration,
+}
+
+/// What the log's follower thread shares with the appenders.
+struct LogShared {
+    state: Mutex<LogState>,
+    head: watch::Sender<Position>,
+    /// The last append Kafka refused, and when: not ready until the brokers round-trip again.
+    failed: Mutex<Option<(Instant, String)>>,
+}
+
+impl LogShared {
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        lock(&self.state)
+    }
+
+    fn publish_head(&self, head: Position) {
+        self.head.send_if_modified(|h| {
+            let moved = head > *h;
+            *h = (*h).max(head);
+            moved
+        });
+    }
+
+    /// A record read by the follower: everyone's, this replica's included.
+    fn follow(&self, offset: i64, key: Option<&[u8]>, value: &[u8]) {
+        let position = offset as u64 + 1;
+        let head = {
+            let mut s = self.state();
+            match key.filter(|k| k.len() >= 8) {
+                Some(k) => {
+                    let expires = super::from_be(k).unwrap_or(0);
+                    s.insert(position, k[8..].to_vec(), expires, value.to_vec());
+                }
+                None => s.insert(position, Vec::new(), 0, value.to_vec()),
+            }
+            // Everything below a record read from the partition is read too.
+            s.advance_to(position);
+            s.head
+        };
+        self.publish_head(head);
+    }
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -260,7 +446,7 @@ impl KafkaLog {
         };
         let now = crate::unix_now();
         let mut s = LogState::default();
-        settings.read_all(&settings.events_topic, |offset, key, value| {
+        let next = settings.read_all(&settings.events_topic, |offset, key, value| {
             let position = offset as u64 + 1;
             s.head = position;
             if let Some(key) = key {
@@ -280,58 +466,80 @@ impl KafkaLog {
         })?;
         // Records removed by retention at the end of the topic leave the head where it was.
         s.head = s.head.max(floor.saturating_sub(1));
+        s.floor = floor.saturating_sub(1);
+        let shared = Arc::new(LogShared {
+            head: watch::channel(s.head).0,
+            state: Mutex::new(s),
+            failed: Mutex::new(None),
+        });
+        let consumer = settings.tailer(&settings.events_topic, "events", next)?;
+        follow(
+            "kafka-events",
+            Arc::downgrade(&shared),
+            consumer,
+            LogShared::follow,
+            |_, _| {},
+        )?;
         Ok(KafkaLog {
-            producer: settings.producer()?,
+            shared,
+            producer: settings.producer("events")?,
             topic: settings.events_topic.clone(),
             tables,
             appending: tokio::sync::Mutex::new(()),
-            state: Mutex::new(s),
             timeout: Duration::from_millis(settings.delivery_timeout_ms),
         })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, LogState> {
-        // Mutations complete before anything could panic, so a poisoned lock is consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        self.shared.state()
     }
 
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StorageError> {
+        let result = self.append_inner(batch).await;
+        let mut failed = lock(&self.shared.failed);
+        match &result {
+            Ok(_) => *failed = None,
+            Err(e) => *failed = Some((Instant::now(), e.to_string())),
+        }
+        result
+    }
+
+    async fn append_inner(&self, batch: Vec<Append>) -> Result<Vec<Appended>, StorageError> {
         let _one = self.appending.lock().await;
         let now = crate::unix_now();
         // Decide, then send every new record before awaiting any report, so that the producer
-        // batches them (linger.ms) into few requests.
-        let mut out = Vec::with_capacity(batch.len());
-        let mut fresh: Vec<(Position, Append)> = Vec::new();
+        // batches them (linger.ms) into few requests. Per input: the position a known key
+        // holds, or the index of the record sent for it (by it, or by an earlier repeat).
+        enum Slot {
+            Known(Position),
+            Sent(usize),
+            Repeat(usize),
+        }
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut fresh: Vec<&Append> = Vec::new();
         {
             let s = self.state();
-            let mut batch_keys: HashMap<&[u8], Position> = HashMap::new();
-            let mut next = s.head;
+            let mut sent: HashMap<&[u8], usize> = HashMap::new();
             for a in &batch {
                 let known = s
                     .keys
                     .get(&a.key)
                     .filter(|(_, expires)| *expires >= now)
-                    .map(|(p, _)| *p)
-                    .or_else(|| batch_keys.get(a.key.as_slice()).copied());
-                if let Some(p) = known {
-                    out.push(Appended::Duplicate(p));
-                    continue;
-                }
-                next += 1;
-                batch_keys.insert(&a.key, next);
-                out.push(Appended::New(next));
-            }
-            let mut seen = HashSet::new();
-            for a in batch.iter() {
-                if let Some(&p) = batch_keys.get(a.key.as_slice()) {
-                    if seen.insert(p) {
-                        fresh.push((p, a.clone()));
+                    .map(|(p, _)| *p);
+                slots.push(match (known, sent.get(a.key.as_slice())) {
+                    (Some(p), _) => Slot::Known(p),
+                    (None, Some(&i)) => Slot::Repeat(i),
+                    (None, None) => {
+                        sent.insert(&a.key, fresh.len());
+                        fresh.push(a);
+                        Slot::Sent(fresh.len() - 1)
                     }
-                }
+                });
             }
         }
+        let started = Instant::now();
         let mut reports = Vec::with_capacity(fresh.len());
-        for (_, a) in &fresh {
+        for a in &fresh {
             let mut key = super::be(a.key_expires_at).to_vec();
             key.extend_from_slice(&a.key);
             let record = FutureRecord::to(&self.topic)
@@ -340,14 +548,12 @@ impl KafkaLog {
                 .payload(&a.record);
             match self.producer.send_result(record) {
                 Ok(f) => reports.push(f),
-                Err((e, _)) => {
-                    reports.clear();
-                    return Err(kafka_err("enqueueing a record")(e));
-                }
+                Err((e, _)) => return Err(kafka_err("enqueueing a record")(e)),
             }
         }
+        let mut positions = Vec::with_capacity(fresh.len());
         let mut failure = None;
-        for ((expected, a), report) in fresh.into_iter().zip(reports) {
+        for (a, report) in fresh.iter().zip(reports) {
             let offset = match tokio::time::timeout(self.timeout * 2, report).await {
                 Ok(Ok(Ok(d))) => d.offset,
                 Ok(Ok(Err((e, _)))) => {
@@ -360,23 +566,27 @@ impl KafkaLog {
                 }
             };
             let position = offset as u64 + 1;
-            let mut s = self.state();
-            if position != expected {
-                // Another writer on the topic (or a retried batch) moved the offsets: the
-                // positions promised to this batch are wrong, and so would be reads.
-                failure.get_or_insert(format!(
-                    "kafka: record landed at offset {offset}, expected {}: another writer \
-                     appends to {}; one hub per topic prefix in this version",
-                    expected - 1,
-                    self.topic
-                ));
-            }
-            s.insert(position, a.key, a.key_expires_at, a.record);
+            positions.push(position);
+            self.state()
+                .insert(position, a.key.clone(), a.key_expires_at, a.record.clone());
         }
-        match failure {
-            Some(f) => Err(StorageError::Storage(f)),
-            None => Ok(out),
+        if !fresh.is_empty() {
+            metrics::histogram!("ssf_hub_kafka_delivery_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
+        let head = self.state().head;
+        self.shared.publish_head(head);
+        if let Some(f) = failure {
+            return Err(StorageError::Storage(f));
+        }
+        Ok(slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Known(p) => Appended::Duplicate(p),
+                Slot::Sent(i) => Appended::New(positions[i]),
+                Slot::Repeat(i) => Appended::Duplicate(positions[i]),
+            })
+            .collect())
     }
 
     async fn remove(&self, through: Position) -> Result<u64, StorageError> {
@@ -438,6 +648,19 @@ impl EventLog for KafkaLog {
     fn approximate_bytes(&self) -> u64 {
         self.state().bytes
     }
+
+    fn readiness(&self) -> Result<(), String> {
+        let echoed = self.tables.unready()?;
+        match &*lock(&self.shared.failed) {
+            // Refused appends count until the brokers have round-tripped a write since.
+            Some((at, reason)) if *at > echoed => Err(reason.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn head_changes(&self) -> Option<watch::Receiver<Position>> {
+        Some(self.shared.head.subscribe())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -474,27 +697,74 @@ impl Tables for KafkaTables {
     fn view(&self) -> Result<Arc<dyn TableView>, StorageError> {
         self.0.view()
     }
+
+    fn catch_up(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(self.0.catch_up())
+    }
+
+    fn remote_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.0.remote.subscribe())
+    }
 }
+
+type ReplicaId = [u8; 16];
 
 struct TablesInner {
     memory: MemoryTables,
-    producer: FutureProducer,
-    topic: String,
-    /// Held across enqueue and apply, so that memory sees writes in the topic's order.
-    writing: Mutex<Vec<DeliveryFuture>>,
+    producer: Producer_,
+    settings: KafkaSettings,
+    me: ReplicaId,
+    /// Held across enqueue and apply, so that memory sees this replica's writes in the
+    /// topic's order; the follower holds it while it applies another replica's write.
+    writing: Mutex<Writing>,
     /// One sync at a time: a sync that found nothing pending must still wait for the reports an
     /// earlier, still running sync took, since those writes came before its call too.
     syncing: Mutex<()>,
-    /// The first delivery failure: memory then holds a write Kafka lost, so every later sync
-    /// fails until the hub restarts and rebuilds from the topic.
-    failed: Mutex<Option<String>>,
+    /// Set when Kafka refused a write: memory is ahead of the topic until the follower has
+    /// rebuilt the tables from it.
+    diverged: AtomicBool,
+    /// The highest sequence number of this replica's read back by the follower.
+    echoed: watch::Sender<u64>,
+    /// Bumped whenever another replica's write is applied (or the tables were rebuilt).
+    remote: watch::Sender<u64>,
+    members: Mutex<Members>,
+    membership: watch::Sender<u64>,
+    /// The last catch-up marker (when it was sent, its sequence number); one out at a time.
+    barrier: tokio::sync::Mutex<Option<(Instant, u64)>>,
     timeout: Duration,
+    heartbeat: Duration,
+    lease: Duration,
+}
+
+#[derive(Default)]
+struct Writing {
+    seq: u64,
+    /// Delivery reports not yet awaited by a sync, with the sequence number they are for.
+    reports: Vec<(u64, DeliveryFuture)>,
+    /// This replica's writes not yet read back, by sequence number.
+    pending: BTreeMap<u64, Pending>,
+}
+
+struct Pending {
+    ops: Vec<Op>,
+    rows: HashSet<(&'static str, Vec<u8>)>,
+}
+
+struct Members {
+    /// When each other replica's last message was read (by this replica's clock, so clock skew
+    /// between machines plays no part).
+    seen: HashMap<ReplicaId, Instant>,
+    /// When this replica last read one of its own markers back.
+    echoed_at: Instant,
+    live: Vec<String>,
+    started: Instant,
+    next_beat: Instant,
 }
 
 impl std::fmt::Debug for TablesInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaTables")
-            .field("topic", &self.topic)
+            .field("topic", &self.settings.state_topic)
             .finish()
     }
 }
@@ -503,40 +773,280 @@ impl Drop for TablesInner {
     // Dropping a producer purges its queue: writes not yet synced would be lost at a clean stop.
     fn drop(&mut self) {
         if let Err(e) = self.producer.flush(self.timeout) {
-            tracing::error!(error = %e, topic = %self.topic, "kafka: state writes not delivered at close");
+            tracing::error!(error = %e, topic = %self.settings.state_topic, "kafka: state writes not delivered at close");
         }
     }
 }
 
+fn row_of(op: &Op) -> (&'static str, Vec<u8>) {
+    match op {
+        Op::Put { table, key, .. } | Op::Delete { table, key } => (*table, key.clone()),
+    }
+}
+
 impl TablesInner {
-    fn open(settings: &KafkaSettings) -> Result<TablesInner, StorageError> {
+    fn open(settings: &KafkaSettings) -> Result<Arc<TablesInner>, StorageError> {
         let memory = MemoryTables::default();
-        settings.read_all(&settings.state_topic, |offset, _, value| {
-            let ops = decode_ops(value).ok_or_else(|| {
-                StorageError::Storage(format!(
-                    "kafka: corrupt write at offset {offset} of {}",
-                    settings.state_topic
-                ))
-            })?;
-            memory.write(ops)
-        })?;
-        Ok(TablesInner {
+        let next = read_state(settings, &memory, None)?;
+        let now = Instant::now();
+        let inner = Arc::new(TablesInner {
             memory,
-            producer: settings.producer()?,
-            topic: settings.state_topic.clone(),
-            writing: Mutex::new(Vec::new()),
+            producer: settings.producer("state")?,
+            settings: settings.clone(),
+            me: *uuid::Uuid::new_v4().as_bytes(),
+            writing: Mutex::default(),
             syncing: Mutex::new(()),
-            failed: Mutex::new(None),
+            diverged: AtomicBool::new(false),
+            echoed: watch::channel(0).0,
+            remote: watch::channel(0).0,
+            members: Mutex::new(Members {
+                seen: HashMap::new(),
+                // Reading the topic back just round-tripped the brokers.
+                echoed_at: now,
+                live: Vec::new(),
+                started: now,
+                next_beat: now,
+            }),
+            membership: watch::channel(0).0,
+            barrier: tokio::sync::Mutex::new(None),
             timeout: Duration::from_millis(settings.delivery_timeout_ms),
-        })
+            heartbeat: Duration::from_millis(settings.heartbeat_ms),
+            lease: Duration::from_millis(settings.lease_ms),
+        });
+        let consumer = settings.tailer(&settings.state_topic, "state", next)?;
+        follow(
+            "kafka-state",
+            Arc::downgrade(&inner),
+            consumer,
+            TablesInner::follow,
+            TablesInner::tick,
+        )?;
+        Ok(inner)
     }
 
-    fn check(&self) -> Result<(), StorageError> {
-        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(f) => Err(StorageError::Storage(f.clone())),
-            None => Ok(()),
+    fn id(&self) -> String {
+        uuid::Uuid::from_bytes(self.me).simple().to_string()
+    }
+
+    /// A message read by the follower.
+    fn follow(&self, offset: i64, _key: Option<&[u8]>, value: &[u8]) {
+        let Some((writer, seq, ops)) = decode_message(value) else {
+            tracing::error!(offset, topic = %self.settings.state_topic, "kafka: corrupt state write skipped");
+            return;
+        };
+        if writer == Some(self.me) {
+            lock(&self.writing).pending.remove(&seq);
+            self.echoed.send_if_modified(|e| {
+                let moved = seq > *e;
+                *e = (*e).max(seq);
+                moved
+            });
+            if ops.is_empty() {
+                lock(&self.members).echoed_at = Instant::now();
+            }
+            return;
+        }
+        if let Some(w) = writer {
+            lock(&self.members).seen.insert(w, Instant::now());
+        }
+        if ops.is_empty() {
+            return;
+        }
+        {
+            let writing = lock(&self.writing);
+            let rows: HashSet<_> = ops.iter().map(row_of).collect();
+            if let Err(e) = self.memory.write(ops) {
+                tracing::error!(error = %e, "kafka: applying a state write");
+            }
+            // This replica's writes not read back yet come later in the topic: where they touch
+            // the same rows, they win.
+            for p in writing.pending.values() {
+                if !p.rows.is_disjoint(&rows) {
+                    let again = p
+                        .ops
+                        .iter()
+                        .filter(|op| rows.contains(&row_of(op)))
+                        .cloned();
+                    let _ = self.memory.write(again.collect());
+                }
+            }
+        }
+        self.remote.send_modify(|n| *n += 1);
+    }
+
+    /// Between polls: the heartbeat, the live members, and a rebuild after a refused write.
+    fn tick(&self, consumer: &mut Consumer_) {
+        let now = Instant::now();
+        let beat = {
+            let mut m = lock(&self.members);
+            let beat = now >= m.next_beat;
+            if beat {
+                m.next_beat = now + self.heartbeat;
+            }
+            let live = self.live(&m, now);
+            if live != m.live {
+                tracing::info!(members = ?live, me = %self.id(), "kafka: hub replicas changed");
+                m.live = live;
+                self.membership.send_modify(|n| *n += 1);
+            }
+            beat
+        };
+        if beat {
+            // A full queue or a down broker: the missing echo makes this replica unready.
+            let _ = self.marker();
+        }
+        if self.diverged.load(Ordering::Acquire) {
+            self.rebuild(consumer);
         }
     }
+
+    fn live(&self, m: &Members, now: Instant) -> Vec<String> {
+        // Until it has listened for two heartbeats a replica does not know who else is there,
+        // and claims nothing.
+        if now.duration_since(m.started) < self.heartbeat * 2 {
+            return Vec::new();
+        }
+        let mut live: Vec<String> = m
+            .seen
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) < self.lease)
+            .map(|(id, _)| uuid::Uuid::from_bytes(*id).simple().to_string())
+            .collect();
+        // This replica stops counting itself well before the others stop counting it, so that
+        // its work is let go before anyone takes it over.
+        if now.duration_since(m.echoed_at) < self.lease / 2 {
+            live.push(self.id());
+        }
+        live.sort();
+        live
+    }
+
+    /// Why this replica is not ready, or when it last round-tripped the brokers.
+    fn unready(&self) -> Result<Instant, String> {
+        if self.diverged.load(Ordering::Acquire) {
+            return Err("kafka refused a state write; rebuilding the state from the topic".into());
+        }
+        let echoed_at = lock(&self.members).echoed_at;
+        let bound = (self.heartbeat * 3).max(Duration::from_secs(2));
+        let since = echoed_at.elapsed();
+        if since > bound {
+            return Err(format!(
+                "no round trip through the kafka brokers for {} ms",
+                since.as_millis()
+            ));
+        }
+        Ok(echoed_at)
+    }
+
+    /// Sends a marker (no ops) and returns its sequence number.
+    fn marker(&self) -> Result<u64, StorageError> {
+        let mut writing = lock(&self.writing);
+        let seq = writing.seq + 1;
+        let mut key = b"h".to_vec();
+        key.extend_from_slice(&self.me);
+        let value = encode_message(&self.me, seq, &[]);
+        let record = FutureRecord::to(&self.settings.state_topic)
+            .partition(0)
+            .key(&key)
+            .payload(&value);
+        // The report is not awaited: the follower reading the marker back is the proof.
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| kafka_err("enqueueing a marker")(e))?;
+        writing.seq = seq;
+        Ok(seq)
+    }
+
+    /// Sends a marker and waits for it to come back: everything in the topic before it is then
+    /// applied. Callers that arrive while one is out wait for it and share the next, so a flood
+    /// of calls costs the brokers a marker per round trip, not one per call.
+    async fn catch_up(&self) -> Result<(), StorageError> {
+        let arrived = Instant::now();
+        let mut last = self.barrier.lock().await;
+        if let Some((sent_at, seq)) = *last {
+            if sent_at >= arrived && *self.echoed.borrow() >= seq {
+                return Ok(());
+            }
+        }
+        let sent_at = Instant::now();
+        let seq = self.marker()?;
+        *last = Some((sent_at, seq));
+        let mut echoed = self.echoed.subscribe();
+        let caught_up = tokio::time::timeout(self.timeout, echoed.wait_for(|e| *e >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if caught_up {
+            Ok(())
+        } else {
+            Err(StorageError::Storage(
+                "kafka: the state topic could not be read up to date".into(),
+            ))
+        }
+    }
+
+    /// After a refused write: reads the state topic again, keeps the writes still on their way,
+    /// and swaps the result in. Retried on the next tick while the brokers are away.
+    fn rebuild(&self, consumer: &mut Consumer_) {
+        let fresh = MemoryTables::default();
+        let mut mine = HashSet::new();
+        let next = match read_state(&self.settings, &fresh, Some((&self.me, &mut mine))) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka: rebuilding the state; will retry");
+                std::thread::sleep(Duration::from_millis(500));
+                return;
+            }
+        };
+        let Ok(tailer) = self
+            .settings
+            .tailer(&self.settings.state_topic, "state", next)
+        else {
+            return;
+        };
+        {
+            let mut writing = lock(&self.writing);
+            // Reports still out stay with their writes; refused ones were dropped by the sync
+            // that saw them, and writes already in the topic were just read.
+            let out: HashSet<u64> = writing.reports.iter().map(|(s, _)| *s).collect();
+            writing
+                .pending
+                .retain(|seq, _| out.contains(seq) && !mine.contains(seq));
+            for p in writing.pending.values() {
+                let _ = fresh.write(p.ops.clone());
+            }
+            self.memory.replace_with(fresh);
+            *consumer = tailer;
+            self.diverged.store(false, Ordering::Release);
+        }
+        tracing::info!(topic = %self.settings.state_topic, "kafka: state rebuilt from the topic");
+        self.remote.send_modify(|n| *n += 1);
+    }
+}
+
+/// Applies every write in the state topic to `memory`; with `mine`, notes the sequence numbers
+/// of that replica's writes found. Returns the offset after the last message.
+fn read_state(
+    settings: &KafkaSettings,
+    memory: &MemoryTables,
+    mut mine: Option<(&ReplicaId, &mut HashSet<u64>)>,
+) -> Result<i64, StorageError> {
+    settings.read_all(&settings.state_topic, |offset, _, value| {
+        let (writer, seq, ops) = decode_message(value).ok_or_else(|| {
+            StorageError::Storage(format!(
+                "kafka: corrupt write at offset {offset} of {}",
+                settings.state_topic
+            ))
+        })?;
+        if let Some((me, seen)) = mine.as_mut() {
+            if writer.as_ref() == Some(*me) {
+                seen.insert(seq);
+            }
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        memory.write(ops)
+    })
 }
 
 impl Tables for TablesInner {
@@ -558,7 +1068,11 @@ impl Tables for TablesInner {
         if ops.is_empty() {
             return Ok(());
         }
-        self.check()?;
+        if self.diverged.load(Ordering::Acquire) {
+            return Err(StorageError::Storage(
+                "kafka refused an earlier state write; rebuilding the state from the topic".into(),
+            ));
+        }
         let key = match ops.as_slice() {
             [Op::Put { table, key, .. } | Op::Delete { table, key }] => {
                 let mut k = Vec::with_capacity(table.len() + key.len() + 2);
@@ -574,9 +1088,10 @@ impl Tables for TablesInner {
                 k
             }
         };
-        let value = encode_ops(&ops);
-        let mut pending = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let record = FutureRecord::to(&self.topic)
+        let mut writing = lock(&self.writing);
+        let seq = writing.seq + 1;
+        let value = encode_message(&self.me, seq, &ops);
+        let record = FutureRecord::to(&self.settings.state_topic)
             .partition(0)
             .key(&key)
             .payload(&value);
@@ -584,26 +1099,37 @@ impl Tables for TablesInner {
             .producer
             .send_result(record)
             .map_err(|(e, _)| kafka_err("enqueueing a state write")(e))?;
-        pending.push(report);
-        self.memory.write(ops)
+        writing.seq = seq;
+        writing.reports.push((seq, report));
+        let rows = ops.iter().map(row_of).collect();
+        self.memory.write(ops.clone())?;
+        writing.pending.insert(seq, Pending { ops, rows });
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
-        let reports = std::mem::take(&mut *self.writing.lock().unwrap_or_else(|p| p.into_inner()));
+        let _one = lock(&self.syncing);
+        let reports = std::mem::take(&mut lock(&self.writing).reports);
         let deadline = Instant::now() + self.timeout * 2;
-        for report in reports {
-            let failure = match block_on_until(report, deadline) {
+        let mut failure = None;
+        for (seq, report) in reports {
+            let refused = match block_on_until(report, deadline) {
                 Some(Ok(Ok(_))) => continue,
                 Some(Ok(Err((e, _)))) => format!("kafka: a state write failed: {e}"),
                 Some(Err(_)) | None => "kafka: no delivery report for a state write".to_owned(),
             };
-            self.failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(failure);
+            // Memory holds a write the topic may not: rebuild from the topic.
+            lock(&self.writing).pending.remove(&seq);
+            self.diverged.store(true, Ordering::Release);
+            failure.get_or_insert(refused);
         }
-        self.check()
+        match failure {
+            Some(f) => Err(StorageError::Storage(f)),
+            None if self.diverged.load(Ordering::Acquire) => Err(StorageError::Storage(
+                "kafka refused an earlier state write; rebuilding the state from the topic".into(),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn view(&self) -> Result<Arc<dyn TableView>, StorageError> {
@@ -611,9 +1137,48 @@ impl Tables for TablesInner {
     }
 }
 
+/// The replicas sharing the topics, as this replica's follower sees them.
+#[derive(Debug)]
+struct KafkaCluster(Arc<TablesInner>);
+
+impl Cluster for KafkaCluster {
+    fn me(&self) -> String {
+        self.0.id()
+    }
+
+    fn members(&self) -> Vec<String> {
+        lock(&self.0.members).live.clone()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.membership.subscribe()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// Encoding of one write: per op, a kind byte (`p`/`d`), then length-prefixed (u32 BE) table,
-// key and (puts only) value.
+// Encoding of one message of the state topic: `w`, writer id, sequence number, then per op a
+// kind byte (`p`/`d`) and length-prefixed (u32 BE) table, key and (puts only) value.
+
+fn encode_message(writer: &ReplicaId, seq: u64, ops: &[Op]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25);
+    out.push(b'w');
+    out.extend_from_slice(writer);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&encode_ops(ops));
+    out
+}
+
+/// The writer and its sequence number (absent in the first slice's messages) and the ops.
+fn decode_message(b: &[u8]) -> Option<(Option<ReplicaId>, u64, Vec<Op>)> {
+    match b.split_first() {
+        Some((b'w', rest)) => {
+            let writer: ReplicaId = rest.get(..16)?.try_into().ok()?;
+            let seq = u64::from_be_bytes(rest.get(16..24)?.try_into().ok()?);
+            Some((Some(writer), seq, decode_ops(&rest[24..])?))
+        }
+        _ => Some((None, 0, decode_ops(b)?)),
+    }
+}
 
 fn encode_ops(ops: &[Op]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -727,7 +1292,18 @@ mod tests {
             Op::delete("cursors", b"\x00b".to_vec()),
             Op::put("streams", Vec::new(), Vec::new()),
         ];
-        assert_eq!(decode_ops(&encode_ops(&ops)), Some(ops));
+        assert_eq!(decode_ops(&encode_ops(&ops)), Some(ops.clone()));
         assert_eq!(decode_ops(b"p\x00\x00\x00\x09str"), None);
+        let me = [7u8; 16];
+        assert_eq!(
+            decode_message(&encode_message(&me, 42, &ops)),
+            Some((Some(me), 42, ops.clone()))
+        );
+        assert_eq!(
+            decode_message(&encode_message(&me, 1, &[])),
+            Some((Some(me), 1, vec![]))
+        );
+        // The first slice's messages: ops only.
+        assert_eq!(decode_message(&encode_ops(&ops)), Some((None, 0, ops)));
     }
 }

@@ -22,10 +22,15 @@ pub(super) struct LogState {
     pub(super) keys: HashMap<Vec<u8>, (Position, u64)>,
     pub(super) head: Position,
     pub(super) bytes: u64,
+    /// Records at or below this were removed by retention; they are never stored again.
+    pub(super) floor: Position,
 }
 
 impl LogState {
-    /// Stores `record` at `position` under dedupe `key`, moving the head up to it.
+    /// Stores `record` at `position` under dedupe `key` and moves the head over every record
+    /// now stored without a gap after it. (Kafka: a record this replica appended may land
+    /// after records of other replicas not read yet; the head waits for them.) A key already
+    /// held for an earlier record keeps pointing there until it expires.
     pub(super) fn insert(
         &mut self,
         position: Position,
@@ -33,10 +38,28 @@ impl LogState {
         expires: u64,
         record: Vec<u8>,
     ) {
-        self.head = self.head.max(position);
+        if position <= self.head.max(self.floor) || self.events.contains_key(&position) {
+            return;
+        }
+        let now = crate::unix_now();
+        match self.keys.get(&key) {
+            Some((p, e)) if *e >= now && *p < position => {}
+            _ => {
+                self.keys.insert(key, (position, expires));
+            }
+        }
         self.bytes += record.len() as u64;
-        self.keys.insert(key, (position, expires));
         self.events.insert(position, record);
+        self.advance_to(self.head);
+    }
+
+    /// Moves the head to `position` (everything up to it is stored or is known not to exist),
+    /// then over the records stored right after it.
+    pub(super) fn advance_to(&mut self, position: Position) {
+        self.head = self.head.max(position);
+        while self.events.contains_key(&(self.head + 1)) {
+            self.head += 1;
+        }
     }
 
     pub(super) fn read(&self, after: Position, limit: usize) -> Vec<Entry> {
@@ -58,6 +81,7 @@ impl LogState {
     pub(super) fn remove_through(&mut self, through: Position) -> u64 {
         let keep = self.events.split_off(&through.saturating_add(1));
         let removed = std::mem::replace(&mut self.events, keep);
+        self.floor = self.floor.max(through.min(self.head));
         self.bytes -= removed.values().map(|r| r.len() as u64).sum::<u64>();
         removed.len() as u64
     }
@@ -197,6 +221,14 @@ impl Tables for MemoryTables {
     fn view(&self) -> Result<Arc<dyn TableView>, StorageError> {
         let tables = self.tables.read().unwrap_or_else(|p| p.into_inner());
         Ok(Arc::new(MemoryView(tables.clone())))
+    }
+}
+
+impl MemoryTables {
+    /// Replaces every table with `other`'s (a rebuild); views taken before keep what they saw.
+    pub(super) fn replace_with(&self, other: MemoryTables) {
+        let fresh = other.tables.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.tables.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 }
 

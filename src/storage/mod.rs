@@ -110,6 +110,12 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     fn readiness(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// For a log other processes append to as well: the head as it moves with their records
+    /// too. `None` when this process is the only writer (its own appends move the head).
+    fn head_changes(&self) -> Option<tokio::sync::watch::Receiver<Position>> {
+        None
+    }
 }
 
 /// One write in a [`Tables::write`] batch.
@@ -171,6 +177,34 @@ pub trait Tables: Send + Sync + fmt::Debug + 'static {
     /// not at all, and later writes are invisible to it. Readers that page through a table
     /// while it changes (the streamed revocation snapshot) read from one.
     fn view(&self) -> Result<Arc<dyn TableView>, StorageError>;
+
+    /// For tables other processes write too: resolves once every write any of them had made
+    /// durable before the call is visible here (read-your-writes across replicas). Local
+    /// tables are always caught up.
+    fn catch_up(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// For tables other processes write too: changes whenever their writes arrive, so that
+    /// what is cached from the tables can be refreshed. `None` for local tables.
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// The replicas sharing one storage (Kafka mode): who is alive, so that work with one owner
+/// at a time (push delivery of a stream) can be spread over them.
+pub trait Cluster: Send + Sync + fmt::Debug + 'static {
+    /// This replica's id.
+    fn me(&self) -> String;
+
+    /// The replicas alive now, this one included only while its own writes round-trip through
+    /// the brokers; empty while this replica has not yet heard from the others long enough to
+    /// know who they are.
+    fn members(&self) -> Vec<String>;
+
+    /// Changes whenever [`Cluster::members`] does.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// What [`Tables::view`] returns. A view pins the versions it sees (the engine keeps them
@@ -207,15 +241,24 @@ impl dyn Tables {
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub log: Arc<dyn EventLog>,
+    /// State every replica shares (receivers, streams, cursors, signing keys).
     pub tables: Arc<dyn Tables>,
+    /// State each replica derives from the log itself (the revocation fold): the same tables
+    /// as `tables` on one machine, this replica's own in Kafka mode.
+    pub local: Arc<dyn Tables>,
+    /// The replicas sharing the storage; `None` when this process is the only one.
+    pub cluster: Option<Arc<dyn Cluster>>,
 }
 
 impl Storage {
     /// In-process storage: nothing survives the process (tests, demos).
     pub fn memory() -> Storage {
+        let tables: Arc<dyn Tables> = Arc::new(MemoryTables::default());
         Storage {
             log: Arc::new(MemoryLog::default()),
-            tables: Arc::new(MemoryTables::default()),
+            local: tables.clone(),
+            tables,
+            cluster: None,
         }
     }
 
@@ -248,9 +291,12 @@ impl Storage {
             cache_bytes: (budgets.cache_bytes / 4).max(1 << 20),
             ..budgets
         };
+        let tables: Arc<dyn Tables> = Arc::new(Embedded::open(&dir.join("state"), state, 1)?);
         Ok(Storage {
             log: Arc::new(log.log()?),
-            tables: Arc::new(Embedded::open(&dir.join("state"), state, 1)?),
+            local: tables.clone(),
+            tables,
+            cluster: None,
         })
     }
 }

@@ -248,6 +248,12 @@ impl Cursors {
             .collect()
     }
 
+    /// Wakes long polls and push workers to look at their cursors again (another replica
+    /// changed them, or queued a control event).
+    pub fn wake(&self) {
+        self.control.send_modify(|n| *n += 1);
+    }
+
     pub fn subscribe_control(&self) -> tokio::sync::watch::Receiver<u64> {
         self.control.subscribe()
     }

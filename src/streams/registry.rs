@@ -50,6 +50,8 @@ struct SubjectCache {
     streams: HashMap<String, Listed>,
     /// Subject bytes per receiver over all its streams, computed on first use.
     receivers: HashMap<String, usize>,
+    /// The count of other replicas' writes this cache has seen (Kafka mode).
+    remote_seen: u64,
 }
 
 /// Receivers and streams in the state tables. Every write is flushed before it returns: a 201
@@ -62,6 +64,9 @@ pub struct Registry {
     /// Subject rows in memory; its lock also serializes subject writes, so the per-receiver
     /// byte count cannot be raced past its bound by two streams at once.
     subjects: Arc<Mutex<SubjectCache>>,
+    /// Counts other replicas' writes to the tables (Kafka mode): the cache above is dropped
+    /// when it moves.
+    remote: Option<tokio::sync::watch::Receiver<u64>>,
     /// Last receiver activity per stream (unix ms), for `inactivity_timeout`. In memory only: a
     /// restart counts as activity, so no stream is paused because the hub itself was down.
     activity: Arc<Mutex<HashMap<String, u64>>>,
@@ -114,6 +119,7 @@ impl Registry {
         flusher: crate::durable::Flusher,
     ) -> Result<Registry, RegistryError> {
         let registry = Registry {
+            remote: tables.remote_changes(),
             tables,
             flusher,
             changes: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
@@ -178,9 +184,36 @@ impl Registry {
         seen.max(self.started_ms).max(stream.created_at_ms)
     }
 
+    /// The subject cache, emptied first if other replicas wrote since it was filled.
+    fn subject_cache(&self) -> std::sync::MutexGuard<'_, SubjectCache> {
+        let mut cache = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(remote) = &self.remote {
+            let now = *remote.borrow();
+            if now != cache.remote_seen {
+                *cache = SubjectCache {
+                    remote_seen: now,
+                    ..SubjectCache::default()
+                };
+            }
+        }
+        cache
+    }
+
+    /// Waits until every change another replica made durable before the call is visible here
+    /// (Kafka mode; at once otherwise), so a receiver's call sees what its last call did
+    /// whichever replica took it.
+    pub async fn catch_up(&self) -> Result<(), RegistryError> {
+        Ok(self.tables.catch_up().await?)
+    }
+
+    /// Other replicas changed the tables: whoever follows streams reloads them.
+    pub fn remote_changed(&self) {
+        self.changed();
+    }
+
     /// The stream's subjects, from memory, loading its rows on first use.
     fn attach(&self, mut stream: Stream) -> Result<Stream, RegistryError> {
-        let mut cache = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.subject_cache();
         stream.subjects = self.listed(&mut cache, &stream.stream_id)?.shared.clone();
         Ok(stream)
     }
@@ -252,7 +285,7 @@ impl Registry {
         let key = subject.canonical_key();
         let row = subject_row(&stream.stream_id, &key);
         {
-            let mut cache = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.subject_cache();
             let used = self.receiver_bytes(&mut cache, &stream.receiver_id)?;
             let entry = self.listed(&mut cache, &stream.stream_id)?;
             let old = entry.rows.get(&key).map_or(0, |(_, n)| *n);
@@ -495,7 +528,7 @@ impl Registry {
     /// Deletes a stream with its subject rows.
     pub async fn delete_stream(&self, stream_id: &str) -> Result<(), RegistryError> {
         {
-            let mut cache = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.subject_cache();
             let mut ops = vec![Op::delete(STREAMS, stream_id.as_bytes())];
             ops.extend(
                 self.tables

@@ -40,6 +40,8 @@ pub fn settings(prefix: &str) -> KafkaSettings {
         delivery_timeout_ms: 10_000,
         startup_timeout_ms: 60_000,
         properties: Vec::new(),
+        heartbeat_ms: 200,
+        lease_ms: 2000,
     }
 }
 
