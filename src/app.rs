@@ -126,14 +126,24 @@ fn build(config: Config) -> Result<Parts, StartError> {
     let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone());
 
     let alg = SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
-    let keys = crate::keyring::Keyring::open(
-        &config.data_dir.join("keys"),
-        Some((&config.data_dir.join("signing-key.pem"), alg)),
-        crate::keyring::Timing {
-            activation_delay_secs: config.signing.activation_delay_secs,
-            retired_grace_secs: config.signing.retired_grace_secs,
-        },
-    )
+    let timing = crate::keyring::Timing {
+        activation_delay_secs: config.signing.activation_delay_secs,
+        retired_grace_secs: config.signing.retired_grace_secs,
+    };
+    let keys = if storage.cluster.is_some() {
+        // Every replica signs with, and publishes, the same keys.
+        crate::keyring::Keyring::open_shared(
+            storage.tables.clone(),
+            config.key_encryption_key()?,
+            timing,
+        )
+    } else {
+        crate::keyring::Keyring::open(
+            &config.data_dir.join("keys"),
+            Some((&config.data_dir.join("signing-key.pem"), alg)),
+            timing,
+        )
+    }
     .map_err(|e| StartError::Setup(format!("hub signing keys: {e}")))?;
     let minter = Minter::new(keys, alg, &config.issuer);
     let admin = AdminToken(match &config.admin_token {
@@ -157,6 +167,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
     if let Some(mut remote) = storage.tables.remote_changes() {
         // Other replicas' writes (Kafka mode): stream followers reload what they cached.
         let (registry, cursors, closing) = (registry.clone(), cursors.clone(), closing.clone());
+        let minter = minter.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -167,6 +178,10 @@ fn build(config: Config) -> Result<Parts, StartError> {
                         }
                         registry.remote_changed();
                         cursors.wake();
+                        // Another replica may have rotated a key.
+                        if let Err(e) = minter.keys().reload() {
+                            tracing::error!(error = %e, "reloading the signing keys");
+                        }
                     }
                 }
             }

@@ -193,6 +193,10 @@ pub struct KafkaConfig {
     pub startup_timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub lease_ms: u64,
+    /// Encrypts the hub's private signing keys in the state topic: 32 bytes, base64. Required
+    /// in Kafka mode (every replica must sign with the same keys); see [`Config::key_encryption_key`].
+    #[serde(default)]
+    pub key_encryption_key: Option<Secret>,
     /// librdkafka properties; values are secrets (SASL passwords) and never printed.
     pub properties: std::collections::BTreeMap<String, Secret>,
 }
@@ -724,6 +728,14 @@ impl Config {
                     "delivery_timeout_ms and startup_timeout_ms must be above 0",
                 ));
             }
+            self.key_encryption_key()?;
+            if self.admin_token.is_none() {
+                return Err(invalid(
+                    "admin_token",
+                    "is required with a kafka:// log: every replica must accept the same one \
+                     (give it as a secret, SSF_HUB_ADMIN_TOKEN)",
+                ));
+            }
             if k.heartbeat_ms == 0 || k.lease_ms < k.heartbeat_ms.saturating_mul(2) {
                 return Err(invalid(
                     "log.kafka.lease_ms",
@@ -740,6 +752,36 @@ impl Config {
                 "scheme must be fjall://, memory:// or kafka://",
             ))
         }
+    }
+
+    /// The 32-byte key that encrypts the signing keys in Kafka (`log.kafka.key_encryption_key`,
+    /// base64 with or without padding, standard or URL alphabet).
+    pub fn key_encryption_key(&self) -> Result<[u8; 32], ConfigError> {
+        use base64::Engine as _;
+        const KEY: &str = "log.kafka.key_encryption_key";
+        let Some(secret) = &self.log.kafka.key_encryption_key else {
+            return Err(invalid(
+                KEY,
+                "is required with a kafka:// log: the replicas share their signing keys through \
+                 Kafka, encrypted with it. Make one with `openssl rand -base64 32` and give every \
+                 replica the same (SSF_HUB_LOG__KAFKA__KEY_ENCRYPTION_KEY)",
+            ));
+        };
+        let text = secret.expose().trim().trim_end_matches('=');
+        let engines = [
+            base64::engine::general_purpose::STANDARD_NO_PAD,
+            base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ];
+        engines
+            .iter()
+            .find_map(|e| e.decode(text).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                invalid(
+                    KEY,
+                    "must be 32 bytes in base64 (`openssl rand -base64 32`)",
+                )
+            })
     }
 
     /// What the Kafka backend needs, from `log.url`'s parts and `[log.kafka]`.
@@ -861,10 +903,33 @@ mod tests {
     #[test]
     fn kafka_urls_name_brokers_and_prefix_and_hide_property_values() {
         let c = Config::from_toml(
-            "[log]\nurl = \"kafka://k1:9092,k2:9092/hub.prod\"\n[log.kafka]\n\
+            "admin_token = \"0123456789abcdef0123\"\n[log]\n\
+             url = \"kafka://k1:9092,k2:9092/hub.prod\"\n[log.kafka]\n\
+             key_encryption_key = \"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\"\n\
              properties = { \"sasl.password\" = \"hunter2\" }\n",
         )
         .expect("kafka config");
+        assert_eq!(c.key_encryption_key().expect("kek").len(), 32);
+        // Kafka mode without a shared key-encryption key or admin token is refused, by name.
+        for (missing, toml) in [
+            (
+                "log.kafka.key_encryption_key",
+                "admin_token = \"0123456789abcdef0123\"\n[log]\nurl = \"kafka://k:1/p\"\n",
+            ),
+            (
+                "admin_token",
+                "[log]\nurl = \"kafka://k:1/p\"\n[log.kafka]\n\
+                 key_encryption_key = \"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\"\n",
+            ),
+            (
+                "log.kafka.key_encryption_key",
+                "admin_token = \"0123456789abcdef0123\"\n[log]\nurl = \"kafka://k:1/p\"\n\
+                 [log.kafka]\nkey_encryption_key = \"c2hvcnQ=\"\n",
+            ),
+        ] {
+            let err = Config::from_toml(toml).expect_err(missing).to_string();
+            assert!(err.contains(missing), "{missing}: {err}");
+        }
         let LogUrl::Kafka { brokers, prefix } = c.log_url().expect("url") else {
             panic!("not kafka")
         };

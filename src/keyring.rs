@@ -2,6 +2,9 @@
 //! `<data_dir>/keys/`. A rotated-in key is published in the JWKS at once but signs only from its
 //! activation time on, so no SET is ever signed with a key receivers cannot fetch yet; a
 //! rotated-out key stays published for a grace period so SETs already signed keep verifying.
+//! With several replicas (Kafka mode) the keyring lives in the shared tables instead, each
+//! private key encrypted with the key-encryption key from config, so every replica signs with
+//! and publishes the same keys.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::sign::{SetSigner, SignAlg, SignError};
+use crate::storage::{Op, Tables};
 
 /// Bookkeeping for one key; the private key itself is `<kid>.pem` beside the keyring file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +37,44 @@ struct KeyringFile {
 struct Loaded {
     meta: KeyMeta,
     signer: Arc<SetSigner>,
+    /// Shared keyrings: the private key as stored (a JWE), kept to rewrite the row's metadata.
+    sealed: Option<String>,
 }
+
+/// One key as a shared keyring stores it: one row per key, so that rotations on two replicas
+/// at once both survive.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyRow {
+    #[serde(flatten)]
+    meta: KeyMeta,
+    /// The PEM private key, encrypted: compact JWE, `dir` + `A256GCM` under the key-encryption
+    /// key from config, the `kid` in its protected header (so a row cannot be swapped for
+    /// another key's).
+    private_jwe: String,
+}
+
+/// Where the keys live.
+enum Store {
+    /// `<data_dir>/keys/`: `keyring.json` and one `<kid>.pem` per key (one machine).
+    Files(PathBuf),
+    /// The shared tables (Kafka mode), private keys encrypted with the key-encryption key.
+    Shared {
+        tables: Arc<dyn Tables>,
+        kek: [u8; 32],
+    },
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::Files(dir) => f.debug_tuple("Files").field(dir).finish(),
+            Store::Shared { .. } => f.write_str("Shared"),
+        }
+    }
+}
+
+/// The table of a shared keyring: kid → [`KeyRow`].
+const KEYS_TABLE: &str = "signing_keys";
 
 /// Timing of rotations.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +88,13 @@ pub struct Timing {
 
 #[derive(Debug)]
 pub struct Keyring {
-    dir: PathBuf,
+    store: Store,
     timing: Timing,
     keys: RwLock<Vec<Loaded>>,
+}
+
+fn io(e: impl std::fmt::Display) -> SignError {
+    SignError::Io(std::io::Error::other(e.to_string()))
 }
 
 impl Keyring {
@@ -62,29 +107,11 @@ impl Keyring {
     ) -> Result<Keyring, SignError> {
         crate::storage::create_private_dir(dir)?;
         let ring = Keyring {
-            dir: dir.to_path_buf(),
+            store: Store::Files(dir.to_path_buf()),
             timing,
             keys: RwLock::new(Vec::new()),
         };
-        let file: KeyringFile = match std::fs::read(ring.file()) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| SignError::Io(std::io::Error::other(format!("keyring.json: {e}"))))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyringFile::default(),
-            Err(e) => return Err(e.into()),
-        };
-        {
-            let mut keys = ring.keys.write().unwrap_or_else(|p| p.into_inner());
-            for meta in file.keys {
-                let alg = SignAlg::parse(&meta.alg)?;
-                let pem = std::fs::read(ring.dir.join(format!("{}.pem", meta.kid)))?;
-                check_strength(&pem, alg, &meta.kid)?;
-                let signer = SetSigner::from_pem(&pem, alg, Some(meta.kid.clone()))?;
-                keys.push(Loaded {
-                    meta,
-                    signer: Arc::new(signer),
-                });
-            }
-        }
+        ring.reload()?;
         if let Some((path, alg)) = legacy_key {
             if path.exists() && ring.active(alg).is_none() {
                 let pem = std::fs::read(path)?;
@@ -92,24 +119,136 @@ impl Keyring {
                 ring.add(SetSigner::from_pem(&pem, alg, None)?, &pem, 0)?;
             }
         }
-        for alg in [SignAlg::ES256, SignAlg::RS256] {
-            if ring.active(alg).is_none() {
-                let (signer, pem) = SetSigner::generate(alg)?;
-                ring.add(signer, &pem, 0)?;
-            }
-        }
+        ring.ensure_active()?;
         Ok(ring)
     }
 
-    fn file(&self) -> PathBuf {
-        self.dir.join("keyring.json")
+    /// Opens the keyring every replica shares (Kafka mode): keys in `tables`, private keys
+    /// encrypted with `kek`; creates an active key for each algorithm that has none.
+    pub fn open_shared(
+        tables: Arc<dyn Tables>,
+        kek: [u8; 32],
+        timing: Timing,
+    ) -> Result<Keyring, SignError> {
+        let ring = Keyring {
+            store: Store::Shared { tables, kek },
+            timing,
+            keys: RwLock::new(Vec::new()),
+        };
+        ring.reload()?;
+        ring.ensure_active()?;
+        Ok(ring)
+    }
+
+    fn ensure_active(&self) -> Result<(), SignError> {
+        for alg in [SignAlg::ES256, SignAlg::RS256] {
+            if self.active(alg).is_none() {
+                let (signer, pem) = SetSigner::generate(alg)?;
+                self.add(signer, &pem, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the stored keys again: new ones are loaded, known ones get their stored schedule
+    /// (another replica rotated). Keys are never removed here.
+    pub fn reload(&self) -> Result<(), SignError> {
+        let stored = self.stored()?;
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        for (meta, sealed, pem) in stored {
+            if let Some(k) = keys.iter_mut().find(|k| k.meta.kid == meta.kid) {
+                k.meta = meta;
+                continue;
+            }
+            let alg = SignAlg::parse(&meta.alg)?;
+            let pem = match pem {
+                Some(pem) => pem,
+                None => match &sealed {
+                    Some(jwe) => self.unseal(&meta.kid, jwe)?,
+                    None => continue,
+                },
+            };
+            check_strength(&pem, alg, &meta.kid)?;
+            let signer = SetSigner::from_pem(&pem, alg, Some(meta.kid.clone()))?;
+            keys.push(Loaded {
+                meta,
+                signer: Arc::new(signer),
+                sealed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every stored key: its metadata, and its private key sealed (shared) or as PEM (files).
+    #[allow(clippy::type_complexity)]
+    fn stored(&self) -> Result<Vec<(KeyMeta, Option<String>, Option<Vec<u8>>)>, SignError> {
+        match &self.store {
+            Store::Files(dir) => {
+                let file: KeyringFile = match std::fs::read(dir.join("keyring.json")) {
+                    Ok(bytes) => serde_json::from_slice(&bytes)
+                        .map_err(|e| io(format!("keyring.json: {e}")))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyringFile::default(),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut out = Vec::with_capacity(file.keys.len());
+                for meta in file.keys {
+                    let pem = std::fs::read(dir.join(format!("{}.pem", meta.kid)))?;
+                    out.push((meta, None, Some(pem)));
+                }
+                Ok(out)
+            }
+            Store::Shared { tables, .. } => {
+                let rows = tables.prefix(KEYS_TABLE, b"").map_err(io)?;
+                rows.into_iter()
+                    .map(|(_, v)| {
+                        let row: KeyRow = serde_json::from_slice(&v)
+                            .map_err(|e| io(format!("a stored signing key: {e}")))?;
+                        Ok((row.meta, Some(row.private_jwe), None))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn seal(&self, kid: &str, pem: &[u8]) -> Result<Option<String>, SignError> {
+        let Store::Shared { kek, .. } = &self.store else {
+            return Ok(None);
+        };
+        let mut header = josekit::jwe::JweHeader::new();
+        header.set_content_encryption("A256GCM");
+        header.set_key_id(kid);
+        let encrypter = josekit::jwe::Dir.encrypter_from_bytes(kek).map_err(io)?;
+        Ok(Some(
+            josekit::jwe::serialize_compact(pem, &header, &encrypter).map_err(io)?,
+        ))
+    }
+
+    fn unseal(&self, kid: &str, jwe: &str) -> Result<Vec<u8>, SignError> {
+        let Store::Shared { kek, .. } = &self.store else {
+            return Err(io("no key-encryption key"));
+        };
+        let decrypter = josekit::jwe::Dir.decrypter_from_bytes(kek).map_err(io)?;
+        let (pem, header) = josekit::jwe::deserialize_compact(jwe, &decrypter).map_err(|_| {
+            io(format!(
+                "signing key {kid} cannot be decrypted: log.kafka.key_encryption_key differs \
+                 from the one the key was stored with"
+            ))
+        })?;
+        if header.key_id() != Some(kid) {
+            return Err(io(format!(
+                "signing key {kid}: the stored row holds another key"
+            )));
+        }
+        Ok(pem)
     }
 
     fn add(&self, signer: SetSigner, pem: &[u8], activate_at: u64) -> Result<String, SignError> {
         let kid = signer.kid().to_owned();
-        let pem_path = self.dir.join(format!("{kid}.pem"));
-        if !pem_path.exists() {
-            crate::sign::write_private(&pem_path, pem)?;
+        if let Store::Files(dir) = &self.store {
+            let pem_path = dir.join(format!("{kid}.pem"));
+            if !pem_path.exists() {
+                crate::sign::write_private(&pem_path, pem)?;
+            }
         }
         let meta = KeyMeta {
             kid: kid.clone(),
@@ -118,27 +257,46 @@ impl Keyring {
             activate_at,
             retired_at: None,
         };
+        let sealed = self.seal(&kid, pem)?;
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
         keys.push(Loaded {
             meta,
             signer: Arc::new(signer),
+            sealed,
         });
         self.save(&keys)?;
         Ok(kid)
     }
 
     fn save(&self, keys: &[Loaded]) -> Result<(), SignError> {
-        let file = KeyringFile {
-            keys: keys.iter().map(|k| k.meta.clone()).collect(),
-        };
-        let tmp = self.dir.join("keyring.json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&file)
-                .map_err(|e| SignError::Io(std::io::Error::other(e)))?,
-        )?;
-        // Rename is atomic: a crash leaves the old or the new keyring, never half of one.
-        std::fs::rename(tmp, self.file())?;
+        match &self.store {
+            Store::Files(dir) => {
+                let file = KeyringFile {
+                    keys: keys.iter().map(|k| k.meta.clone()).collect(),
+                };
+                let tmp = dir.join("keyring.json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(&file).map_err(io)?)?;
+                // Rename is atomic: a crash leaves the old or the new keyring, never half of one.
+                std::fs::rename(tmp, dir.join("keyring.json"))?;
+            }
+            Store::Shared { tables, .. } => {
+                let mut ops = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let Some(sealed) = &k.sealed else { continue };
+                    let row = KeyRow {
+                        meta: k.meta.clone(),
+                        private_jwe: sealed.clone(),
+                    };
+                    ops.push(Op::put(
+                        KEYS_TABLE,
+                        k.meta.kid.as_bytes().to_vec(),
+                        serde_json::to_vec(&row).map_err(io)?,
+                    ));
+                }
+                tables.write(ops).map_err(io)?;
+                tables.sync().map_err(io)?;
+            }
+        }
         Ok(())
     }
 

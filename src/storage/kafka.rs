@@ -142,6 +142,13 @@ impl ClientContext for Observed {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The readers at start stop at end-of-partition on purpose.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            return;
+        }
         tracing::warn!(topic = self.topic, client = self.role, error = %error, reason, "kafka client error");
     }
 }
@@ -150,6 +157,59 @@ impl ConsumerContext for Observed {}
 
 type Producer_ = FutureProducer<Observed>;
 type Consumer_ = BaseConsumer<Observed>;
+
+/// A producer that is replaced when it stops working. After an outage an idempotent producer
+/// can be left unable to send for good (tansu answers `ProducerFenced` to the epoch bump that
+/// follows timed-out requests, and librdkafka does not always flag that as fatal); the hub must
+/// recover without a restart, so a producer whose send failed is replaced, once, by the next
+/// user. What the old one still held fails to its callers (an error, never a 202).
+struct Producing {
+    settings: KafkaSettings,
+    topic: &'static str,
+    /// The producer and its generation (so that failures of an old one replace nothing).
+    current: Mutex<(u64, Arc<Producer_>)>,
+}
+
+impl Producing {
+    fn new(settings: &KafkaSettings, topic: &'static str) -> Result<Producing, StorageError> {
+        Ok(Producing {
+            current: Mutex::new((0, Arc::new(settings.producer(topic)?))),
+            settings: settings.clone(),
+            topic,
+        })
+    }
+
+    /// The producer to send with, and its generation.
+    fn get(&self) -> Result<(u64, Arc<Producer_>), StorageError> {
+        let mut current = lock(&self.current);
+        if let Some((code, reason)) = current.1.client().fatal_error() {
+            self.replace(&mut current, &format!("{code}: {reason}"))?;
+        }
+        Ok((current.0, current.1.clone()))
+    }
+
+    /// A send of generation `generation` failed: that producer is not used again.
+    fn failed(&self, generation: u64, why: &str) {
+        let mut current = lock(&self.current);
+        if current.0 == generation {
+            if let Err(e) = self.replace(&mut current, why) {
+                tracing::error!(error = %e, topic = self.topic, "kafka: replacing the producer");
+            }
+        }
+    }
+
+    fn replace(&self, current: &mut (u64, Arc<Producer_>), why: &str) -> Result<(), StorageError> {
+        tracing::warn!(
+            topic = self.topic,
+            reason = why,
+            "kafka: a send failed; starting a new producer"
+        );
+        metrics::counter!("ssf_hub_kafka_producer_restarts_total", "topic" => self.topic)
+            .increment(1);
+        *current = (current.0 + 1, Arc::new(self.settings.producer(self.topic)?));
+        Ok(())
+    }
+}
 
 impl KafkaSettings {
     fn client(&self) -> ClientConfig {
@@ -379,7 +439,7 @@ fn follow<T: Send + Sync + 'static>(
 
 pub(crate) struct KafkaLog {
     shared: Arc<LogShared>,
-    producer: Producer_,
+    producer: Producing,
     topic: String,
     tables: Arc<TablesInner>,
     /// One append at a time in this replica, so that its dedupe check sees its own earlier
@@ -482,7 +542,7 @@ impl KafkaLog {
         )?;
         Ok(KafkaLog {
             shared,
-            producer: settings.producer("events")?,
+            producer: Producing::new(settings, "events")?,
             topic: settings.events_topic.clone(),
             tables,
             appending: tokio::sync::Mutex::new(()),
@@ -538,6 +598,7 @@ impl KafkaLog {
             }
         }
         let started = Instant::now();
+        let (generation, producer) = self.producer.get()?;
         let mut reports = Vec::with_capacity(fresh.len());
         for a in &fresh {
             let mut key = super::be(a.key_expires_at).to_vec();
@@ -546,7 +607,7 @@ impl KafkaLog {
                 .partition(0)
                 .key(&key)
                 .payload(&a.record);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(f) => reports.push(f),
                 Err((e, _)) => return Err(kafka_err("enqueueing a record")(e)),
             }
@@ -577,6 +638,7 @@ impl KafkaLog {
         let head = self.state().head;
         self.shared.publish_head(head);
         if let Some(f) = failure {
+            self.producer.failed(generation, &f);
             return Err(StorageError::Storage(f));
         }
         Ok(slots
@@ -711,7 +773,7 @@ type ReplicaId = [u8; 16];
 
 struct TablesInner {
     memory: MemoryTables,
-    producer: Producer_,
+    producer: Producing,
     settings: KafkaSettings,
     me: ReplicaId,
     /// Held across enqueue and apply, so that memory sees this replica's writes in the
@@ -739,10 +801,13 @@ struct TablesInner {
 #[derive(Default)]
 struct Writing {
     seq: u64,
-    /// Delivery reports not yet awaited by a sync, with the sequence number they are for.
-    reports: Vec<(u64, DeliveryFuture)>,
+    /// Delivery reports not yet awaited by a sync: the sequence number and producer
+    /// generation they are for.
+    reports: Vec<(u64, u64, DeliveryFuture)>,
     /// This replica's writes not yet read back, by sequence number.
     pending: BTreeMap<u64, Pending>,
+    /// Reports of markers sent, with the producer generation that sent them.
+    markers: Vec<(u64, DeliveryFuture)>,
 }
 
 struct Pending {
@@ -772,7 +837,7 @@ impl std::fmt::Debug for TablesInner {
 impl Drop for TablesInner {
     // Dropping a producer purges its queue: writes not yet synced would be lost at a clean stop.
     fn drop(&mut self) {
-        if let Err(e) = self.producer.flush(self.timeout) {
+        if let Err(e) = lock(&self.producer.current).1.flush(self.timeout) {
             tracing::error!(error = %e, topic = %self.settings.state_topic, "kafka: state writes not delivered at close");
         }
     }
@@ -791,7 +856,7 @@ impl TablesInner {
         let now = Instant::now();
         let inner = Arc::new(TablesInner {
             memory,
-            producer: settings.producer("state")?,
+            producer: Producing::new(settings, "state")?,
             settings: settings.clone(),
             me: *uuid::Uuid::new_v4().as_bytes(),
             writing: Mutex::default(),
@@ -886,12 +951,14 @@ impl TablesInner {
             let live = self.live(&m, now);
             if live != m.live {
                 tracing::info!(members = ?live, me = %self.id(), "kafka: hub replicas changed");
+                metrics::gauge!("ssf_hub_kafka_replicas_live").set(live.len() as f64);
                 m.live = live;
                 self.membership.send_modify(|n| *n += 1);
             }
             beat
         };
         if beat {
+            self.check_markers();
             // A full queue or a down broker: the missing echo makes this replica unready.
             let _ = self.marker();
         }
@@ -938,6 +1005,28 @@ impl TablesInner {
         Ok(echoed_at)
     }
 
+    /// Looks at the reports of markers sent so far, without waiting: a failed one means the
+    /// producer needs replacing (markers may be the only thing sent while the hub is idle).
+    fn check_markers(&self) {
+        let mut writing = lock(&self.writing);
+        let mut failed = None;
+        writing.markers.retain_mut(|(generation, report)| {
+            match block_on_until(&mut *report, Instant::now()) {
+                None => true,
+                Some(Ok(Ok(_))) => false,
+                Some(_) => {
+                    failed = Some(*generation);
+                    false
+                }
+            }
+        });
+        drop(writing);
+        if let Some(generation) = failed {
+            self.producer
+                .failed(generation, "a heartbeat marker was not delivered");
+        }
+    }
+
     /// Sends a marker (no ops) and returns its sequence number.
     fn marker(&self) -> Result<u64, StorageError> {
         let mut writing = lock(&self.writing);
@@ -949,11 +1038,14 @@ impl TablesInner {
             .partition(0)
             .key(&key)
             .payload(&value);
-        // The report is not awaited: the follower reading the marker back is the proof.
-        self.producer
+        // The follower reading the marker back is the proof it was written; its report only
+        // tells whether the producer still works (looked at on the next tick).
+        let (generation, producer) = self.producer.get()?;
+        let report = producer
             .send_result(record)
             .map_err(|(e, _)| kafka_err("enqueueing a marker")(e))?;
         writing.seq = seq;
+        writing.markers.push((generation, report));
         Ok(seq)
     }
 
@@ -1007,7 +1099,7 @@ impl TablesInner {
             let mut writing = lock(&self.writing);
             // Reports still out stay with their writes; refused ones were dropped by the sync
             // that saw them, and writes already in the topic were just read.
-            let out: HashSet<u64> = writing.reports.iter().map(|(s, _)| *s).collect();
+            let out: HashSet<u64> = writing.reports.iter().map(|(s, _, _)| *s).collect();
             writing
                 .pending
                 .retain(|seq, _| out.contains(seq) && !mine.contains(seq));
@@ -1095,12 +1187,12 @@ impl Tables for TablesInner {
             .partition(0)
             .key(&key)
             .payload(&value);
-        let report = self
-            .producer
+        let (generation, producer) = self.producer.get()?;
+        let report = producer
             .send_result(record)
             .map_err(|(e, _)| kafka_err("enqueueing a state write")(e))?;
         writing.seq = seq;
-        writing.reports.push((seq, report));
+        writing.reports.push((seq, generation, report));
         let rows = ops.iter().map(row_of).collect();
         self.memory.write(ops.clone())?;
         writing.pending.insert(seq, Pending { ops, rows });
@@ -1112,12 +1204,13 @@ impl Tables for TablesInner {
         let reports = std::mem::take(&mut lock(&self.writing).reports);
         let deadline = Instant::now() + self.timeout * 2;
         let mut failure = None;
-        for (seq, report) in reports {
+        for (seq, generation, report) in reports {
             let refused = match block_on_until(report, deadline) {
                 Some(Ok(Ok(_))) => continue,
                 Some(Ok(Err((e, _)))) => format!("kafka: a state write failed: {e}"),
                 Some(Err(_)) | None => "kafka: no delivery report for a state write".to_owned(),
             };
+            self.producer.failed(generation, &refused);
             // Memory holds a write the topic may not: rebuild from the topic.
             lock(&self.writing).pending.remove(&seq);
             self.diverged.store(true, Ordering::Release);

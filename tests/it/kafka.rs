@@ -45,6 +45,18 @@ pub fn settings(prefix: &str) -> KafkaSettings {
     }
 }
 
+/// What every hub in Kafka mode needs besides `log.url`: a shared key-encryption key, short
+/// heartbeats (so tests see replicas come and go quickly).
+pub fn kafka_mode(c: &mut ssf_hub::config::Config) {
+    c.log.kafka.linger_ms = 1;
+    c.log.kafka.heartbeat_ms = 200;
+    c.log.kafka.lease_ms = 2000;
+    c.log.kafka.key_encryption_key = Some(ssf_hub::config::Secret::new(KEK));
+}
+
+/// 32 bytes of base64 (`openssl rand -base64 32`), shared by the tests' replicas.
+pub const KEK: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+
 /// Fresh Kafka storage on fresh topics.
 pub fn fresh() -> Storage {
     Storage::kafka(settings(&prefix())).expect("open kafka storage")
@@ -206,7 +218,7 @@ async fn a_hub_with_an_empty_data_directory_rebuilds_from_kafka() {
         s.jwks_file = Some(jwks.clone());
         c.sources = vec![s];
         c.log.url = url.clone();
-        c.log.kafka.linger_ms = 1;
+        kafka_mode(c);
     })
     .await;
     let (_, token) = hub.receiver("gw").await;
@@ -263,10 +275,9 @@ async fn a_hub_with_an_empty_data_directory_rebuilds_from_kafka() {
         .await
         .expect("hub starts again");
     let hub = TestHub {
-        base: format!("http://{}", running.addr),
+        api: Api::at(format!("http://{}", running.addr)),
         running,
         dir,
-        client: reqwest::Client::new(),
         config,
     };
 

@@ -17,6 +17,8 @@ mod kafka;
 mod keys_refresh;
 mod modules;
 mod push;
+#[cfg(feature = "kafka")]
+mod replicas;
 mod retention;
 mod revocation;
 mod schemas;

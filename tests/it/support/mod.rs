@@ -102,58 +102,35 @@ pub fn session_revoked() -> Map<String, Value> {
     )
 }
 
-/// A running hub, its data directory and an HTTP client.
+/// A running hub, its data directory and an HTTP client ([`Api`], which it derefs to).
 pub struct TestHub {
     pub running: Running,
     pub dir: TempDir,
-    pub client: reqwest::Client,
-    pub base: String,
+    pub api: Api,
     pub config: Config,
 }
 
-impl TestHub {
-    /// A hub with one source `idp` trusting `signer` through a JWKS file.
-    pub async fn with_signer(signer: &SetSigner) -> TestHub {
-        TestHub::start(|dir, c| {
-            let mut s = source("idp");
-            s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[signer]));
-            c.sources = vec![s];
-        })
-        .await
-    }
+impl std::ops::Deref for TestHub {
+    type Target = Api;
 
-    /// A hub whose config `edit` adjusts (data dir and admin token already set).
-    pub async fn start(edit: impl FnOnce(&Path, &mut Config)) -> TestHub {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = base_config(dir.path());
-        edit(dir.path(), &mut config);
-        TestHub::boot(dir, config).await
+    fn deref(&self) -> &Api {
+        &self.api
     }
+}
 
-    async fn boot(dir: TempDir, config: Config) -> TestHub {
-        let running = ssf_hub::app::spawn(config.clone())
-            .await
-            .expect("hub starts");
-        let base = format!("http://{}", running.addr);
-        TestHub {
-            running,
-            dir,
+/// A hub's HTTP API as a client sees it: the in-process [`TestHub`], or a hub process.
+#[derive(Clone)]
+pub struct Api {
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn at(base: String) -> Api {
+        Api {
             client: reqwest::Client::new(),
             base,
-            config,
         }
-    }
-
-    /// Stops the hub cleanly and starts it again on the same data directory and config.
-    pub async fn restart(self) -> TestHub {
-        let TestHub {
-            running,
-            dir,
-            config,
-            ..
-        } = self;
-        running.stop().await.expect("clean stop");
-        TestHub::boot(dir, config).await
     }
 
     /// Registers a receiver through the admin API; returns (receiver_id, credential).
@@ -271,6 +248,51 @@ impl TestHub {
             .text()
             .await
             .expect("text")
+    }
+}
+
+impl TestHub {
+    /// A hub with one source `idp` trusting `signer` through a JWKS file.
+    pub async fn with_signer(signer: &SetSigner) -> TestHub {
+        TestHub::start(|dir, c| {
+            let mut s = source("idp");
+            s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[signer]));
+            c.sources = vec![s];
+        })
+        .await
+    }
+
+    /// A hub whose config `edit` adjusts (data dir and admin token already set).
+    pub async fn start(edit: impl FnOnce(&Path, &mut Config)) -> TestHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = base_config(dir.path());
+        edit(dir.path(), &mut config);
+        TestHub::boot(dir, config).await
+    }
+
+    async fn boot(dir: TempDir, config: Config) -> TestHub {
+        let running = ssf_hub::app::spawn(config.clone())
+            .await
+            .expect("hub starts");
+        let api = Api::at(format!("http://{}", running.addr));
+        TestHub {
+            running,
+            dir,
+            api,
+            config,
+        }
+    }
+
+    /// Stops the hub cleanly and starts it again on the same data directory and config.
+    pub async fn restart(self) -> TestHub {
+        let TestHub {
+            running,
+            dir,
+            config,
+            ..
+        } = self;
+        running.stop().await.expect("clean stop");
+        TestHub::boot(dir, config).await
     }
 
     pub async fn stop(self) {

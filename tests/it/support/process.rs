@@ -89,6 +89,11 @@ impl HubProcess {
         format!("http://{}", self.addr)
     }
 
+    /// A client of this hub's HTTP API.
+    pub fn api(&self) -> super::Api {
+        super::Api::at(self.base())
+    }
+
     /// SIGKILL: no shutdown hooks, no flush, exactly like a crash.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
