@@ -426,8 +426,17 @@ impl Running {
         log.close().await;
         // Connection tasks may hold parts of the hub a moment longer; the storage closes with
         // the last of them, and this handle is then the only one left.
+        // (`local` is the same tables as `tables` except in Kafka mode.)
+        let own = if Arc::ptr_eq(&storage.tables, &storage.local) {
+            2
+        } else {
+            1
+        };
         for _ in 0..500 {
-            if Arc::strong_count(&storage.log) == 1 && Arc::strong_count(&storage.tables) == 1 {
+            if Arc::strong_count(&storage.log) == 1
+                && Arc::strong_count(&storage.tables) == own
+                && Arc::strong_count(&storage.local) == own
+            {
                 drop(storage);
                 return served;
             }
