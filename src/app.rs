@@ -113,6 +113,16 @@ fn build(config: Config) -> Result<Parts, StartError> {
         ms = restored_in.as_millis() as u64,
         "revocation state restored"
     );
+    let removed = storage.log.take_removed();
+    if !removed.is_empty() {
+        let n = removed.len();
+        crate::revocation::fold_removed(&revocations, removed, storage.log.earliest())
+            .map_err(setup("folding records retention removed"))?;
+        tracing::info!(
+            records = n,
+            "folded the records kept in kafka below the retention floor"
+        );
+    }
     let revocations = Arc::new(revocations);
     let log = Log::start(storage.log.clone());
 

@@ -682,6 +682,31 @@ fn parse_check(body: &[u8]) -> Result<Query, Error> {
 }
 
 /// How long start-up took to restore the persisted state, for the start-time figure.
+/// Folds records retention removed but the log still held (a fresh replica in Kafka mode
+/// replays the whole topic), then drops the deltas below `earliest` as the sweep would: what
+/// they changed stays in the subjects' state, and the delta feed starts where the log does.
+pub fn fold_removed(
+    revocations: &Revocations,
+    removed: Vec<crate::storage::Entry>,
+    earliest: u64,
+) -> Result<(), RegistryError> {
+    for chunk in removed.chunks(1000) {
+        let records: Vec<Record> = chunk
+            .iter()
+            .filter_map(|e| {
+                let mut r: Record = serde_json::from_slice(&e.record).ok()?;
+                r.position = e.position;
+                Some(r)
+            })
+            .collect();
+        if let Some(last) = chunk.last() {
+            revocations.fold(records.iter(), last.position)?;
+        }
+    }
+    revocations.trim(earliest, u64::MAX)?;
+    Ok(())
+}
+
 pub fn timed_open(tables: Arc<dyn Tables>) -> Result<(Revocations, Duration), RegistryError> {
     let started = Instant::now();
     let r = Revocations::open(tables)?;

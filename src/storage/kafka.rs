@@ -440,6 +440,8 @@ fn follow<T: Send + Sync + 'static>(
 pub(crate) struct KafkaLog {
     shared: Arc<LogShared>,
     producer: Producing,
+    /// Records below the retention floor, read at start (see [`EventLog::take_removed`]).
+    removed: Mutex<Vec<Entry>>,
     topic: String,
     tables: Arc<TablesInner>,
     /// One append at a time in this replica, so that its dedupe check sees its own earlier
@@ -506,6 +508,7 @@ impl KafkaLog {
         };
         let now = crate::unix_now();
         let mut s = LogState::default();
+        let mut removed = Vec::new();
         let next = settings.read_all(&settings.events_topic, |offset, key, value| {
             let position = offset as u64 + 1;
             s.head = position;
@@ -521,6 +524,11 @@ impl KafkaLog {
             if position >= floor {
                 s.bytes += value.len() as u64;
                 s.events.insert(position, value.to_vec());
+            } else {
+                removed.push(Entry {
+                    position,
+                    record: value.to_vec(),
+                });
             }
             Ok(())
         })?;
@@ -543,6 +551,7 @@ impl KafkaLog {
         Ok(KafkaLog {
             shared,
             producer: Producing::new(settings, "events")?,
+            removed: Mutex::new(removed),
             topic: settings.events_topic.clone(),
             tables,
             appending: tokio::sync::Mutex::new(()),
@@ -722,6 +731,10 @@ impl EventLog for KafkaLog {
 
     fn head_changes(&self) -> Option<watch::Receiver<Position>> {
         Some(self.shared.head.subscribe())
+    }
+
+    fn take_removed(&self) -> Vec<Entry> {
+        std::mem::take(&mut *lock(&self.removed))
     }
 }
 

@@ -111,6 +111,14 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// Records retention took out of what this log serves but that the backend still holds
+    /// (Kafka keeps every record; the hub's retention only hides them), handed out once, at
+    /// start, so that a replica with no state of its own can fold what they changed. Empty for
+    /// backends that delete.
+    fn take_removed(&self) -> Vec<Entry> {
+        Vec::new()
+    }
+
     /// For a log other processes append to as well: the head as it moves with their records
     /// too. `None` when this process is the only writer (its own appends move the head).
     fn head_changes(&self) -> Option<tokio::sync::watch::Receiver<Position>> {

@@ -578,3 +578,53 @@ async fn a_new_replica_with_an_empty_data_directory_catches_up_and_serves() {
     };
     assert_eq!(decision["reason"], "revoked", "{decision}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_keeps_revocations_whose_records_retention_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = es256();
+    write_jwks(dir.path(), "idp.jwks.json", &[&key]);
+    let (b, p) = (broker(), prefix());
+    // Keep one record: the first revocation's record is removed once the second arrives.
+    let retention = "\n[log.retention]\nmax_events = 1\nsweep_secs = 1";
+    let r1 = replica(dir.path(), "r1", &b, &p, retention);
+    let (_, gateway) = r1.gateway("gw").await;
+    r1.push("idp", revoke(&key, "ana")).await.assert_accepted();
+    r1.push("idp", revoke(&key, "bob")).await.assert_accepted();
+    let d = Deadline::start();
+    loop {
+        let page = r1.call("GET", "/events?since=0", ADMIN, None).await.json();
+        if page["earliest"] == 2 {
+            break;
+        }
+        d.tick("retention to remove the first record").await;
+    }
+
+    let fresh = replica(dir.path(), "fresh", &b, &p, retention);
+    let page = fresh
+        .call("GET", "/events?since=0", ADMIN, None)
+        .await
+        .json();
+    assert_eq!(
+        page["earliest"], 2,
+        "the new replica serves what retention kept: {page}"
+    );
+    for user in ["ana", "bob"] {
+        let check = json!({
+            "subjects": {"user": {"format": "email", "email": format!("{user}@corp.example.test")}},
+            "iat": ssf_hub::unix_now() - 100,
+        });
+        let d = Deadline::start();
+        loop {
+            let decision = fresh
+                .call("POST", "/revocations/check", &gateway, Some(check.clone()))
+                .await
+                .json();
+            if decision["allow"] == false {
+                break;
+            }
+            d.tick(&format!("{user} to be revoked on the new replica"))
+                .await;
+        }
+    }
+}
