@@ -78,6 +78,10 @@ const TOKENS: &str = "receiver_tokens";
 const STREAMS: &str = "streams";
 /// OAuth `client_id` → receiver id.
 const OAUTH_CLIENTS: &str = "receiver_oauth_clients";
+/// Kafka mode: stream id → the last receiver activity any replica saw (unix ms, BE).
+const ACTIVITY: &str = "stream_activity";
+/// How stale a stream's shared activity row may get before a replica rewrites it.
+const SHARED_ACTIVITY_MS: u64 = 60_000;
 
 /// What a new receiver's credential may do and see.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,15 +168,27 @@ impl Registry {
     }
 
     /// Records receiver activity on a stream (a poll, or a management call naming it), which
-    /// restarts its inactivity timer (SSF §8.1.1, `inactivity_timeout`).
+    /// restarts its inactivity timer (SSF §8.1.1, `inactivity_timeout`). In memory; with
+    /// replicas (Kafka mode) also in the shared tables, at most once a minute per stream, since
+    /// the replica that sweeps a stream may not be the one its receiver talks to.
     pub fn touch(&self, stream_id: &str) {
-        self.activity
+        let now = crate::unix_now_ms();
+        let before = self
+            .activity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(stream_id.to_owned(), crate::unix_now_ms());
+            .insert(stream_id.to_owned(), now);
+        let shared = self.remote.is_some();
+        if shared && before.is_none_or(|t| now.saturating_sub(t) >= SHARED_ACTIVITY_MS) {
+            // Best effort, not synced: a lost write costs at most a minute of activity.
+            let _ = self
+                .tables
+                .put(ACTIVITY, stream_id.as_bytes(), &now.to_be_bytes());
+        }
     }
 
-    /// When the receiver last acted on the stream (unix ms); the hub's start if not since.
+    /// When the receiver last acted on the stream (unix ms), through this replica or (to the
+    /// minute) another; the hub's start if not since.
     pub fn last_activity_ms(&self, stream: &Stream) -> u64 {
         let seen = self
             .activity
@@ -181,7 +197,19 @@ impl Registry {
             .get(&stream.stream_id)
             .copied()
             .unwrap_or(0);
-        seen.max(self.started_ms).max(stream.created_at_ms)
+        let elsewhere = match &self.remote {
+            Some(_) => self
+                .tables
+                .get(ACTIVITY, stream.stream_id.as_bytes())
+                .ok()
+                .flatten()
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
+        seen.max(elsewhere)
+            .max(self.started_ms)
+            .max(stream.created_at_ms)
     }
 
     /// The subject cache, emptied first if other replicas wrote since it was filled.
@@ -529,7 +557,10 @@ impl Registry {
     pub async fn delete_stream(&self, stream_id: &str) -> Result<(), RegistryError> {
         {
             let mut cache = self.subject_cache();
-            let mut ops = vec![Op::delete(STREAMS, stream_id.as_bytes())];
+            let mut ops = vec![
+                Op::delete(STREAMS, stream_id.as_bytes()),
+                Op::delete(ACTIVITY, stream_id.as_bytes()),
+            ];
             ops.extend(
                 self.tables
                     .prefix(SUBJECTS, &subjects_prefix(stream_id))?
