@@ -16,7 +16,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use ssf_hub::config::{Config, LogUrl};
 
-use crate::support::process::BIN;
+use crate::support::process::{HubProcess, BIN};
 use crate::support::*;
 
 // --- reading the files ---------------------------------------------------------------------
@@ -233,6 +233,25 @@ fn the_production_config_is_kafka_mode_with_only_real_keys() {
         "memory holds the kept log: bound it"
     );
     assert_eq!(c.http.max_connections_per_ip, 0, "behind a load balancer");
+    // The topic commands in the file's comments create exactly the topics of its log.url.
+    let LogUrl::Kafka { prefix, .. } = c.log_url().expect("log.url") else {
+        unreachable!()
+    };
+    let text = read(PRODUCTION);
+    let topics: BTreeSet<&str> = text
+        .split("--topic ")
+        .skip(1)
+        .filter_map(|t| t.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        topics,
+        BTreeSet::from([&*format!("{prefix}.events"), &*format!("{prefix}.state")])
+    );
+    assert_eq!(
+        text.matches("--partitions 1 ").count(),
+        2,
+        "one partition each"
+    );
     // The check bites: the same text with one misspelt key is refused, naming it.
     let text = read(PRODUCTION).replace("create_topics = false", "create_topic = false");
     let err = Config::from_toml(&text)
@@ -1102,4 +1121,74 @@ async fn every_path_the_deployment_files_request_is_served_by_the_hub() {
     let conf = get(format!("{}/.well-known/ssf-configuration", hub.base)).await;
     assert_eq!(conf, 200);
     hub.stop().await;
+}
+
+/// A compose replica's environment over the production config starts a real Kafka-mode hub
+/// (against the test broker, `SSF_TEST_KAFKA`) that reports ready. Only what cannot be the same
+/// on a shared test machine is changed: broker address and topic prefix, loopback ports, the
+/// data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_replica_starts_in_kafka_mode_and_reports_ready() {
+    let doc = yaml("deploy/compose.yaml");
+    let hub = doc["services"]
+        .as_object()
+        .expect("services")
+        .values()
+        .find(|svc| svc["build"]["dockerfile"] == "deploy/Dockerfile")
+        .expect("a hub replica");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = free_port();
+    let mut env = env_pairs(&hub["environment"]);
+    env.retain(|(k, _)| k != "SSF_HUB_LOG__URL");
+    env.extend([
+        (
+            "SSF_HUB_LOG__URL".to_owned(),
+            format!(
+                "kafka://{}/{}",
+                crate::kafka::broker(),
+                crate::kafka::prefix()
+            ),
+        ),
+        ("SSF_HUB_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "SSF_HUB_HTTP__METRICS_LISTEN".to_owned(),
+            format!("127.0.0.1:{metrics}"),
+        ),
+        (
+            "SSF_HUB_DATA_DIR".to_owned(),
+            dir.path().join("data").display().to_string(),
+        ),
+        // Reaching the end of an empty partition arrives as a "global error" through rdkafka's
+        // default client context, logged at ERROR (target rdkafka::client), which HubProcess
+        // would take for a failed start: /readyz decides here.
+        ("RUST_LOG".to_owned(), "info,rdkafka::client=off".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let process = HubProcess::start_env(&repo(PRODUCTION), dir.path(), &env);
+    let client = reqwest::Client::new();
+    let mut status = None;
+    for _ in 0..300 {
+        let r = client
+            .get(format!("{}/readyz", process.base()))
+            .send()
+            .await;
+        status = r.ok().map(|r| r.status());
+        if status == Some(reqwest::StatusCode::OK) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        Some(reqwest::StatusCode::OK),
+        "{}",
+        process.log_text()
+    );
+    let scrape = client
+        .get(format!("http://127.0.0.1:{metrics}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(scrape.status(), 200);
+    process.kill9();
 }
