@@ -549,8 +549,11 @@ fn mounting<'a>(services: &'a BTreeMap<String, Value>, file: &str) -> (&'a str, 
     found.into_iter().next().expect("one")
 }
 
-/// Envoy's listener port, and its clusters' endpoints (cluster name → [(host, port)]).
-fn envoy(rel: &str) -> (Value, u16, BTreeMap<String, Vec<(String, u16)>>) {
+/// Cluster name → its endpoints as (host, port).
+type Clusters = BTreeMap<String, Vec<(String, u16)>>;
+
+/// An Envoy config, its listener's port, and its clusters' endpoints.
+fn envoy(rel: &str) -> (Value, u16, Clusters) {
     let doc = yaml(rel);
     let listeners = doc["static_resources"]["listeners"]
         .as_array()
