@@ -685,6 +685,11 @@ fn compose_runs_kraft_kafka_and_two_replicas_behind_one_envoy_address() {
             img.volume
         );
         assert!(hub["depends_on"][kafka_name]["condition"] == "service_healthy");
+        let token = s(&hub["environment"]["SSF_HUB_ADMIN_TOKEN"]);
+        assert!(
+            token.starts_with("${"),
+            "{name}: the admin token comes from the operator"
+        );
         let env = env_pairs(&hub["environment"]);
         assert!(
             env.iter().all(|(k, _)| k.starts_with("SSF_HUB_")),
@@ -842,6 +847,10 @@ impl K8s {
         let mut out: Vec<(String, String)> = Vec::new();
         for var in self.container()["env"].as_array().expect("env") {
             let name = s(&var["name"]).to_owned();
+            assert!(
+                !(name.contains("TOKEN") || name.contains("PASSWORD")) || var["value"].is_null(),
+                "{name}: secrets come from a Secret, never a literal in the manifest"
+            );
             let value = if let Some(v) = var["value"].as_str() {
                 let mut v = v.to_owned();
                 for (earlier, value) in &out {
