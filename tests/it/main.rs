@@ -5,6 +5,8 @@
 
 mod auth;
 mod cli;
+#[cfg(feature = "kafka")]
+mod deploy;
 mod durability;
 mod feed;
 mod hostile;
