@@ -85,6 +85,8 @@ fn build(config: Config) -> Result<Parts, StartError> {
         LogUrl::Memory => Storage::memory(),
         #[cfg(feature = "kafka")]
         LogUrl::Kafka { brokers, prefix } => {
+            // Before reaching the brokers: a missing secret is a configuration error.
+            config.kafka_secrets()?;
             let settings = config.kafka_settings(brokers, &prefix);
             tracing::info!(?settings, "opening the kafka storage");
             // Blocks while it reads the topics back, as opening the embedded engine does.
@@ -144,7 +146,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         // Every replica signs with, and publishes, the same keys.
         crate::keyring::Keyring::open_shared(
             storage.tables.clone(),
-            config.key_encryption_key()?,
+            config.kafka_secrets()?,
             timing,
         )
     } else {

@@ -320,6 +320,10 @@ pub fn run(cli: Cli) -> i32 {
             Command::CheckConfig { config } => {
                 let config =
                     crate::config::Config::load(config.as_deref()).map_err(|e| e.to_string())?;
+                // What `serve` would also refuse before reaching the brokers.
+                if matches!(config.log_url(), Ok(crate::config::LogUrl::Kafka { .. })) {
+                    config.kafka_secrets().map_err(|e| e.to_string())?;
+                }
                 println!("{config:#?}");
                 Ok(())
             }

@@ -728,13 +728,10 @@ impl Config {
                     "delivery_timeout_ms and startup_timeout_ms must be above 0",
                 ));
             }
-            self.key_encryption_key()?;
-            if self.admin_token.is_none() {
-                return Err(invalid(
-                    "admin_token",
-                    "is required with a kafka:// log: every replica must accept the same one \
-                     (give it as a secret, SSF_HUB_ADMIN_TOKEN)",
-                ));
+            // The secrets usually come from the environment at start; a file without them is
+            // valid, and `serve` names what is missing (see `kafka_secrets`).
+            if k.key_encryption_key.is_some() {
+                self.key_encryption_key()?;
             }
             if k.heartbeat_ms == 0 || k.lease_ms < k.heartbeat_ms.saturating_mul(2) {
                 return Err(invalid(
@@ -752,6 +749,19 @@ impl Config {
                 "scheme must be fjall://, memory:// or kafka://",
             ))
         }
+    }
+
+    /// What Kafka mode needs besides the file, checked when the hub starts: the admin token and
+    /// the key-encryption key, the same on every replica. Returns the latter.
+    pub fn kafka_secrets(&self) -> Result<[u8; 32], ConfigError> {
+        if self.admin_token.is_none() {
+            return Err(invalid(
+                "admin_token",
+                "is required with a kafka:// log: every replica must accept the same one \
+                 (give it as a secret, SSF_HUB_ADMIN_TOKEN)",
+            ));
+        }
+        self.key_encryption_key()
     }
 
     /// The 32-byte key that encrypts the signing keys in Kafka (`log.kafka.key_encryption_key`,
@@ -909,8 +919,15 @@ mod tests {
              properties = { \"sasl.password\" = \"hunter2\" }\n",
         )
         .expect("kafka config");
-        assert_eq!(c.key_encryption_key().expect("kek").len(), 32);
-        // Kafka mode without a shared key-encryption key or admin token is refused, by name.
+        assert_eq!(c.kafka_secrets().expect("kek").len(), 32);
+        // Kafka mode without a shared key-encryption key or admin token does not start; the
+        // error names what is missing. A malformed key is refused with the file.
+        let err = Config::from_toml(
+            "[log]\nurl = \"kafka://k:1/p\"\n[log.kafka]\nkey_encryption_key = \"c2hvcnQ=\"\n",
+        )
+        .expect_err("short key")
+        .to_string();
+        assert!(err.contains("log.kafka.key_encryption_key"), "{err}");
         for (missing, toml) in [
             (
                 "log.kafka.key_encryption_key",
@@ -921,13 +938,9 @@ mod tests {
                 "[log]\nurl = \"kafka://k:1/p\"\n[log.kafka]\n\
                  key_encryption_key = \"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\"\n",
             ),
-            (
-                "log.kafka.key_encryption_key",
-                "admin_token = \"0123456789abcdef0123\"\n[log]\nurl = \"kafka://k:1/p\"\n\
-                 [log.kafka]\nkey_encryption_key = \"c2hvcnQ=\"\n",
-            ),
         ] {
-            let err = Config::from_toml(toml).expect_err(missing).to_string();
+            let c = Config::from_toml(toml).expect("valid without its secrets");
+            let err = c.kafka_secrets().expect_err(missing).to_string();
             assert!(err.contains(missing), "{missing}: {err}");
         }
         let LogUrl::Kafka { brokers, prefix } = c.log_url().expect("url") else {

@@ -493,6 +493,9 @@ fn interpolate(value: &str) -> String {
         let inner = &rest[at + 2..end];
         if let Some((_, default)) = inner.split_once(":-") {
             out.push_str(default);
+        } else if inner.starts_with("SSF_HUB_LOG__KAFKA__KEY_ENCRYPTION_KEY") {
+            // The operator's `openssl rand -base64 32`.
+            out.push_str(crate::kafka::KEK);
         } else {
             out.push_str("operator-supplied-value-0123456789");
         }
@@ -847,8 +850,11 @@ impl K8s {
         let mut out: Vec<(String, String)> = Vec::new();
         for var in self.container()["env"].as_array().expect("env") {
             let name = s(&var["name"]).to_owned();
+            let secret = ["TOKEN", "PASSWORD", "KEY_ENCRYPTION_KEY"]
+                .iter()
+                .any(|w| name.contains(w));
             assert!(
-                !(name.contains("TOKEN") || name.contains("PASSWORD")) || var["value"].is_null(),
+                !secret || var["value"].is_null(),
                 "{name}: secrets come from a Secret, never a literal in the manifest"
             );
             let value = if let Some(v) = var["value"].as_str() {
@@ -865,7 +871,11 @@ impl K8s {
                 let r = &var["valueFrom"]["secretKeyRef"];
                 assert!(r.is_object(), "{name}: a value or a secret reference");
                 assert!(r["name"].is_string() && r["key"].is_string());
-                format!("secret-{}-0123456789", s(&r["key"]))
+                if name == "SSF_HUB_LOG__KAFKA__KEY_ENCRYPTION_KEY" {
+                    crate::kafka::KEK.to_owned()
+                } else {
+                    format!("secret-{}-0123456789", s(&r["key"]))
+                }
             };
             out.push((name, value));
         }
