@@ -7,8 +7,8 @@
 //! ```text
 //!  POST /ingest/{source}     verify.rs           normalize.rs         log.rs            storage/
 //!  ──────────────────► ingest ────────► Verified ───────────► Record ───────► Log ─────────► EventLog
-//!   RFC 8935 push       (HTTP, keys.rs:        schema.rs: JSON      group commit,   (fjall, memory)
-//!                       auth,  JWKS cache      Schemas; set/:       202 after
+//!   RFC 8935 push       (HTTP, keys.rs:        schema.rs: JSON      group commit,   (fjall, memory,
+//!                       auth,  JWKS cache      Schemas; set/:       202 after         Kafka)
 //!                       limits)                typed events         durable
 //!                                                                     │ head watch + decoded-record cache
 //!            ┌─────────────────────────┬──────────────────────────┬───┴──────────────────┐

@@ -1,5 +1,5 @@
-//! Storage seams: the two narrow traits through which every piece of durable state passes, and
-//! the backends behind them. The traits know keys, positions and bytes, never SETs or streams;
+//! Storage seams: the narrow traits through which every piece of durable state passes, and the
+//! backends behind them. The traits know keys, positions and bytes, never SETs or streams;
 //! what the bytes mean stays with the services that own them (log, streams, cursors,
 //! revocations). Each trait has one conformance suite (tests/it/storage_conformance.rs) that
 //! every backend passes: memory, the embedded engine and (with the `kafka` feature) Kafka.
@@ -9,6 +9,7 @@
 //! - [`Tables`]: named tables of ordered keys to bytes with atomic multi-table writes and a
 //!   durable sync, and consistent read views; the stream/cursor store and the revocation store
 //!   are tables in it.
+//! - [`Cluster`]: the replicas sharing one storage (Kafka mode), for work with one owner.
 
 mod embedded;
 #[cfg(feature = "kafka")]
