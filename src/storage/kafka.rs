@@ -1043,23 +1043,36 @@ impl TablesInner {
     /// Sends a marker (no ops) and returns its sequence number.
     fn marker(&self) -> Result<u64, StorageError> {
         let mut writing = lock(&self.writing);
-        let seq = writing.seq + 1;
         let mut key = b"h".to_vec();
         key.extend_from_slice(&self.me);
-        let value = encode_message(&self.me, seq, &[]);
-        let record = FutureRecord::to(&self.settings.state_topic)
-            .partition(0)
-            .key(&key)
-            .payload(&value);
         // The follower reading the marker back is the proof it was written; its report only
         // tells whether the producer still works (looked at on the next tick).
+        let (seq, generation, report) = self.send(&mut writing, &key, &[], "a marker")?;
+        writing.markers.push((generation, report));
+        Ok(seq)
+    }
+
+    /// Sends one message of this replica (`ops`, none for a marker) under the next sequence
+    /// number; returns the number, the producer generation and the delivery report.
+    fn send(
+        &self,
+        writing: &mut Writing,
+        key: &[u8],
+        ops: &[Op],
+        what: &str,
+    ) -> Result<(u64, u64, DeliveryFuture), StorageError> {
+        let seq = writing.seq + 1;
+        let value = encode_message(&self.me, seq, ops);
+        let record = FutureRecord::to(&self.settings.state_topic)
+            .partition(0)
+            .key(key)
+            .payload(&value);
         let (generation, producer) = self.producer.get()?;
         let report = producer
             .send_result(record)
-            .map_err(|(e, _)| kafka_err("enqueueing a marker")(e))?;
+            .map_err(|(e, _)| kafka_err(&format!("enqueueing {what}"))(e))?;
         writing.seq = seq;
-        writing.markers.push((generation, report));
-        Ok(seq)
+        Ok((seq, generation, report))
     }
 
     /// Sends a marker and waits for it to come back: everything in the topic before it is then
@@ -1194,17 +1207,7 @@ impl Tables for TablesInner {
             }
         };
         let mut writing = lock(&self.writing);
-        let seq = writing.seq + 1;
-        let value = encode_message(&self.me, seq, &ops);
-        let record = FutureRecord::to(&self.settings.state_topic)
-            .partition(0)
-            .key(&key)
-            .payload(&value);
-        let (generation, producer) = self.producer.get()?;
-        let report = producer
-            .send_result(record)
-            .map_err(|(e, _)| kafka_err("enqueueing a state write")(e))?;
-        writing.seq = seq;
+        let (seq, generation, report) = self.send(&mut writing, &key, &ops, "a state write")?;
         writing.reports.push((seq, generation, report));
         let rows = ops.iter().map(row_of).collect();
         self.memory.write(ops.clone())?;

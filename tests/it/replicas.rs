@@ -4,7 +4,7 @@
 //! Real processes, a real broker (the suite's tansu, or one of a test's own when it freezes
 //! it), real HTTP, an independent websocket client and an independent JOSE verifier.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -85,6 +85,18 @@ async fn live(api: &Api) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+/// Two replicas on fresh topics of the suite's broker, trusting `key` as source `idp`, once
+/// each sees the other.
+async fn pair(key: &ssf_hub::sign::SetSigner) -> (tempfile::TempDir, Replica, Replica) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_jwks(dir.path(), "idp.jwks.json", &[key]);
+    let (b, p) = (broker(), prefix());
+    let r1 = replica(dir.path(), "r1", &b, &p, "");
+    let r2 = replica(dir.path(), "r2", &b, &p, "");
+    both_see_two(&r1, &r2).await;
+    (dir, r1, r2)
+}
+
 async fn both_see_two(a: &Api, b: &Api) {
     let d = Deadline::start();
     while live(a).await != 2 || live(b).await != 2 {
@@ -127,21 +139,14 @@ async fn create_stream(api: &Api, token: &str, delivery: Value) -> String {
     r.json()["stream_id"].as_str().expect("id").to_owned()
 }
 
-async fn poll(api: &Api, id: &str, token: &str, body: Value) -> HashMap<String, String> {
-    let r = api
-        .call("POST", &format!("/ssf/poll/{id}"), token, Some(body))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["sets"]
-        .as_object()
-        .expect("sets")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().expect("SET").to_owned()))
-        .collect()
+async fn poll(api: &Api, id: &str, token: &str, body: Value) -> BTreeMap<String, String> {
+    api.call("POST", &format!("/ssf/poll/{id}"), token, Some(body))
+        .await
+        .sets()
 }
 
 /// Poll SETs that carry a revocation (verification and other control SETs set aside).
-fn revocations(sets: &HashMap<String, String>) -> Vec<(String, String)> {
+fn revocations(sets: &BTreeMap<String, String>) -> Vec<(String, String)> {
     sets.iter()
         .filter(|(_, s)| decode_claims(s)["events"].get(SESSION_REVOKED).is_some())
         .map(|(k, s)| (k.clone(), s.clone()))
@@ -150,13 +155,8 @@ fn revocations(sets: &HashMap<String, String>) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_delivery_polls_feeds_and_decisions() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();
-    write_jwks(dir.path(), "idp.jwks.json", &[&key]);
-    let (b, p) = (broker(), prefix());
-    let r1 = replica(dir.path(), "r1", &b, &p, "");
-    let r2 = replica(dir.path(), "r2", &b, &p, "");
-    both_see_two(&r1, &r2).await;
+    let (dir, r1, r2) = pair(&key).await;
 
     let rx = TestReceiver::start(|_, _| (202, vec![], String::new())).await;
     // Credentials made on replica 1 are good on replica 2 at once (it catches up first).
@@ -270,11 +270,7 @@ async fn two_replicas_share_delivery_polls_feeds_and_decisions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_made_on_one_replica_is_managed_through_the_other() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_jwks(dir.path(), "idp.jwks.json", &[&es256()]);
-    let (b, p) = (broker(), prefix());
-    let r1 = replica(dir.path(), "r1", &b, &p, "");
-    let r2 = replica(dir.path(), "r2", &b, &p, "");
+    let (_dir, r1, r2) = pair(&es256()).await;
     let (_, token) = r1.receiver("rp").await;
     let id = create_stream(&r1, &token, json!({"method": "urn:ietf:rfc:8936"})).await;
     let on = |api: &Api, path: String| {
@@ -315,13 +311,8 @@ async fn a_stream_made_on_one_replica_is_managed_through_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_replica_under_load_loses_no_acknowledged_event() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();
-    write_jwks(dir.path(), "idp.jwks.json", &[&key]);
-    let (b, p) = (broker(), prefix());
-    let r1 = replica(dir.path(), "r1", &b, &p, "");
-    let r2 = replica(dir.path(), "r2", &b, &p, "");
-    both_see_two(&r1, &r2).await;
+    let (_dir, r1, r2) = pair(&key).await;
     let rx = TestReceiver::start(|_, _| (202, vec![], String::new())).await;
     let (_, token) = r2.receiver("rp").await;
     create_stream(

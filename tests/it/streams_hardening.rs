@@ -30,13 +30,7 @@ async fn poll_stream(hub: &TestHub, token: &str, stream: &Value, body: Value) ->
 }
 
 fn sets_of(r: &Reply) -> BTreeMap<String, String> {
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["sets"]
-        .as_object()
-        .expect("sets")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().expect("SET").to_owned()))
-        .collect()
+    r.sets()
 }
 
 /// Events of a kind among the SETs, as their claims.

@@ -309,6 +309,17 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A poll answer's `sets` (jti → compact SET), after checking it is a 200.
+    pub fn sets(&self) -> std::collections::BTreeMap<String, String> {
+        assert_eq!(self.status, 200, "{}", self.body);
+        self.json()["sets"]
+            .as_object()
+            .expect("sets")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().expect("SET").to_owned()))
+            .collect()
+    }
+
     pub async fn from(resp: reqwest::Response) -> Reply {
         let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
         let headers = resp.headers().clone();
