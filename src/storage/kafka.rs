@@ -899,7 +899,28 @@ impl TablesInner {
             TablesInner::follow,
             TablesInner::tick,
         )?;
+        inner.first_round_trip()?;
         Ok(inner)
+    }
+
+    /// Sends a marker and waits (bounded by the start-up timeout) until the follower reads it
+    /// back: the replica starts ready and a member only once it has proven both directions.
+    fn first_round_trip(&self) -> Result<(), StorageError> {
+        let seq = self.marker()?;
+        let deadline = Instant::now() + self.settings.timeout();
+        while *self.echoed.borrow() < seq {
+            if Instant::now() > deadline {
+                return Err(StorageError::Storage(format!(
+                    "kafka: a marker written to {} was not read back in time \
+                     (log.kafka.startup_timeout_ms)",
+                    self.settings.state_topic
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut m = lock(&self.members);
+        m.echoed_at = Instant::now();
+        Ok(())
     }
 
     fn id(&self) -> String {
