@@ -224,6 +224,7 @@ impl Tables for MemoryTables {
     }
 }
 
+#[cfg(feature = "kafka")]
 impl MemoryTables {
     /// Replaces every table with `other`'s (a rebuild); views taken before keep what they saw.
     pub(super) fn replace_with(&self, other: MemoryTables) {
