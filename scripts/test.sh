@@ -79,8 +79,9 @@ export SSF_TEST_KAFKA="127.0.0.1:$kafka_port"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy (all targets, feature kafka, warnings are errors)"
+echo "==> cargo clippy (all targets, with and without feature kafka, warnings are errors)"
 cargo clippy --all-targets --locked --features kafka -- -D warnings
+cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test (feature kafka, broker at $SSF_TEST_KAFKA)"
 cargo test --locked --features kafka
 stop_broker
