@@ -61,6 +61,8 @@ pub enum Error {
     Registry(#[from] crate::streams::RegistryError),
     #[error("internal error")]
     Internal(String),
+    #[error(transparent)]
+    Connector(#[from] crate::connectors::ConnectorError),
 }
 
 impl Error {
@@ -90,6 +92,7 @@ impl Error {
             Error::Refused(_) => "forbidden",
             Error::Registry(_) => "unavailable",
             Error::Internal(_) => "internal",
+            Error::Connector(e) => e.kind(),
         }
     }
 }
@@ -258,6 +261,18 @@ impl IntoResponse for Error {
             Error::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
                 http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", description)
+            }
+            Error::Connector(e) => {
+                use crate::connectors::ConnectorError as C;
+                let (status, error) = match e {
+                    C::Unknown => (StatusCode::NOT_FOUND, "not_found"),
+                    C::MissingSignature => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                    C::BadSignature => (StatusCode::FORBIDDEN, "bad_signature"),
+                    C::Stale => (StatusCode::FORBIDDEN, "stale"),
+                    C::Malformed(_) | C::Mapping(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                    C::NoHandshake => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                };
+                http_error(status, error, description)
             }
         }
     }
