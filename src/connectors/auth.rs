@@ -8,8 +8,8 @@ use openssl::pkey::PKey;
 use openssl::sign::Signer;
 
 use super::mapping::{AuthSpec, Encoding};
-use super::ConnectorError;
 use crate::config::Secret;
+use crate::error::WebhookError as ConnectorError;
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h [u8], ConnectorError> {
     headers

@@ -24,7 +24,7 @@ use mapping::Filter;
 pub use mapping::MappingSpec;
 
 use crate::config::{Config, ConnectorConfig, ConnectorLimits, Secret};
-use crate::error::Error;
+use crate::error::{Error, WebhookError as ConnectorError};
 use crate::http::{Admin, AdminToken};
 use crate::log::{Appended, Log};
 use crate::normalize::{self, Options, Record};
@@ -32,42 +32,6 @@ use crate::schema::Schemas;
 use crate::set::EventKind;
 use crate::state::Ownership;
 use crate::verify::{Alg, Verified};
-
-/// Why a webhook was refused; mapped to HTTP in `error.rs`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectorError {
-    #[error("no such connector")]
-    Unknown,
-    #[error("the webhook carries no signature or credential where its vendor puts it")]
-    MissingSignature,
-    #[error("the webhook signature or credential does not match")]
-    BadSignature,
-    #[error(
-        "the webhook's signed timestamp is outside the accepted window (a replay or a skewed clock)"
-    )]
-    Stale,
-    #[error("malformed webhook: {0}")]
-    Malformed(String),
-    #[error("the webhook could not be mapped to events: {0}")]
-    Mapping(String),
-    #[error("this connector has no verification handshake")]
-    NoHandshake,
-}
-
-impl ConnectorError {
-    /// Short label for metrics, status and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ConnectorError::Unknown => "unknown_connector",
-            ConnectorError::MissingSignature => "missing_signature",
-            ConnectorError::BadSignature => "bad_signature",
-            ConnectorError::Stale => "stale",
-            ConnectorError::Malformed(_) => "malformed",
-            ConnectorError::Mapping(_) => "mapping",
-            ConnectorError::NoHandshake => "no_handshake",
-        }
-    }
-}
 
 /// One configured connector, its filter compiled.
 #[derive(Debug)]
@@ -146,7 +110,7 @@ impl Connectors {
         self.by_id.get(id).cloned().ok_or_else(|| {
             // Never label metrics with an id the client chose.
             record_webhook("unknown", "unknown_connector");
-            Error::Connector(ConnectorError::Unknown)
+            Error::Webhook(ConnectorError::Unknown)
         })
     }
 }
@@ -170,7 +134,11 @@ impl Connector {
                     .map_err(|e| format!("{}: {}: {e}", key("mapping_file"), path.display()))?;
                 ("file".to_owned(), spec)
             }
-            (None, None, Some(spec)) => ("inline".to_owned(), spec.clone()),
+            (None, None, Some(spec)) => {
+                let spec = serde_json::from_value::<MappingSpec>(spec.clone())
+                    .map_err(|e| format!("{}: {e}", key("mapping")))?;
+                ("inline".to_owned(), spec)
+            }
             _ => {
                 return Err(format!(
                     "{}: set exactly one of kind, mapping_file and mapping",
@@ -219,7 +187,7 @@ impl Connector {
 
 fn error_kind(e: &Error) -> &'static str {
     match e {
-        Error::Connector(c) => c.kind(),
+        Error::Webhook(c) => c.kind(),
         e => e.outcome(),
     }
 }
@@ -327,7 +295,7 @@ async fn accept(
     auth::check_body(&connector.spec.auth, &connector.secret, headers, &body, now)?;
 
     // Authenticated: now the payload may be looked at.
-    let malformed = |m: &str| Error::Connector(ConnectorError::Malformed(m.to_owned()));
+    let malformed = |m: &str| Error::Webhook(ConnectorError::Malformed(m.to_owned()));
     let payload: Value =
         serde_json::from_slice(&body).map_err(|_| malformed("the body is not JSON"))?;
     let raw = String::from_utf8(body.to_vec()).map_err(|_| malformed("the body is not UTF-8"))?;
@@ -414,7 +382,7 @@ impl Connectors {
         raw: &str,
         now_ms: u64,
     ) -> Result<(Record, Vec<u8>, &'static str), Error> {
-        let mapping = |m: String| Error::Connector(ConnectorError::Mapping(m));
+        let mapping = |m: String| Error::Webhook(ConnectorError::Mapping(m));
         let Value::Object(mut out) = out else {
             return Err(mapping("the filter must emit event objects".into()));
         };
@@ -507,7 +475,7 @@ async fn handshake(
     let connector = hub.get(&connector_id)?;
     let result = (|| {
         let Some(v) = &connector.spec.verification else {
-            return Err(Error::Connector(ConnectorError::NoHandshake));
+            return Err(Error::Webhook(ConnectorError::NoHandshake));
         };
         auth::check_headers(&connector.spec.auth, &connector.secret, &headers)?;
         auth::check_body(

@@ -6,10 +6,11 @@
 
 use std::path::Path;
 
+use figment::providers::Format as _;
+
 use serde_json::{json, Value};
 use ssf_hub::config::{Config, ConnectorConfig, OwnsConfig, Secret};
 use ssf_hub::connectors::auth::{hmac, to_hex};
-use ssf_hub::connectors::MappingSpec;
 
 use crate::support::*;
 
@@ -48,6 +49,16 @@ signed_payload = "v0:{timestamp}:{body}"
 max_skew_secs = 300
 "#;
 
+/// A mapping as the configuration holds it inline.
+fn inline(toml: &str) -> Value {
+    serde_json::to_value(
+        figment::Figment::from(figment::providers::Toml::string(toml))
+            .extract::<Value>()
+            .expect("toml"),
+    )
+    .expect("value")
+}
+
 fn configure(_dir: &Path, c: &mut Config) {
     let mut github = connector("github", GH_SECRET);
     github.kind = Some("github-secret-scanning".into());
@@ -64,7 +75,7 @@ fn configure(_dir: &Path, c: &mut Config) {
     // The MDM owns its device ids: it may also mark them compliant again.
     jamf.owns.formats = vec!["opaque".into()];
     let mut generic = connector("scanner", GENERIC_SECRET);
-    generic.mapping = Some(MappingSpec::parse(GENERIC_MAPPING).expect("inline mapping"));
+    generic.mapping = Some(inline(GENERIC_MAPPING));
     c.connectors = vec![github, okta, jamf, generic];
 }
 
@@ -637,10 +648,6 @@ fn connector_configuration_errors_name_the_key() {
             "connectors[0].kind",
         ),
         (
-            "[[connectors]]\nid = \"a\"\nkind = \"nope\"\nsecret = \"0123456789abcdef\"\n",
-            "connectors[0].kind",
-        ),
-        (
             "[[connectors]]\nid = \"a\"\nkind = \"okta\"\nsecret = \"short\"\n",
             "connectors[0].secret",
         ),
@@ -657,21 +664,26 @@ fn connector_configuration_errors_name_the_key() {
         let err = Config::from_toml(toml).expect_err(toml).to_string();
         assert!(err.contains(key), "{toml}: {err}");
     }
-    // A filter that does not compile is refused when the hub starts, naming the connector.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = base_config(dir.path());
-    let mut bad = connector("bad", "0123456789abcdef");
-    bad.mapping = Some(
-        MappingSpec::parse(
-            "filter = \".[\"\n[auth]\nscheme = \"shared-secret\"\nheader = \"X-T\"\n",
-        )
-        .expect("spec"),
-    );
-    c.connectors = vec![bad];
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let err = rt
-        .block_on(ssf_hub::app::spawn(c))
-        .expect_err("refused")
-        .to_string();
+    // Mappings are read and compiled when the hub starts; a bad one stops it, naming the key.
+    let refused = |edit: &dyn Fn(&mut ConnectorConfig)| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = base_config(dir.path());
+        let mut bad = connector("bad", "0123456789abcdef");
+        edit(&mut bad);
+        c.connectors = vec![bad];
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(ssf_hub::app::spawn(c))
+            .expect_err("refused")
+            .to_string()
+    };
+    let filter = "filter = \".[\"\n[auth]\nscheme = \"shared-secret\"\nheader = \"X-T\"\n";
+    let err = refused(&|c| c.mapping = Some(inline(filter)));
     assert!(err.contains("connectors[0].mapping.filter"), "{err}");
+    let err =
+        refused(&|c| c.mapping = Some(inline("filter = \".\"\n[auth]\nscheme = \"rot13\"\n")));
+    assert!(err.contains("connectors[0].mapping"), "{err}");
+    let err = refused(&|c| c.kind = Some("nope".into()));
+    assert!(err.contains("connectors[0].kind"), "{err}");
+    let err = refused(&|c| c.mapping_file = Some("/nonexistent/acme.toml".into()));
+    assert!(err.contains("connectors[0].mapping_file"), "{err}");
 }
