@@ -218,6 +218,8 @@ mod tests {
         assert_eq!(f.run(&input, 3).expect("runs").len(), 3);
         assert!(f.run(&input, 2).is_err());
         assert!(f.run(&json!({"body": 1}), 10).is_err());
+        let f = Filter::compile("# a comment\n{id: .x} # another\n").expect("comments");
+        assert_eq!(f.run(&json!({"x": 1}), 1).expect("runs"), vec![json!({"id": 1})]);
         let f = Filter::compile("halt_error").expect("compiles");
         assert!(f.run(&json!({}), 10).is_err());
         assert!(Filter::compile("env").is_err());

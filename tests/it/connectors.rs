@@ -566,11 +566,13 @@ async fn a_generic_connector_is_mapped_by_configuration_and_checks_its_signed_ti
     let mut moved = generic_headers(&body, old);
     moved[0].1 = now.to_string();
     assert_status(&post(&hub, "scanner", &body, &moved).await, 403, "re-dated");
-    // Within the window, the event id makes it a duplicate.
+    // Within the window, the event id makes it a duplicate, across a restart too: the
+    // dedupe key is stored with the record.
+    let hub = hub.restart().await;
     assert_status(
         &post(&hub, "scanner", &body, &generic_headers(&body, now)).await,
         200,
-        "replay",
+        "replay after a restart",
     );
     // A mapping that yields a type the hub does not know, or no subject: 400.
     let bad = br#"{"event": "caep/no-such-event", "id": "s-2", "user": "ana@corp.example.test"}"#;
