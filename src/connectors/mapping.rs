@@ -211,6 +211,25 @@ mod tests {
         }
     }
 
+    /// The deepest body `serde_json` accepts (its recursion limit, 128) does not exhaust the
+    /// stack of a blocking-pool thread (tokio's default, 2 MiB) in filters that recurse.
+    #[test]
+    fn deep_input_fits_a_blocking_thread_stack() {
+        let deep: Value = serde_json::from_str(&format!("{}1{}", "[".repeat(127), "]".repeat(127)))
+            .expect("within serde_json's limit");
+        let f = Filter::compile(
+            "[..] | length, (tostring | length), (walk(.) | tojson | length), ([paths] | length)",
+        )
+        .expect("compiles");
+        let out = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || f.run(&json!({"body": deep}), 10))
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(out.expect("runs").len(), 4);
+    }
+
     #[test]
     fn filters_run_bounded_and_fail_cleanly() {
         let f = Filter::compile(".body.items[] | {id: .}").expect("compiles");
@@ -219,7 +238,10 @@ mod tests {
         assert!(f.run(&input, 2).is_err());
         assert!(f.run(&json!({"body": 1}), 10).is_err());
         let f = Filter::compile("# a comment\n{id: .x} # another\n").expect("comments");
-        assert_eq!(f.run(&json!({"x": 1}), 1).expect("runs"), vec![json!({"id": 1})]);
+        assert_eq!(
+            f.run(&json!({"x": 1}), 1).expect("runs"),
+            vec![json!({"id": 1})]
+        );
         let f = Filter::compile("halt_error").expect("compiles");
         assert!(f.run(&json!({}), 10).is_err());
         assert!(Filter::compile("env").is_err());
