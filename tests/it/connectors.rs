@@ -249,6 +249,14 @@ async fn github_secret_scanning_alerts_become_credential_compromise_once() {
         "nothing appended by any refusal"
     );
 
+    // The fold follows the log: whatever the leaked credential authenticated before the alert
+    // no longer stands.
+    let (_, token) = hub.gateway("sidecar").await;
+    let deltas = wait_for_fold(&hub, &token, 1).await;
+    assert_eq!(deltas.len(), 1, "{deltas:?}");
+    assert_eq!(deltas[0]["action"], "revoke_tokens_before");
+    assert_eq!(deltas[0]["before"], 1_795_169_100u64);
+
     // Status for operators.
     let r = hub.call("GET", "/admin/connectors", ADMIN, None).await;
     assert_status(&r, 200, "admin status");
@@ -313,14 +321,15 @@ fn okta_event(uuid: &str, event_type: &str, actor: &str, target: Option<&str>) -
     })
 }
 
-async fn wait_for_fold(hub: &TestHub, token: &str, position: u64) {
+/// Waits (bounded) until the revocation fold has reached `position`; returns its deltas.
+async fn wait_for_fold(hub: &TestHub, token: &str, position: u64) -> Vec<Value> {
     for _ in 0..500 {
         let page = hub
             .call("GET", "/revocations?since=0", token, None)
             .await
             .json();
         if page["position"].as_u64() >= Some(position) {
-            return;
+            return page["deltas"].as_array().cloned().unwrap_or_default();
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -494,6 +503,22 @@ async fn jamf_smart_group_changes_become_device_compliance_changes() {
     assert_eq!(events[1]["claims"]["current_status"], "compliant");
     assert_eq!(events[0]["event_timestamp"], 1_795_168_800u64);
     assert_eq!(events[0]["authoritative"], true, "owns.formats = [opaque]");
+    let (_, token) = hub.gateway("sidecar").await;
+    let deltas = wait_for_fold(&hub, &token, 2).await;
+    assert_eq!(deltas[0]["action"], "restrict_device", "{deltas:?}");
+    // Device 7 leaves the group later: the MDM owns its device ids, so this restores it.
+    let back = jamf_change("Non-compliant computers", &[], &[7], 1_795_168_900_000);
+    assert_status(
+        &post(&hub, "jamf", &back, &auth).await,
+        202,
+        "compliant again",
+    );
+    let deltas = wait_for_fold(&hub, &token, 3).await;
+    assert_eq!(
+        deltas.last().map(|d| d["action"].clone()),
+        Some(json!("unrestrict_device")),
+        "{deltas:?}"
+    );
 
     // The same notification again; another group; wrong credential: nothing appended.
     assert_status(
@@ -515,7 +540,7 @@ async fn jamf_smart_group_changes_become_device_compliance_changes() {
     assert_status(&r, 403, "wrong bearer");
     let r = post(&hub, "jamf", br#"{"event": {}}"#, &auth).await;
     assert_status(&r, 400, "no webhook member");
-    assert_eq!(hub.events().await.len(), 2);
+    assert_eq!(hub.events().await.len(), 3);
     hub.stop().await;
 }
 
