@@ -111,6 +111,28 @@ impl MappingSpec {
             .map(|(_, text)| MappingSpec::parse(text))
     }
 
+    /// Every header name the mapping reads, for validation at start.
+    pub fn header_names(&self) -> Vec<&str> {
+        let mut names = match &self.auth {
+            AuthSpec::HmacSha256 {
+                header,
+                timestamp_header,
+                ..
+            } => vec![header.as_str()]
+                .into_iter()
+                .chain(timestamp_header.as_deref())
+                .collect(),
+            AuthSpec::SharedSecret { header, .. } => vec![header.as_str()],
+        };
+        names.extend(self.delivery_id_header.as_deref());
+        names.extend(
+            self.verification
+                .as_ref()
+                .map(|v| v.challenge_header.as_str()),
+        );
+        names
+    }
+
     pub fn load(path: &Path) -> Result<MappingSpec, String> {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
         MappingSpec::parse(&text)

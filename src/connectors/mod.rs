@@ -115,6 +115,15 @@ impl Connectors {
     }
 }
 
+/// The key that names where a connector's mapping comes from.
+fn key_of(c: &ConnectorConfig) -> &'static str {
+    if c.kind.is_some() {
+        "kind"
+    } else {
+        "mapping_file"
+    }
+}
+
 impl Connector {
     fn from_config(
         i: usize,
@@ -147,9 +156,22 @@ impl Connector {
             }
         };
         let what = if c.mapping.is_some() {
+            "mapping"
+        } else {
+            key_of(c)
+        };
+        for name in spec.header_names() {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!(
+                    "{}: {name:?} is not a valid HTTP header name",
+                    key(what)
+                ));
+            }
+        }
+        let what = if c.mapping.is_some() {
             "mapping.filter"
         } else {
-            "mapping"
+            key_of(c)
         };
         let filter = Filter::compile(&spec.filter).map_err(|e| format!("{}: {e}", key(what)))?;
         Ok(Connector {

@@ -659,6 +659,8 @@ header = "X-Acme-Token"
         json!({"format": "opaque", "id": "acme:h-10"})
     );
     assert_eq!(events[1]["claims"]["current_status"], "not-compliant");
+    // No `owns`: a connector denies but restores nothing by default.
+    assert_eq!(events[1]["authoritative"], false);
     let r = hub
         .call("GET", "/admin/connectors", ADMIN, None)
         .await
@@ -709,6 +711,12 @@ fn connector_configuration_errors_name_the_key() {
     let err =
         refused(&|c| c.mapping = Some(inline("filter = \".\"\n[auth]\nscheme = \"rot13\"\n")));
     assert!(err.contains("connectors[0].mapping"), "{err}");
+    let err = refused(&|c| {
+        c.mapping = Some(inline(
+            "filter = \".\"\n[auth]\nscheme = \"shared-secret\"\nheader = \"X Bad\"\n",
+        ))
+    });
+    assert!(err.contains("not a valid HTTP header name"), "{err}");
     let err = refused(&|c| c.kind = Some("nope".into()));
     assert!(err.contains("connectors[0].kind"), "{err}");
     let err = refused(&|c| c.mapping_file = Some("/nonexistent/acme.toml".into()));
