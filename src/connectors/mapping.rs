@@ -33,13 +33,15 @@ pub struct MappingSpec {
     /// The vendor's one-time verification handshake (Okta event hooks).
     #[serde(default)]
     pub verification: Option<VerificationSpec>,
-    /// Header carrying the vendor's delivery id (GitHub `X-GitHub-Delivery`): a redelivery with
-    /// the same id is a duplicate. Without it, every event the filter emits needs an `id`.
+    /// Header carrying the vendor's delivery id (GitHub `X-GitHub-Delivery`): required on every
+    /// webhook and kept as the events' `txn`, to find a delivery in the vendor's log. Not the
+    /// dedupe identity: vendors do not sign it (see `Connectors::record`).
     #[serde(default)]
     pub delivery_id_header: Option<String>,
     /// The jq program. Its input is `{"body", "headers", "options", "connector"}`; it emits
     /// event objects (or arrays of them): `{"type", "subject", "id"?, "claims"?,
-    /// "event_timestamp"?, "txn"?}`.
+    /// "event_timestamp"?, "txn"?}`. `id` is the vendor's id of the event, from the body;
+    /// without one, the body's digest and the event's index identify it.
     pub filter: String,
 }
 

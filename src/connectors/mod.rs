@@ -353,9 +353,16 @@ async fn accept(
 
     // Every event is built and checked before the first is appended: a webhook is refused
     // whole or taken whole.
+    let digest = auth::to_hex(&openssl::sha::sha256(&body)[..16]);
+    let webhook = Webhook {
+        delivery: delivery.as_deref(),
+        digest: &digest,
+        raw: &raw,
+        now_ms,
+    };
     let mut records = Vec::with_capacity(outputs.len());
     for (i, out) in outputs.into_iter().enumerate() {
-        records.push(hub.record(connector, out, i, delivery.as_deref(), &raw, now_ms)?);
+        records.push(hub.record(connector, out, i, &webhook)?);
     }
     let mut outcome = Outcome::default();
     if records.is_empty() {
@@ -393,17 +400,32 @@ fn visible_headers(headers: &HeaderMap, auth: &mapping::AuthSpec) -> Value {
     Value::Object(map)
 }
 
+/// One authenticated webhook, as its events are built.
+struct Webhook<'a> {
+    /// The vendor's delivery id header, if the mapping names one: kept as the events' `txn`.
+    delivery: Option<&'a str>,
+    /// SHA-256 of the raw body (128 bits, hex).
+    digest: &'a str,
+    raw: &'a str,
+    now_ms: u64,
+}
+
 impl Connectors {
     /// One filter output → a normalized record, its dedupe key and its event-type label.
+    ///
+    /// The record's `jti`, and with it the dedupe key, is `<connector>:<event id>`, the event id
+    /// being the one the filter took from the body (Okta's `uuid`), else the body's digest and
+    /// the event's index. Never the delivery-id header alone: vendors sign the body, not that
+    /// header (GitHub), so a captured delivery replayed under a new id would count as new. A
+    /// redelivery carries the same body, hence the same key.
     fn record(
         &self,
         connector: &Connector,
         out: Value,
         index: usize,
-        delivery: Option<&str>,
-        raw: &str,
-        now_ms: u64,
+        webhook: &Webhook<'_>,
     ) -> Result<(Record, Vec<u8>, &'static str), Error> {
+        let (raw, now_ms) = (webhook.raw, webhook.now_ms);
         let mapping = |m: String| Error::Webhook(ConnectorError::Mapping(m));
         let Value::Object(mut out) = out else {
             return Err(mapping("the filter must emit event objects".into()));
@@ -422,20 +444,20 @@ impl Connectors {
             .remove("subject")
             .ok_or_else(|| mapping(format!("event {index}: no `subject`")))?;
         let id = match out.get("id") {
-            Some(Value::String(s)) if !s.is_empty() => crate::plain(s, 200),
+            None => format!("{}.{index}", webhook.digest),
+            // Escaped, not filtered, so that two different vendor ids never meet in one key.
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => {
+                s.replace('%', "%25").replace(':', "%3A")
+            }
             Some(Value::Number(n)) => n.to_string(),
-            None if delivery.is_some() => index.to_string(),
             _ => {
                 return Err(mapping(format!(
-                    "event {index}: needs an `id` (a string or number): the vendor's id for it, \
-                     which makes a redelivery a duplicate"
+                    "event {index}: `id` must be a non-empty string (at most 200 bytes) or a \
+                     number: the vendor's id of the event, which makes a redelivery a duplicate"
                 )))
             }
         };
-        let jti = match delivery {
-            Some(d) => format!("{}:{d}:{id}", connector.id),
-            None => format!("{}:{id}", connector.id),
-        };
+        let jti = format!("{}:{id}", connector.id);
         let mut claims = match out.remove("claims") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(m)) => m,
@@ -456,8 +478,15 @@ impl Connectors {
         let mut set = Map::new();
         set.insert("events".into(), json!({ kind.uri(): claims }));
         set.insert("sub_id".into(), subject);
-        if let Some(txn) = out.remove("txn").filter(|t| !t.is_null()) {
-            set.insert("txn".into(), txn);
+        match out.remove("txn").filter(|t| !t.is_null()) {
+            Some(txn) => {
+                set.insert("txn".into(), txn);
+            }
+            None => {
+                if let Some(d) = webhook.delivery {
+                    set.insert("txn".into(), Value::from(d));
+                }
+            }
         }
         let verified = Verified {
             claims: set,

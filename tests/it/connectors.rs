@@ -167,6 +167,20 @@ async fn github_secret_scanning_alerts_become_credential_compromise_once() {
     .await;
     assert_status(&r, 200, "replayed delivery");
     assert_eq!(r.json()["duplicates"], 1);
+    assert_eq!(
+        e["txn"], "d-1",
+        "the delivery id, to find it in GitHub's log"
+    );
+    // GitHub signs the body, not the delivery header: a captured delivery replayed under a
+    // fresh id is still the same event.
+    let r = post(
+        &hub,
+        "github",
+        &body,
+        &github_headers(&body, "d-forged", "secret_scanning_alert"),
+    )
+    .await;
+    assert_status(&r, 200, "replay under a new delivery id");
 
     // Refusals, none of which appends anything.
     let mut forged = github_headers(&body, "d-2", "secret_scanning_alert");
@@ -270,7 +284,7 @@ async fn github_secret_scanning_alerts_become_credential_compromise_once() {
         .expect("github status");
     assert_eq!(gh["kind"], "github-secret-scanning");
     assert_eq!(gh["events_by_type"]["risc/credential-compromise"], 1);
-    assert_eq!(gh["duplicates"], 1);
+    assert_eq!(gh["duplicates"], 2);
     assert!(gh["last_event_at"].as_u64().is_some());
     assert_eq!(gh["errors_by_kind"]["bad_signature"], 2);
     assert_eq!(gh["errors_by_kind"]["missing_signature"], 1);
