@@ -264,6 +264,13 @@ async fn receive(
             for t in &o.types {
                 record_event(&connector.id, t);
             }
+            if !o.types.is_empty() {
+                metrics::gauge!(
+                    "ssf_hub_connector_last_event_timestamp_seconds",
+                    "connector" => connector.id.clone()
+                )
+                .set(crate::unix_now() as f64);
+            }
             let status = if outcome == "duplicate" {
                 StatusCode::OK
             } else {

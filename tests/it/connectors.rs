@@ -306,6 +306,10 @@ async fn github_secret_scanning_alerts_become_credential_compromise_once() {
         metrics.contains("ssf_hub_connector_events_total{connector=\"github\",event_type=\"risc/credential-compromise\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("ssf_hub_connector_last_event_timestamp_seconds{connector=\"github\"}"),
+        "{metrics}"
+    );
     hub.stop().await;
 }
 
