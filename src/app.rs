@@ -224,6 +224,9 @@ fn build(config: Config) -> Result<Parts, StartError> {
         registry: registry.clone(),
         admin: admin.clone(),
     };
+    let connectors =
+        crate::connectors::Connectors::from_config(&config, log.clone(), admin.clone())
+            .map_err(StartError::Setup)?;
     let metrics_token = config
         .http
         .metrics_token
@@ -243,6 +246,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         .merge(crate::revocation::routes(api))
         .merge(crate::feed::routes(feeds.clone()))
         .merge(ingest.clone().routes())
+        .merge(connectors.routes())
         .merge(crate::ops::routes(ops));
     if let Some(access) = oauth {
         // The credential extractors find the access-token verifier here.

@@ -88,6 +88,11 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Limits every connector works within (README "Connectors").
+    pub connector_limits: ConnectorLimits,
+    /// Vendor webhooks received on `POST /connectors/{id}`.
+    #[serde(default)]
+    pub connectors: Vec<ConnectorConfig>,
 }
 
 /// OAuth 2.0 access tokens (RFC 9068 JWTs, optionally DPoP-bound per RFC 9449) on the
@@ -275,6 +280,56 @@ impl SourceConfig {
                 .issuers
                 .clone()
                 .unwrap_or_else(|| vec![self.issuer.clone()]),
+            email_domains: self.owns.email_domains.clone(),
+            formats: self.owns.formats.clone(),
+        }
+    }
+}
+
+/// `[connector_limits]`: bounds on what one webhook may cost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorLimits {
+    pub max_body_bytes: usize,
+    pub max_events_per_webhook: usize,
+    pub filter_timeout_ms: u64,
+    pub replay_window_secs: u64,
+}
+
+/// One vendor webhook received on `POST /connectors/{id}` and mapped to CAEP/RISC events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    pub id: String,
+    /// A built-in mapping (`github-secret-scanning`, `okta`, `jamf-pro`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// An operator's mapping file (same form as the files in `connectors/`).
+    #[serde(default)]
+    pub mapping_file: Option<PathBuf>,
+    /// The whole mapping inline (the generic connector): a table of the same form as a
+    /// mapping file, read by `connectors` when the hub starts.
+    #[serde(default)]
+    pub mapping: Option<serde_json::Value>,
+    /// The webhook secret: the HMAC key or the shared secret, as the mapping's scheme says.
+    pub secret: Secret,
+    /// Values the mapping's filter reads as `.options`.
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Subjects whose access this connector may restore; none by default (a scanner denies,
+    /// it does not restore).
+    #[serde(default)]
+    pub owns: OwnsConfig,
+    /// Overrides `connector_limits.max_body_bytes` for this connector.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+}
+
+impl ConnectorConfig {
+    /// The ownership rules of this connector: only what `owns` lists (issuers default to none).
+    pub fn ownership(&self) -> crate::state::Ownership {
+        crate::state::Ownership {
+            issuers: self.owns.issuers.clone().unwrap_or_default(),
             email_domains: self.owns.email_domains.clone(),
             formats: self.owns.formats.clone(),
         }
@@ -618,6 +673,89 @@ impl Config {
                 if auth.expose().trim().is_empty() {
                     return Err(invalid(key("authorization"), "must not be empty"));
                 }
+            }
+        }
+        self.validate_connectors(&ids)?;
+        Ok(())
+    }
+
+    fn validate_connectors(&self, source_ids: &HashSet<&str>) -> Result<(), ConfigError> {
+        let l = &self.connector_limits;
+        if l.max_body_bytes == 0 {
+            return Err(invalid(
+                "connector_limits.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if l.max_events_per_webhook == 0 {
+            return Err(invalid(
+                "connector_limits.max_events_per_webhook",
+                "must be at least 1",
+            ));
+        }
+        if l.filter_timeout_ms == 0 {
+            return Err(invalid(
+                "connector_limits.filter_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if l.replay_window_secs < 60 {
+            return Err(invalid(
+                "connector_limits.replay_window_secs",
+                "must be at least 60 (redeliveries inside it are recognized as duplicates)",
+            ));
+        }
+        let mut ids = HashSet::new();
+        for (i, c) in self.connectors.iter().enumerate() {
+            let key = |k: &str| format!("connectors[{i}].{k}");
+            if c.id.is_empty()
+                || !c
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(invalid(key("id"), "must be non-empty [A-Za-z0-9._-]"));
+            }
+            if !ids.insert(c.id.as_str()) || source_ids.contains(c.id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!(
+                        "duplicate id {:?} (connector and source ids share one namespace)",
+                        c.id
+                    ),
+                ));
+            }
+            let set = [
+                c.kind.is_some(),
+                c.mapping_file.is_some(),
+                c.mapping.is_some(),
+            ];
+            if set.iter().filter(|b| **b).count() != 1 {
+                return Err(invalid(
+                    key("kind"),
+                    "set exactly one of kind (a built-in mapping), mapping_file and mapping",
+                ));
+            }
+            // Whether `kind` names a built-in mapping, and whether a mapping parses and its
+            // filter compiles, is checked when the hub starts (`connectors`), naming the key.
+            if c.secret.expose().len() < 16 {
+                return Err(invalid(
+                    key("secret"),
+                    "must be at least 16 characters (a webhook secret is a password)",
+                ));
+            }
+            if c.max_body_bytes == Some(0) {
+                return Err(invalid(key("max_body_bytes"), "must be at least 1"));
+            }
+            if c.owns
+                .email_domains
+                .iter()
+                .any(|d| d.is_empty() || d.contains('@'))
+            {
+                return Err(invalid(
+                    key("owns.email_domains"),
+                    "values must be domain names, without `@`",
+                ));
             }
         }
         Ok(())

@@ -61,6 +61,45 @@ pub enum Error {
     Registry(#[from] crate::streams::RegistryError),
     #[error("internal error")]
     Internal(String),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
+}
+
+/// Why a connector (`POST /connectors/{id}`) refused a vendor webhook. Defined here rather than
+/// in `connectors`, which imports this module, so the module graph keeps no cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no such connector")]
+    Unknown,
+    #[error("the webhook carries no signature or credential where its vendor puts it")]
+    MissingSignature,
+    #[error("the webhook signature or credential does not match")]
+    BadSignature,
+    #[error(
+        "the webhook's signed timestamp is outside the accepted window (a replay or a skewed clock)"
+    )]
+    Stale,
+    #[error("malformed webhook: {0}")]
+    Malformed(String),
+    #[error("the webhook could not be mapped to events: {0}")]
+    Mapping(String),
+    #[error("this connector has no verification handshake")]
+    NoHandshake,
+}
+
+impl WebhookError {
+    /// Short label for metrics, connector status and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WebhookError::Unknown => "unknown_connector",
+            WebhookError::MissingSignature => "missing_signature",
+            WebhookError::BadSignature => "bad_signature",
+            WebhookError::Stale => "stale",
+            WebhookError::Malformed(_) => "malformed",
+            WebhookError::Mapping(_) => "mapping",
+            WebhookError::NoHandshake => "no_handshake",
+        }
+    }
 }
 
 impl Error {
@@ -90,6 +129,7 @@ impl Error {
             Error::Refused(_) => "forbidden",
             Error::Registry(_) => "unavailable",
             Error::Internal(_) => "internal",
+            Error::Webhook(e) => e.kind(),
         }
     }
 }
@@ -258,6 +298,18 @@ impl IntoResponse for Error {
             Error::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
                 http_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", description)
+            }
+            Error::Webhook(e) => {
+                use WebhookError as C;
+                let (status, error) = match e {
+                    C::Unknown => (StatusCode::NOT_FOUND, "not_found"),
+                    C::MissingSignature => (StatusCode::UNAUTHORIZED, "unauthorized"),
+                    C::BadSignature => (StatusCode::FORBIDDEN, "bad_signature"),
+                    C::Stale => (StatusCode::FORBIDDEN, "stale"),
+                    C::Malformed(_) | C::Mapping(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                    C::NoHandshake => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                };
+                http_error(status, error, description)
             }
         }
     }

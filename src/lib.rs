@@ -21,7 +21,8 @@
 //! Modules, in data-flow order:
 //! - [`config`]: layered configuration (defaults → file → `SSF_HUB_*`), validated at start.
 //! - [`set`]: protocol types: event catalogue, typed payloads, RFC 9493 subjects. No I/O.
-//! - [`ingest`]: stage 1, the RFC 8935 push endpoint and configured sources.
+//! - [`ingest`]: stage 1, the RFC 8935 push endpoint and configured sources; [`connectors`]:
+//!   vendor webhooks authenticated, mapped (jq) and appended as the hub's own events.
 //! - [`keys`] and [`verify`]: stage 2, JWKS caching and JWS/claims verification.
 //! - [`schema`] and [`normalize`]: stage 3, schema-checked, typed, canonical records.
 //! - [`log`]: stage 4, the journal: group commit, the record codec and a decoded-record cache,
@@ -43,6 +44,7 @@ pub mod access;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod delivery;
 pub mod durable;
 pub mod error;

@@ -5,6 +5,7 @@
 
 mod auth;
 mod cli;
+mod connectors;
 #[cfg(feature = "kafka")]
 mod deploy;
 mod durability;
