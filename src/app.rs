@@ -44,6 +44,7 @@ struct Parts {
     storage: Storage,
     log: Log,
     ingest: Ingest,
+    upstreams: crate::upstream::Upstreams,
     delivery: Delivery,
     revocations: Arc<Revocations>,
     feeds: Feeds,
@@ -128,14 +129,31 @@ fn build(config: Config) -> Result<Parts, StartError> {
     let revocations = Arc::new(revocations);
     let log = Log::start(storage.log.clone());
 
-    let sources = config
+    let mut sources = config
         .sources
         .iter()
         .map(|c| Source::from_config(c, &config.jwks))
         .collect::<Result<Vec<_>, _>>()
         .map_err(StartError::Setup)?;
+    let guard = Arc::new(
+        crate::guard::Guard::new(&config.delivery.allow_private_targets)
+            .map_err(StartError::Setup)?,
+    );
+    let (upstreams, upstream_sources) = crate::upstream::Upstreams::new(
+        &config.upstreams,
+        config.upstream.clone(),
+        config.jwks.clone(),
+        &config.issuer,
+        storage.tables.clone(),
+        guard.clone(),
+        crate::replicas::Share::new(storage.cluster.clone()),
+    )
+    .map_err(StartError::Setup)?;
+    sources.extend(upstream_sources);
     let schemas = Schemas::compile().map_err(StartError::Setup)?;
-    let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone());
+    let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone())
+        .with_control(Arc::new(upstreams.clone()));
+    upstreams.attach(ingest.clone());
 
     let alg = SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
     let timing = crate::keyring::Timing {
@@ -162,10 +180,6 @@ fn build(config: Config) -> Result<Parts, StartError> {
         Some(t) => t.clone(),
         None => load_or_create_token(&config.data_dir.join("admin-token"))?,
     });
-    let guard = Arc::new(
-        crate::guard::Guard::new(&config.delivery.allow_private_targets)
-            .map_err(StartError::Setup)?,
-    );
     let delivery = Delivery::new(
         log.clone(),
         registry.clone(),
@@ -230,6 +244,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         .clone()
         .unwrap_or_else(|| admin.0.clone());
     let metrics_router = crate::ops::metrics_routes(metrics.clone());
+    let upstream_routes = crate::upstream::routes(upstreams.clone(), admin.clone());
     let ops = crate::ops::Ops {
         log: log.clone(),
         admin,
@@ -243,6 +258,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         .merge(crate::revocation::routes(api))
         .merge(crate::feed::routes(feeds.clone()))
         .merge(ingest.clone().routes())
+        .merge(upstream_routes)
         .merge(crate::ops::routes(ops));
     if let Some(access) = oauth {
         // The credential extractors find the access-token verifier here.
@@ -253,6 +269,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         storage,
         log,
         ingest,
+        upstreams,
         delivery,
         revocations,
         feeds,
@@ -299,6 +316,7 @@ async fn run(
         storage: _,
         log,
         ingest,
+        upstreams,
         delivery,
         revocations,
         feeds,
@@ -311,6 +329,7 @@ async fn run(
     let mut tasks = JoinSet::new();
     let sources = ingest.source_count();
     tasks.spawn(ingest.warm_keys());
+    tasks.spawn(upstreams.run(shutdown.clone()));
     tasks.spawn(sweep(
         log.clone(),
         revocations.clone(),
