@@ -153,7 +153,6 @@ fn build(config: Config) -> Result<Parts, StartError> {
     let schemas = Schemas::compile().map_err(StartError::Setup)?;
     let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone())
         .with_control(Arc::new(upstreams.clone()));
-    upstreams.attach(ingest.clone());
 
     let alg = SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
     let timing = crate::keyring::Timing {
@@ -328,8 +327,8 @@ async fn run(
     } = parts;
     let mut tasks = JoinSet::new();
     let sources = ingest.source_count();
+    tasks.spawn(upstreams.run(ingest.clone(), shutdown.clone()));
     tasks.spawn(ingest.warm_keys());
-    tasks.spawn(upstreams.run(shutdown.clone()));
     tasks.spawn(sweep(
         log.clone(),
         revocations.clone(),

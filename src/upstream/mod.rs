@@ -13,7 +13,7 @@ pub mod poll;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRef, State};
 use axum::routing::get;
@@ -100,7 +100,6 @@ struct Inner {
     tables: Arc<dyn Tables>,
     guard: Arc<Guard>,
     share: Share,
-    ingest: OnceLock<Ingest>,
 }
 
 /// Every upstream link, shared by the reconcile tasks, ingest's control hook and the admin API.
@@ -218,27 +217,26 @@ impl Upstreams {
                 tables,
                 guard,
                 share,
-                ingest: OnceLock::new(),
             }),
         };
         Ok((upstreams, sources))
-    }
-
-    /// Gives the upstreams the ingest their SETs are checked and appended through (built after
-    /// them, because ingest holds their sources).
-    pub fn attach(&self, ingest: Ingest) {
-        let _ = self.inner.ingest.set(ingest);
     }
 
     pub fn is_empty(&self) -> bool {
         self.inner.links.is_empty()
     }
 
-    /// Runs one reconcile task per upstream until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs one reconcile task per upstream until `shutdown`. `ingest` (which holds these
+    /// upstreams as its control hook, so they must not hold it) checks and appends polled SETs.
+    pub async fn run(self, ingest: Ingest, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
         for link in self.inner.links.values() {
-            tasks.spawn(reconcile::run(self.clone(), link.clone(), shutdown.clone()));
+            tasks.spawn(reconcile::run(
+                self.clone(),
+                ingest.clone(),
+                link.clone(),
+                shutdown.clone(),
+            ));
         }
         while tasks.join_next().await.is_some() {}
     }
@@ -252,10 +250,6 @@ impl Upstreams {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
-    }
-
-    fn ingest(&self) -> Option<&Ingest> {
-        self.inner.ingest.get()
     }
 }
 

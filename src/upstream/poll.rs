@@ -18,13 +18,14 @@ use super::manage::{CallError, Client};
 use super::reconcile::{Backoff, Failure};
 use super::{Link, Upstreams};
 use crate::error::Error;
-use crate::ingest::Checked;
+use crate::ingest::{Checked, Ingest};
 use crate::storage::Appended;
 use crate::verify::VerifyError;
 
 /// Runs until `stop`, or until the stream is gone (404), which ends it with that failure.
 pub(super) async fn run(
     up: Upstreams,
+    ingest: Ingest,
     link: Arc<Link>,
     client: Arc<Client>,
     url: String,
@@ -37,14 +38,6 @@ pub(super) async fn run(
     let mut errs: Map<String, Value> = Map::new();
     let wait = Duration::from_secs(s.poll_wait_secs + s.request_timeout_secs);
     loop {
-        let Some(ingest) = up.ingest().cloned() else {
-            return Failure {
-                kind: "poll",
-                message: "ingest is not attached".into(),
-                retry_after: None,
-                refused: true,
-            };
-        };
         let Some(source) = ingest.source(&id) else {
             return Failure {
                 kind: "poll",

@@ -83,7 +83,12 @@ impl Backoff {
     }
 }
 
-pub(super) async fn run(up: Upstreams, link: Arc<Link>, shutdown: CancellationToken) {
+pub(super) async fn run(
+    up: Upstreams,
+    ingest: crate::ingest::Ingest,
+    link: Arc<Link>,
+    shutdown: CancellationToken,
+) {
     let s = &up.inner.settings;
     let client = Arc::new(Client::new(
         manage::http_client(up.inner.guard.clone(), s.request_timeout_secs),
@@ -108,7 +113,7 @@ pub(super) async fn run(up: Upstreams, link: Arc<Link>, shutdown: CancellationTo
             Ok(est) => {
                 backoff.reset();
                 link.set_state("ready");
-                match follow(&up, &link, &client, est, &shutdown).await {
+                match follow(&up, &ingest, &link, &client, est, &shutdown).await {
                     Ok(()) => return,
                     Err(f) => f,
                 }
@@ -416,6 +421,7 @@ async fn read_status(link: &Link, client: &Client, est: &Established) -> Result<
 /// with `Ok` on shutdown, or the failure after which the stream must be established again.
 async fn follow(
     up: &Upstreams,
+    ingest: &crate::ingest::Ingest,
     link: &Arc<Link>,
     client: &Arc<Client>,
     est: Established,
@@ -428,6 +434,7 @@ async fn follow(
         let url = est.stream.endpoint_url.clone().unwrap_or_default();
         Some(tokio::spawn(super::poll::run(
             up.clone(),
+            ingest.clone(),
             link.clone(),
             client.clone(),
             url,

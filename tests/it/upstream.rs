@@ -1,0 +1,441 @@
+//! The hub as a receiver upstream, against an independent SSF transmitter written in Python
+//! (`tests/interop/ssf_transmitter.py`: stdlib HTTP server, jwcrypto), run as a real process on
+//! loopback. The hub is configured with the transmitter's issuer and a bearer token only.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use ssf_hub::config::{Config, Secret, UpstreamConfig};
+
+use crate::support::{free_port, Api, TestHub, ADMIN};
+
+const TOKEN: &str = "transmitter-management-token";
+
+/// The Python transmitter process; killed when dropped.
+struct Transmitter {
+    child: Child,
+    port: u16,
+    state: PathBuf,
+    aud: String,
+}
+
+impl Transmitter {
+    fn start(dir: &Path, name: &str, aud: &str, mode: &str) -> Transmitter {
+        let port = free_port();
+        let state = dir.join(format!("{name}.json"));
+        Transmitter::spawn(port, state, aud, mode)
+    }
+
+    fn spawn(port: u16, state: PathBuf, aud: &str, mode: &str) -> Transmitter {
+        let script = format!(
+            "{}/tests/interop/ssf_transmitter.py",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--token", TOKEN, "--aud", aud])
+            .args(["--mode", mode, "--state"])
+            .arg(&state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs (the test command installs tests/requirements.txt)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("transmitter starts");
+        assert_eq!(line.trim(), "READY", "transmitter did not start");
+        Transmitter {
+            child,
+            port,
+            state,
+            aud: aud.to_owned(),
+        }
+    }
+
+    /// Kills the process and starts it again on the same port and state file.
+    fn restart(mut self) -> Transmitter {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Transmitter::spawn(self.port, self.state.clone(), &self.aud, "normal")
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}/tenants/acme", self.port)
+    }
+
+    async fn admin(&self, path: &str, body: Option<Value>) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let client = reqwest::Client::new();
+        let resp = match body {
+            Some(b) => client.post(url).json(&b).send().await,
+            None => client.get(url).send().await,
+        }
+        .expect("transmitter admin");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.expect("json")
+    }
+
+    async fn state(&self) -> Value {
+        self.admin("/admin/state", None).await
+    }
+}
+
+impl Drop for Transmitter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream(id: &str, tx: &Transmitter, delivery: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        id: id.into(),
+        issuer: tx.issuer(),
+        delivery: delivery.into(),
+        event_types: vec!["caep/session-revoked".into()],
+        bearer_token: Some(Secret::new(TOKEN)),
+        oauth: None,
+        audiences: vec![],
+        ingest_url: None,
+        algorithms: vec!["ES256".into()],
+        legacy: false,
+        allow_http: true,
+        owns: Default::default(),
+    }
+}
+
+/// A hub on a fixed loopback port whose `issuer` (the default push target and `aud`) is that
+/// address, with short upstream timings.
+fn hub_config(c: &mut Config, port: u16, upstreams: Vec<UpstreamConfig>) {
+    c.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+    c.issuer = format!("http://127.0.0.1:{port}");
+    c.upstreams = upstreams;
+    c.upstream.retry_initial_backoff_ms = 100;
+    c.upstream.retry_max_backoff_ms = 1000;
+    c.upstream.status_interval_secs = 1;
+    c.upstream.verification_timeout_secs = 10;
+    c.upstream.poll_wait_secs = 5;
+    c.upstream.poll_max_events = 50;
+}
+
+async fn sources(api: &Api) -> Vec<Value> {
+    let r = api.call("GET", "/admin/sources", ADMIN, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["sources"].as_array().cloned().expect("sources")
+}
+
+async fn source(api: &Api, id: &str) -> Value {
+    sources(api)
+        .await
+        .into_iter()
+        .find(|s| s["id"] == id)
+        .expect("source listed")
+}
+
+/// Polls `check` until it holds (bounded generously; never a timing assertion).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..1200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn wait_ready(api: &Api, id: &str) {
+    eventually(&format!("{id} ready and verified"), || async {
+        let s = source(api, id).await;
+        s["state"] == "ready" && s["verification"] == "verified" && s["stream_status"] == "enabled"
+    })
+    .await;
+}
+
+/// `(source, jti)` of every record, asserting none is stored twice.
+async fn records(api: &Api) -> Vec<(String, String)> {
+    let all: Vec<(String, String)> = api
+        .events()
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["source"].as_str().unwrap_or_default().to_owned(),
+                e["jti"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "a SET was appended twice");
+    all
+}
+
+async fn count(api: &Api, source: &str) -> usize {
+    records(api)
+        .await
+        .iter()
+        .filter(|(s, _)| s == source)
+        .count()
+}
+
+async fn wait_count(api: &Api, source: &str, n: usize) {
+    eventually(&format!("{n} records from {source}"), || async {
+        count(api, source).await >= n
+    })
+    .await;
+    assert_eq!(
+        count(api, source).await,
+        n,
+        "{source}: more records than SETs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transmitter_found_by_issuer_delivers_by_push_and_poll_across_restarts() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tx = Transmitter::start(
+        txdir.path(),
+        "tx",
+        &format!("http://127.0.0.1:{port}"),
+        "normal",
+    );
+    let ups = vec![
+        upstream("up-push", &tx, "push"),
+        upstream("up-poll", &tx, "poll"),
+    ];
+    let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
+
+    // Discovery (path-suffixed issuer), one stream each, verified: push through ingest, poll
+    // through the poll loop.
+    wait_ready(&hub, "up-push").await;
+    wait_ready(&hub, "up-poll").await;
+    let st = tx.state().await;
+    assert_eq!(st["creates"], 2, "{st}");
+    assert!(st["verify_requests"].as_u64() >= Some(2));
+    let push = source(&hub, "up-push").await;
+    assert_eq!(push["delivery"], "push");
+    assert!(push["stream_id"].is_string());
+
+    tx.admin("/admin/emit", Some(json!({"count": 3}))).await;
+    wait_count(&hub, "up-push", 3).await;
+    wait_count(&hub, "up-poll", 3).await;
+    let s = source(&hub, "up-poll").await;
+    assert_eq!(s["events_by_type"]["caep/session-revoked"], 3, "{s}");
+    assert!(s["last_event_at"].is_u64());
+
+    // The hub restarts: the same streams, nothing appended twice.
+    let hub = hub.restart().await;
+    wait_ready(&hub, "up-push").await;
+    wait_ready(&hub, "up-poll").await;
+    tx.admin("/admin/emit", Some(json!({"count": 2}))).await;
+    wait_count(&hub, "up-push", 5).await;
+    wait_count(&hub, "up-poll", 5).await;
+
+    // The hub is down while the transmitter emits: nothing is lost.
+    let TestHub {
+        running,
+        dir,
+        config,
+        ..
+    } = hub;
+    running.stop().await.expect("clean stop");
+    tx.admin("/admin/emit", Some(json!({"count": 2}))).await;
+    let running = ssf_hub::app::spawn(config.clone()).await.expect("restart");
+    let hub = TestHub {
+        api: Api::at(format!("http://{}", running.addr)),
+        running,
+        dir,
+        config,
+    };
+    wait_count(&hub, "up-push", 7).await;
+    wait_count(&hub, "up-poll", 7).await;
+
+    // The transmitter restarts (its streams kept in its state file): still two streams.
+    let tx = tx.restart();
+    tx.admin("/admin/emit", Some(json!({"count": 2}))).await;
+    wait_count(&hub, "up-push", 9).await;
+    wait_count(&hub, "up-poll", 9).await;
+    let st = tx.state().await;
+    assert_eq!(st["creates"], 2, "a second stream was created: {st}");
+    assert_eq!(st["streams"].as_array().map(Vec::len), Some(2));
+
+    // Every polled SET is acknowledged once durable (in the next request).
+    eventually("poll queue drained by acknowledgements", || async {
+        let st = tx.state().await;
+        st["queued"]
+            .as_object()
+            .is_some_and(|q| q.values().all(|n| n == 0))
+    })
+    .await;
+
+    // A SET for someone else: refused with its RFC 8935 code, by push (400) and by poll
+    // (`setErrs`), and not appended.
+    let out = tx
+        .admin(
+            "/admin/emit",
+            Some(json!({"count": 1, "aud": "https://someone-else.example"})),
+        )
+        .await;
+    let jtis: Vec<String> = out["jtis"]
+        .as_array()
+        .expect("jtis")
+        .iter()
+        .filter_map(|j| j.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(jtis.len(), 2);
+    eventually("both refusals reported to the transmitter", || async {
+        let st = tx.state().await;
+        jtis.iter()
+            .all(|j| st["set_errs"][j]["err"] == "invalid_audience")
+    })
+    .await;
+    assert_eq!(count(&hub, "up-push").await, 9);
+    assert_eq!(count(&hub, "up-poll").await, 9);
+    let s = source(&hub, "up-poll").await;
+    assert!(
+        s["errors_by_kind"]["set_invalid_audience"].as_u64() >= Some(1),
+        "{s}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ssf-hub"))
+        .args(["sources", "--url", &hub.base, "--token", ADMIN])
+        .output()
+        .expect("cli runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed["sources"].as_array().map(Vec::len), Some(2));
+    let metrics = hub.metrics().await;
+    assert!(
+        metrics.contains("ssf_hub_upstream_stream_status"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ssf_hub_upstream_polls_total"));
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_metadata_and_stream_answers_are_refused_and_retried() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let aud = format!("http://127.0.0.1:{port}");
+    // (mode, delivery the hub wants, what the status must say)
+    let cases = [
+        (
+            "bad_issuer",
+            "push",
+            "metadata",
+            "is not the configured issuer",
+        ),
+        (
+            "bad_aud",
+            "push",
+            "stream_answer",
+            "`aud` does not name this hub",
+        ),
+        (
+            "no_events_delivered",
+            "poll",
+            "stream_answer",
+            "no `events_delivered`",
+        ),
+        (
+            "poll_only",
+            "push",
+            "metadata",
+            "does not support push delivery",
+        ),
+    ];
+    let txs: Vec<Transmitter> = cases
+        .iter()
+        .map(|(mode, ..)| Transmitter::start(txdir.path(), mode, &aud, mode))
+        .collect();
+    let ups = cases
+        .iter()
+        .zip(&txs)
+        .map(|((mode, delivery, ..), tx)| upstream(mode, tx, delivery))
+        .collect();
+    let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
+    for (mode, _, kind, message) in cases {
+        eventually(&format!("{mode} refused twice"), || async {
+            let s = source(&hub, mode).await;
+            s["state"] == "refused"
+                && s["errors_by_kind"][kind].as_u64() >= Some(2)
+                && s["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(message))
+        })
+        .await;
+    }
+    assert!(hub.events().await.is_empty());
+    // Fixed upstream: the retry succeeds, reusing a stream created before the refusal.
+    for tx in &txs {
+        tx.admin("/admin/mode", Some(json!({"mode": "normal"})))
+            .await;
+    }
+    for (mode, ..) in cases {
+        wait_ready(&hub, mode).await;
+    }
+    for (tx, (mode, ..)) in txs.iter().zip(cases) {
+        let st = tx.state().await;
+        assert_eq!(st["creates"], 1, "{mode}: {st}");
+    }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_or_disabled_upstream_stream_is_surfaced() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tx = Transmitter::start(
+        txdir.path(),
+        "tx",
+        &format!("http://127.0.0.1:{port}"),
+        "normal",
+    );
+    let ups = vec![
+        upstream("up-push", &tx, "push"),
+        upstream("up-poll", &tx, "poll"),
+    ];
+    let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
+    wait_ready(&hub, "up-push").await;
+    wait_ready(&hub, "up-poll").await;
+    for status in ["paused", "disabled"] {
+        tx.admin(
+            "/admin/status",
+            Some(json!({"status": status, "reason": "maintenance"})),
+        )
+        .await;
+        for id in ["up-push", "up-poll"] {
+            eventually(&format!("{id} {status}"), || async {
+                let s = source(&hub, id).await;
+                s["stream_status"] == status
+            })
+            .await;
+        }
+    }
+    let metrics = hub.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ssf_hub_upstream_stream_status")
+                && l.contains("status=\"disabled\"")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Control events are link state, not appended.
+    assert!(hub.events().await.is_empty());
+    hub.stop().await;
+}
