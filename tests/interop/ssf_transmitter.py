@@ -9,11 +9,15 @@ state, as a restarted transmitter.
 
     ssf_transmitter.py --port P --state FILE --token TOKEN --aud AUD
                        [--tenant /tenants/acme] [--mode MODE]
+                       [--client-id ID --client-secret SECRET]
 
 The issuer is http://127.0.0.1:P<tenant> (path-suffixed), its metadata at
 /.well-known/ssf-configuration<tenant>. Prints "READY" once it listens.
 
-SSF endpoints (Bearer TOKEN required, except metadata and keys):
+SSF endpoints (Bearer TOKEN, or a token from /token, required except for
+metadata, keys and /token):
+  POST /token                                     OAuth 2.0 client credentials
+                                                  (client_secret_basic)
   GET  /.well-known/ssf-configuration<tenant>     metadata
   GET  /jwks                                      public keys
   POST|GET|PATCH|PUT|DELETE /streams              stream management (SSF §8.1.1)
@@ -28,7 +32,11 @@ Test hooks (no authentication; loopback only):
   POST /admin/status {"status": "paused", "reason": "..."}  change every
                      stream's status and announce it with stream-updated
   POST /admin/mode   {"mode": "..."}  normal | bad_issuer | bad_aud |
-                     no_events_delivered | poll_only | push_only
+                     no_events_delivered | poll_only | push_only | legacy
+                     (legacy: a pre-1.0 peer: no spec_version, RISC
+                     delivery-method URIs, ID1 `delivery_method`/`url`
+                     keys, SETs with typ JWT, old event URIs and the
+                     subject inside the event with `subject_type`)
   GET  /admin/state  counters, streams, queue lengths, setErrs received
 """
 
@@ -48,6 +56,11 @@ from jwcrypto import jwk, jws
 
 PUSH = "urn:ietf:rfc:8935"
 POLL = "urn:ietf:rfc:8936"
+LEGACY_PUSH = "https://schemas.openid.net/secevent/risc/delivery-method/push"
+LEGACY_POLL = "https://schemas.openid.net/secevent/risc/delivery-method/poll"
+LEGACY_VERIFICATION = "https://schemas.openid.net/secevent/risc/event-type/verification"
+LEGACY_STREAM_UPDATED = "https://schemas.openid.net/secevent/caep/event-type/stream-updated"
+LEGACY_SESSION_REVOKED = "http://schemas.openid.net/secevent/caep/event-type/session-revoked"
 VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
 STREAM_UPDATED = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated"
 SESSION_REVOKED = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"
@@ -87,6 +100,8 @@ class Transmitter:
         if args.mode != "normal":
             self.state["mode"] = args.mode
         self.key = jwk.JWK(**self.state["key"])
+        # Access tokens handed out by /token (lost on restart, as a real AS's might be).
+        self.issued = set()
         self.save()
 
     def save(self):
@@ -97,9 +112,13 @@ class Transmitter:
 
     # --- SETs -----------------------------------------------------------
 
+    def legacy(self):
+        return self.state["mode"] == "legacy"
+
     def sign(self, claims):
         token = jws.JWS(json.dumps(claims).encode())
-        header = {"alg": "ES256", "typ": "secevent+jwt", "kid": self.state["key"]["kid"]}
+        typ = "JWT" if self.legacy() else "secevent+jwt"
+        header = {"alg": "ES256", "typ": typ, "kid": self.state["key"]["kid"]}
         token.add_signature(self.key, None, json.dumps(header))
         return token.serialize(compact=True)
 
@@ -113,6 +132,19 @@ class Transmitter:
             "sub_id": sub_id,
             "events": {event: payload},
         }
+        if self.legacy():
+            # Pre-1.0 spellings (SSF digest §14.1).
+            old = {
+                VERIFICATION: LEGACY_VERIFICATION,
+                STREAM_UPDATED: LEGACY_STREAM_UPDATED,
+                SESSION_REVOKED: LEGACY_SESSION_REVOKED,
+            }.get(event, event)
+            subject = dict(sub_id)
+            subject["subject_type"] = subject.pop("format")
+            if event == SESSION_REVOKED:
+                del claims["sub_id"]
+                payload = dict(payload, subject=subject)
+            claims["events"] = {old: payload}
         return jti, self.sign(claims)
 
     def deliver(self, stream_id, jti, token):
@@ -120,7 +152,7 @@ class Transmitter:
         stream = self.state["streams"].get(stream_id)
         if stream is None:
             return
-        if stream["delivery"]["method"] == POLL:
+        if stream["delivery"]["method"] in (POLL, LEGACY_POLL):
             self.state["queues"].setdefault(stream_id, []).append([jti, token])
             CHANGED.notify_all()
         else:
@@ -208,6 +240,11 @@ class Transmitter:
             out["aud"] = "https://someone-else.example"
         if mode == "no_events_delivered":
             out.pop("events_delivered", None)
+        if mode == "legacy":
+            d = out["delivery"]
+            out["delivery"] = {"delivery_method": d["method"]}
+            if "endpoint_url" in d:
+                out["delivery"]["url"] = d["endpoint_url"]
         return out
 
     def metadata(self):
@@ -217,7 +254,9 @@ class Transmitter:
             methods = [POLL]
         if mode == "push_only":
             methods = [PUSH]
-        return {
+        if mode == "legacy":
+            methods = [LEGACY_PUSH, LEGACY_POLL]
+        meta = {
             "spec_version": "1_0",
             "issuer": self.issuer + ("/other" if mode == "bad_issuer" else ""),
             "jwks_uri": self.base + "/jwks",
@@ -228,6 +267,9 @@ class Transmitter:
             "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6749"}],
             "default_subjects": "ALL",
         }
+        if mode == "legacy":
+            del meta["spec_version"]
+        return meta
 
 
 def make_handler(tx):
@@ -246,7 +288,11 @@ def make_handler(tx):
             for k, v in headers:
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The receiver gave up on a long poll (it is stopping): nothing to answer.
+                pass
 
         def body(self):
             n = int(self.headers.get("Content-Length") or 0)
@@ -254,7 +300,10 @@ def make_handler(tx):
             return json.loads(raw) if raw else {}
 
         def authorized(self):
-            if self.headers.get("Authorization") == "Bearer " + tx.args.token:
+            presented = self.headers.get("Authorization") or ""
+            if presented == "Bearer " + tx.args.token:
+                return True
+            if presented.startswith("Bearer ") and presented[7:] in tx.issued:
                 return True
             self.reply(401, {"error": "unauthorized"}, [("WWW-Authenticate", "Bearer")])
             return False
@@ -270,6 +319,8 @@ def make_handler(tx):
                     return self.reply(200, tx.metadata())
             if method == "GET" and path == "/jwks":
                 return self.reply(200, {"keys": [json.loads(tx.key.export_public())]})
+            if method == "POST" and path == "/token":
+                return self.token()
             if not self.authorized():
                 return
             if path == "/streams":
@@ -281,6 +332,25 @@ def make_handler(tx):
             if path.startswith("/poll/") and method == "POST":
                 return self.poll(path[len("/poll/"):])
             self.reply(404, {"error": "not_found"})
+
+        def token(self):
+            """Client credentials grant (RFC 6749 §4.4) with client_secret_basic."""
+            import base64
+            n = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(n).decode())
+            expected = "Basic " + base64.b64encode(
+                f"{tx.args.client_id}:{tx.args.client_secret}".encode()).decode()
+            if not tx.args.client_id or self.headers.get("Authorization") != expected:
+                return self.reply(401, {"error": "invalid_client"})
+            if form.get("grant_type") != ["client_credentials"]:
+                return self.reply(400, {"error": "unsupported_grant_type"})
+            token = uuid.uuid4().hex
+            with LOCK:
+                tx.issued.add(token)
+                tx.state["tokens_issued"] = tx.state.get("tokens_issued", 0) + 1
+                tx.state["last_scope"] = form.get("scope", [""])[0]
+            return self.reply(200, {"access_token": token, "token_type": "Bearer",
+                                    "expires_in": 3600})
 
         def streams(self, method, qid):
             streams = tx.state["streams"]
@@ -301,6 +371,8 @@ def make_handler(tx):
             delivery = body.get("delivery") or {"method": POLL}
             allowed = [PUSH, POLL]
             mode = tx.state["mode"]
+            if mode == "legacy":
+                allowed = [LEGACY_PUSH, LEGACY_POLL]
             if mode == "poll_only":
                 allowed = [POLL]
             if mode == "push_only":
@@ -330,8 +402,8 @@ def make_handler(tx):
                     stream["description"] = body.get("description")
                 if method != "PATCH" or "delivery" in body:
                     d = dict(delivery)
-                    if d["method"] == POLL:
-                        d = {"method": POLL, "endpoint_url": tx.base + "/poll/" + stream_id}
+                    if d["method"] in (POLL, LEGACY_POLL):
+                        d = {"method": d["method"], "endpoint_url": tx.base + "/poll/" + stream_id}
                     stream["delivery"] = d
                 stream["events_delivered"] = [
                     e for e in stream.get("events_requested", []) if e in SUPPORTED
@@ -411,6 +483,8 @@ def make_handler(tx):
                         "undelivered": len(s["undelivered"]),
                         "set_errs": s["set_errs"],
                         "mode": s["mode"],
+                        "tokens_issued": s.get("tokens_issued", 0),
+                        "last_scope": s.get("last_scope"),
                     })
             body = self.body()
             if path == "/admin/emit":
@@ -462,6 +536,8 @@ def main():
     p.add_argument("--tenant", default="/tenants/acme")
     p.add_argument("--mode", default="normal")
     p.add_argument("--long-poll", type=float, default=1.0)
+    p.add_argument("--client-id", default="")
+    p.add_argument("--client-secret", default="")
     args = p.parse_args()
     tx = Transmitter(args)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(tx))

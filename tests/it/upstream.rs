@@ -9,11 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use ssf_hub::config::{Config, Secret, UpstreamConfig};
+use ssf_hub::config::{Config, Secret, UpstreamConfig, UpstreamOAuthConfig};
 
 use crate::support::{free_port, Api, TestHub, ADMIN};
 
 const TOKEN: &str = "transmitter-management-token";
+const CLIENT_SECRET: &str = "hub-client-secret";
 
 /// The Python transmitter process; killed when dropped.
 struct Transmitter {
@@ -38,7 +39,15 @@ impl Transmitter {
         let mut child = Command::new("python3")
             .arg(script)
             .args(["--port", &port.to_string(), "--token", TOKEN, "--aud", aud])
-            .args(["--mode", mode, "--state"])
+            .args([
+                "--mode",
+                mode,
+                "--client-id",
+                "hub",
+                "--client-secret",
+                CLIENT_SECRET,
+            ])
+            .arg("--state")
             .arg(&state)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -405,13 +414,22 @@ async fn a_paused_or_disabled_upstream_stream_is_surfaced() {
         &format!("http://127.0.0.1:{port}"),
         "normal",
     );
-    let ups = vec![
-        upstream("up-push", &tx, "push"),
-        upstream("up-poll", &tx, "poll"),
-    ];
+    // The poll source authenticates with OAuth 2.0 client credentials instead of a static token.
+    let mut poll = upstream("up-poll", &tx, "poll");
+    poll.bearer_token = None;
+    poll.oauth = Some(UpstreamOAuthConfig {
+        token_endpoint: format!("http://127.0.0.1:{}/token", tx.port),
+        client_id: "hub".into(),
+        client_secret: Secret::new(CLIENT_SECRET),
+        scopes: vec!["ssf.manage".into(), "ssf.poll".into()],
+    });
+    let ups = vec![upstream("up-push", &tx, "push"), poll];
     let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
     wait_ready(&hub, "up-push").await;
     wait_ready(&hub, "up-poll").await;
+    let st = tx.state().await;
+    assert!(st["tokens_issued"].as_u64() >= Some(1), "{st}");
+    assert_eq!(st["last_scope"], "ssf.manage ssf.poll");
     for status in ["paused", "disabled"] {
         tx.admin(
             "/admin/status",
@@ -437,5 +455,54 @@ async fn a_paused_or_disabled_upstream_stream_is_surfaced() {
     );
     // Control events are link state, not appended.
     assert!(hub.events().await.is_empty());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_1_0_transmitter_is_accepted_in_legacy_mode_and_normalized() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tx = Transmitter::start(
+        txdir.path(),
+        "tx",
+        &format!("http://127.0.0.1:{port}"),
+        "legacy",
+    );
+    let mut strict = upstream("strict", &tx, "push");
+    strict.legacy = false;
+    let mut ups = vec![strict];
+    for (id, delivery) in [("old-push", "push"), ("old-poll", "poll")] {
+        let mut u = upstream(id, &tx, delivery);
+        u.legacy = true;
+        ups.push(u);
+    }
+    let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
+    // RISC delivery-method URIs, ID1 `delivery_method`/`url`, RISC verification URI.
+    wait_ready(&hub, "old-push").await;
+    wait_ready(&hub, "old-poll").await;
+    // Without `legacy`, a transmitter that names no spec_version is refused.
+    eventually("strict source refused", || async {
+        let s = source(&hub, "strict").await;
+        s["state"] == "refused"
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("spec_version"))
+    })
+    .await;
+    tx.admin(
+        "/admin/emit",
+        Some(json!({"count": 2, "email": "a@example.com"})),
+    )
+    .await;
+    wait_count(&hub, "old-push", 2).await;
+    wait_count(&hub, "old-poll", 2).await;
+    for e in hub.events().await {
+        // `http://` CAEP URI, in-payload subject with `subject_type`: stored in 1.0 form.
+        assert_eq!(
+            e["event_type"], "https://schemas.openid.net/secevent/caep/event-type/session-revoked",
+            "{e}"
+        );
+        assert_eq!(e["subject"]["format"], "email", "{e}");
+    }
     hub.stop().await;
 }
