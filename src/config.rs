@@ -1219,6 +1219,51 @@ mod tests {
     }
 
     #[test]
+    fn upstreams_are_validated_and_errors_name_the_key() {
+        let up = |extra: &str| {
+            load(&format!(
+                "[[upstreams]]\nid = \"u\"\nissuer = \"https://tx.test/t\"\n{extra}"
+            ))
+        };
+        let c = up("bearer_token = \"tok\"").expect("minimal upstream");
+        assert_eq!(c.upstreams[0].delivery, "push");
+        assert_eq!(c.upstreams[0].audiences_or("https://hub"), ["https://hub"]);
+        assert_eq!(
+            c.upstreams[0].ingest_url_or("https://hub/"),
+            "https://hub/ingest/u"
+        );
+        for (extra, key) in [
+            ("", "upstreams[0].bearer_token"),
+            (
+                "bearer_token = \"t\"\noauth = { token_endpoint = \"https://as\", client_id = \"c\", client_secret = \"s\" }",
+                "upstreams[0].bearer_token",
+            ),
+            ("bearer_token = \"t\"\ndelivery = \"carrier-pigeon\"", "upstreams[0].delivery"),
+            ("bearer_token = \"t\"\nevent_types = [\"nope\"]", "upstreams[0].event_types"),
+            ("bearer_token = \"t\"\nalgorithms = [\"HS256\"]", "upstreams[0].algorithms"),
+            (
+                "oauth = { token_endpoint = \"nope\", client_id = \"c\", client_secret = \"s\" }",
+                "upstreams[0].oauth.token_endpoint",
+            ),
+        ] {
+            let err = up(extra).expect_err(extra).to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let err =
+            load("[[upstreams]]\nid = \"u\"\nissuer = \"http://tx.test\"\nbearer_token = \"t\"")
+                .expect_err("http issuer")
+                .to_string();
+        assert!(err.contains("upstreams[0].issuer"), "{err}");
+        let err = load(
+            "[[sources]]\nid = \"u\"\nissuer = \"https://i\"\naudiences = [\"x\"]\njwks_file = \"k\"\n\
+             [[upstreams]]\nid = \"u\"\nissuer = \"https://tx.test\"\nbearer_token = \"t\"",
+        )
+        .expect_err("shared id")
+        .to_string();
+        assert!(err.contains("upstreams[0].id"), "{err}");
+    }
+
+    #[test]
     fn ownership_defaults_to_the_source_issuer_and_is_validated() {
         let src = |extra: &str| {
             format!(

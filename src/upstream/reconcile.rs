@@ -138,6 +138,14 @@ async fn establish(up: &Upstreams, link: &Link, client: &Client) -> Result<Estab
         Err(DiscoverError::Refused(m)) => return Err(Failure::refused("metadata", m)),
         Err(DiscoverError::Failed(e)) => return Err(Failure::call("discovery", "metadata", e)),
     };
+    // The key fetch resolves host names through the guard; an IP literal is checked here.
+    let jwks_ok = reqwest::Url::parse(&meta.jwks_uri).is_ok_and(|u| up.inner.guard.permits_url(&u));
+    if !jwks_ok {
+        return Err(Failure::refused(
+            "metadata",
+            "`jwks_uri` is an address the hub may not reach".into(),
+        ));
+    }
     if link.stored().jwks_uri.as_deref() != Some(meta.jwks_uri.as_str()) {
         // The discovered keys become the source's keys (through the guarded client).
         link.keys.set(SourceKeys::from_uri_with(
