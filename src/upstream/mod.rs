@@ -65,7 +65,8 @@ pub struct Status {
     /// The transmitter's stream status: `enabled`, `paused` or `disabled`.
     pub stream_status: Option<String>,
     pub stream_status_reason: Option<String>,
-    /// `unverified`, `pending`, `verified` or `failed`.
+    /// `unverified`, `pending`, `verified`, `failed`, or `unsupported` (no verification
+    /// endpoint in the metadata).
     pub verification: String,
     pub verified_at: Option<u64>,
     pub min_verification_interval: Option<u64>,

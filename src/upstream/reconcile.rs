@@ -451,6 +451,10 @@ async fn follow(
     } else {
         None
     };
+    if est.meta.verification_endpoint.is_none() {
+        // Nothing to ask; the link works without it (the interop profile requires one).
+        link.update(|st| st.verification = "unsupported".into());
+    }
     let min_interval = est.stream.min_verification_interval.unwrap_or(0);
     let every = s.reverify_interval_secs.max(min_interval);
     let mut next_verify = match link.stored().verified_at {
