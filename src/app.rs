@@ -139,8 +139,13 @@ fn build(config: Config) -> Result<Parts, StartError> {
         crate::guard::Guard::new(&config.delivery.allow_private_targets)
             .map_err(StartError::Setup)?,
     );
+    let shared_secret = match (&storage.cluster, config.upstreams.is_empty()) {
+        (Some(_), false) => Some(config.kafka_secrets()?),
+        _ => None,
+    };
     let (upstreams, upstream_sources) = crate::upstream::Upstreams::new(
         &config.upstreams,
+        shared_secret,
         config.upstream.clone(),
         config.jwks.clone(),
         &config.issuer,

@@ -112,9 +112,13 @@ pub struct Upstreams {
 impl Upstreams {
     /// Loads (or creates) each upstream's durable state and builds the ingest [`Source`] its
     /// SETs are checked as. The push credential is generated once and kept, so the transmitter
-    /// can keep pushing across restarts of the hub.
+    /// can keep pushing across restarts of the hub. With `shared_secret` (Kafka mode: the
+    /// key-encryption key every replica has) it is derived from it instead, so replicas
+    /// starting together cannot each store a different one and refuse the others' pushes.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         configs: &[UpstreamConfig],
+        shared_secret: Option<[u8; 32]>,
         settings: UpstreamSettings,
         jwks: JwksConfig,
         hub_issuer: &str,
@@ -133,6 +137,13 @@ impl Upstreams {
                 Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
                 None => Stored::default(),
             };
+            if let Some(token) = shared_secret.and_then(|k| derive_token(&k, &c.id)) {
+                if stored.push_token.as_deref() != Some(token.as_str()) {
+                    stored.push_token = Some(token);
+                    save(&*tables, &c.id, &stored)
+                        .map_err(|e| format!("upstream {:?}: saving state: {e}", c.id))?;
+                }
+            }
             if stored.push_token.is_none() {
                 stored.push_token = Some(format!(
                     "{}{}",
@@ -256,6 +267,16 @@ impl Upstreams {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// HMAC-SHA256(secret, label ‖ id) in hex: the same push credential on every replica.
+fn derive_token(secret: &[u8; 32], id: &str) -> Option<String> {
+    let key = openssl::pkey::PKey::hmac(secret).ok()?;
+    let mut mac = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).ok()?;
+    mac.update(b"ssf-hub upstream push credential\0").ok()?;
+    mac.update(id.as_bytes()).ok()?;
+    let bytes = mac.sign_to_vec().ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn save(tables: &dyn Tables, id: &str, stored: &Stored) -> Result<(), String> {
@@ -446,4 +467,16 @@ pub fn routes(upstreams: Upstreams, admin: AdminToken) -> Router {
 
 async fn list_sources(_: Admin, State(api): State<AdminApi>) -> Json<Value> {
     Json(json!({ "sources": api.upstreams.statuses() }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn derived_push_credentials_are_stable_per_source_and_secret() {
+        let a = super::derive_token(&[1; 32], "idp");
+        assert_eq!(a, super::derive_token(&[1; 32], "idp"));
+        assert_ne!(a, super::derive_token(&[1; 32], "idp2"));
+        assert_ne!(a, super::derive_token(&[2; 32], "idp"));
+        assert_eq!(a.map(|t| t.len()), Some(64));
+    }
 }
