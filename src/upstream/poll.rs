@@ -18,7 +18,7 @@ use super::manage::{CallError, Client};
 use super::reconcile::{Backoff, Failure};
 use super::{Link, Upstreams};
 use crate::error::Error;
-use crate::ingest::{Checked, Ingest};
+use crate::ingest::Ingest;
 use crate::storage::Appended;
 use crate::verify::VerifyError;
 
@@ -38,14 +38,6 @@ pub(super) async fn run(
     let mut errs: Map<String, Value> = Map::new();
     let wait = Duration::from_secs(s.poll_wait_secs + s.request_timeout_secs);
     loop {
-        let Some(source) = ingest.source(&id) else {
-            return Failure {
-                kind: "poll",
-                message: "no ingest source".into(),
-                retry_after: None,
-                refused: true,
-            };
-        };
         let body = json!({
             "maxEvents": s.poll_max_events,
             "returnImmediately": false,
@@ -110,62 +102,66 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let mut batch: Vec<(String, &'static str, Checked)> = Vec::new();
+        // Every SET of the answer is verified and appended at once: verification uses every
+        // core, and the concurrent appends are committed together by the journal.
+        let mut work = tokio::task::JoinSet::new();
         for (jti, set) in sets {
-            let Some(set) = set.as_str() else {
+            let Some(set) = set.as_str().map(str::to_owned) else {
                 errs.insert(
                     jti,
                     json!({"err": "invalid_request", "description": "not a compact SET"}),
                 );
                 continue;
             };
-            let mut event_type = "none";
-            match ingest.check(source, set.as_bytes(), &mut event_type).await {
-                Ok(Some(checked)) => batch.push((jti, event_type, checked)),
-                Ok(None) => {
-                    crate::telemetry::record_ingest(&id, event_type, "control");
-                    ingest.observe(&id, event_type, "control");
-                    acks.push(jti);
-                }
-                // Keys not fetched yet: not the SET's fault; it comes again.
-                Err(Error::Verify(VerifyError::KeysUnavailable)) => {
-                    crate::telemetry::record_ingest(&id, event_type, "unavailable");
-                    ingest.observe(&id, event_type, "unavailable");
-                }
-                Err(e) => {
-                    let code = e.outcome();
-                    crate::telemetry::record_ingest(&id, event_type, code);
-                    ingest.observe(&id, event_type, code);
-                    tracing::info!(source = %id, outcome = code, reason = %e, "polled SET refused");
-                    errs.insert(jti, json!({"err": code, "description": e.to_string()}));
-                }
-            }
-        }
-        // One batch: the appends are concurrent, so the journal commits them together.
-        let mut appends = tokio::task::JoinSet::new();
-        for (jti, event_type, checked) in batch {
-            let ingest = ingest.clone();
-            appends.spawn(async move { (jti, event_type, ingest.append(checked).await) });
+            let (ingest, id) = (ingest.clone(), id.clone());
+            work.spawn(async move {
+                let mut event_type = "none";
+                let outcome = match ingest.source(&id) {
+                    Some(source) => {
+                        match ingest.check(source, set.as_bytes(), &mut event_type).await {
+                            Ok(Some(checked)) => ingest.append(checked).await.map(Some),
+                            Ok(None) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    None => Err(Error::UnknownSource),
+                };
+                (jti, event_type, outcome)
+            });
         }
         let mut failed = false;
-        while let Some(done) = appends.join_next().await {
-            let Ok((jti, event_type, result)) = done else {
+        while let Some(done) = work.join_next().await {
+            let Ok((jti, event_type, outcome)) = done else {
                 failed = true;
                 continue;
             };
-            let outcome = match result {
-                Ok(Appended::New(_)) => "accepted",
-                Ok(Appended::Duplicate(_)) => "duplicate",
+            let label = match &outcome {
+                Ok(Some(Appended::New(_))) => "accepted",
+                Ok(Some(Appended::Duplicate(_))) => "duplicate",
+                Ok(None) => "control",
+                Err(e) => e.outcome(),
+            };
+            crate::telemetry::record_ingest(&id, event_type, label);
+            ingest.observe(&id, event_type, label);
+            match outcome {
+                Ok(_) => acks.push(jti),
+                // Keys not fetched yet: not the SET's fault; it comes again.
+                Err(Error::Verify(VerifyError::KeysUnavailable)) => {}
+                // What is wrong with the SET itself: reported with its RFC 8935 code.
+                Err(
+                    e @ (Error::Verify(_)
+                    | Error::Normalize(_)
+                    | Error::AccessDenied
+                    | Error::InvalidState),
+                ) => {
+                    tracing::info!(source = %id, outcome = label, reason = %e, "polled SET refused");
+                    errs.insert(jti, json!({"err": label, "description": e.to_string()}));
+                }
+                // The SET may be fine; storing it failed. It comes again.
                 Err(e) => {
                     failed = true;
                     tracing::warn!(source = %id, reason = %e, "appending a polled SET failed; it will be delivered again");
-                    e.outcome()
                 }
-            };
-            crate::telemetry::record_ingest(&id, event_type, outcome);
-            ingest.observe(&id, event_type, outcome);
-            if matches!(outcome, "accepted" | "duplicate") {
-                acks.push(jti);
             }
         }
         if failed {
