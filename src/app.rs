@@ -145,6 +145,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
     };
     let (upstreams, upstream_sources) = crate::upstream::Upstreams::new(
         &config.upstreams,
+        &config.sources,
         shared_secret,
         config.upstream.clone(),
         config.jwks.clone(),

@@ -43,7 +43,8 @@ pub trait Control: Send + Sync + std::fmt::Debug {
     fn handles(&self, source: &str) -> bool;
     /// A verified, normalized control SET of `source`; an error refuses it (`invalid_state`).
     fn control(&self, source: &str, record: &Record) -> Result<(), Error>;
-    /// The outcome label of one SET from `source` (`accepted`, `duplicate`, an error code).
+    /// The outcome label of one SET from any configured `source` (`accepted`, `duplicate`,
+    /// `control`, an error code).
     fn observe(&self, source: &str, event_type: &str, outcome: &str);
 }
 
@@ -76,12 +77,11 @@ impl Ingest {
         self.sources.get(id)
     }
 
-    /// Reports an outcome to the control hook (the per-source status of upstream sources).
+    /// Reports an outcome to the control hook (the per-source status `GET /admin/sources`
+    /// shows).
     pub fn observe(&self, source: &str, event_type: &str, outcome: &str) {
         if let Some(c) = &self.control {
-            if c.handles(source) {
-                c.observe(source, event_type, outcome);
-            }
+            c.observe(source, event_type, outcome);
         }
     }
 

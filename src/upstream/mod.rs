@@ -52,11 +52,13 @@ struct Stored {
     verified_at: Option<u64>,
 }
 
-/// What `GET /admin/sources` shows of one upstream source.
+/// What `GET /admin/sources` shows of one source: an upstream (`managed`), or a push source
+/// configured by hand in `[[sources]]` (only its traffic: no stream, status or verification).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
     pub id: String,
     pub issuer: String,
+    pub managed: bool,
     pub delivery: String,
     /// `starting`, `discovering`, `registering`, `ready`, `refused` (metadata or stream answer
     /// failed a check; retried later) or `error` (the transmitter could not be reached).
@@ -95,6 +97,8 @@ pub struct Link {
 #[derive(Debug)]
 struct Inner {
     links: HashMap<String, Arc<Link>>,
+    /// The `[[sources]]` configured by hand: their traffic only.
+    configured: HashMap<String, Mutex<Status>>,
     settings: UpstreamSettings,
     jwks: JwksConfig,
     hub_issuer: String,
@@ -118,6 +122,7 @@ impl Upstreams {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         configs: &[UpstreamConfig],
+        configured: &[crate::config::SourceConfig],
         shared_secret: Option<[u8; 32]>,
         settings: UpstreamSettings,
         jwks: JwksConfig,
@@ -196,6 +201,7 @@ impl Upstreams {
             let status = Status {
                 id: c.id.clone(),
                 issuer: c.issuer.clone(),
+                managed: true,
                 delivery: c.delivery.clone(),
                 state: "starting".into(),
                 stream_id: stored.stream_id.clone(),
@@ -220,9 +226,24 @@ impl Upstreams {
                 }),
             );
         }
+        let configured = configured
+            .iter()
+            .map(|c| {
+                let status = Status {
+                    id: c.id.clone(),
+                    issuer: c.issuer.clone(),
+                    delivery: "push".into(),
+                    state: "configured".into(),
+                    verification: "unsupported".into(),
+                    ..Status::default()
+                };
+                (c.id.clone(), Mutex::new(status))
+            })
+            .collect();
         let upstreams = Upstreams {
             inner: Arc::new(Inner {
                 links,
+                configured,
                 settings,
                 jwks,
                 hub_issuer: hub_issuer.to_owned(),
@@ -259,6 +280,7 @@ impl Upstreams {
             .links
             .values()
             .map(|l| lock(&l.status).clone())
+            .chain(self.inner.configured.values().map(|s| lock(s).clone()))
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
@@ -424,24 +446,27 @@ impl crate::ingest::Control for Upstreams {
     }
 
     fn observe(&self, source: &str, event_type: &str, outcome: &str) {
-        let Some(link) = self.inner.links.get(source) else {
-            return;
+        let status = match (
+            self.inner.links.get(source),
+            self.inner.configured.get(source),
+        ) {
+            (Some(link), _) => &link.status,
+            (None, Some(status)) => status,
+            // Never a name a client chose: ingest reports only configured sources.
+            (None, None) => return,
         };
+        let mut s = lock(status);
         match outcome {
             "accepted" | "duplicate" | "control" => {
                 let now = crate::unix_now();
-                metrics::gauge!("ssf_hub_upstream_last_event_timestamp_seconds", "source" => source.to_owned())
+                metrics::gauge!("ssf_hub_source_last_event_timestamp_seconds", "source" => source.to_owned())
                     .set(now as f64);
-                link.update(|s| {
-                    s.last_event_at = Some(now);
-                    if outcome == "accepted" {
-                        *s.events_by_type.entry(event_type.to_owned()).or_default() += 1;
-                    }
-                });
+                s.last_event_at = Some(now);
+                if outcome == "accepted" {
+                    *s.events_by_type.entry(event_type.to_owned()).or_default() += 1;
+                }
             }
-            other => link.update(|s| {
-                *s.errors_by_kind.entry(format!("set_{other}")).or_default() += 1;
-            }),
+            other => *s.errors_by_kind.entry(format!("set_{other}")).or_default() += 1,
         }
     }
 }

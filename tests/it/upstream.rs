@@ -506,3 +506,24 @@ async fn a_pre_1_0_transmitter_is_accepted_in_legacy_mode_and_normalized() {
     }
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn admin_sources_also_shows_the_traffic_of_configured_push_sources() {
+    let key = crate::support::es256();
+    let hub = TestHub::with_signer(&key).await;
+    let set = key.sign(&crate::support::session_revoked()).expect("sign");
+    hub.push("idp", set).await.assert_accepted();
+    hub.push("idp", "not a SET")
+        .await
+        .assert_set_error("invalid_request");
+    let s = source(&hub, "idp").await;
+    assert_eq!(s["managed"], false, "{s}");
+    assert_eq!(s["state"], "configured");
+    assert_eq!(s["events_by_type"]["caep/session-revoked"], 1, "{s}");
+    assert_eq!(s["errors_by_kind"]["set_invalid_request"], 1, "{s}");
+    assert!(s["last_event_at"].is_u64());
+    // Without the admin token: refused.
+    let r = hub.call("GET", "/admin/sources", "wrong-token", None).await;
+    assert_eq!(r.status, 403);
+    hub.stop().await;
+}
