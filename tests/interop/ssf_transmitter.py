@@ -37,10 +37,12 @@ Test hooks (no authentication; loopback only):
                      delivery-method URIs, ID1 `delivery_method`/`url`
                      keys, SETs with typ JWT, old event URIs and the
                      subject inside the event with `subject_type`)
+  POST /admin/backlog {"count": n}  queue n SETs on every poll stream at once
   GET  /admin/state  counters, streams, queue lengths, setErrs received
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -105,6 +107,8 @@ class Transmitter:
         self.save()
 
     def save(self):
+        if self.args.volatile:
+            return
         tmp = self.args.state + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.state, f)
@@ -153,7 +157,8 @@ class Transmitter:
         if stream is None:
             return
         if stream["delivery"]["method"] in (POLL, LEGACY_POLL):
-            self.state["queues"].setdefault(stream_id, []).append([jti, token])
+            # jti → SET, in insertion order: acknowledging one is O(1).
+            self.state["queues"].setdefault(stream_id, {})[jti] = token
             CHANGED.notify_all()
         else:
             self.state["undelivered"].append([stream_id, jti, token])
@@ -450,21 +455,21 @@ def make_handler(tx):
                 if sid not in tx.state["streams"]:
                     return self.reply(404, {"error": "not_found"})
                 tx.state["polls"] += 1
-                queue = tx.state["queues"].setdefault(sid, [])
-                acked = set(body.get("ack") or [])
+                queue = tx.state["queues"].setdefault(sid, {})
                 errs = body.get("setErrs") or {}
                 tx.state["set_errs"].update(errs)
-                queue[:] = [q for q in queue if q[0] not in acked and q[0] not in errs]
+                for jti in list(body.get("ack") or []) + list(errs):
+                    queue.pop(jti, None)
                 tx.save()
                 limit = body.get("maxEvents")
                 if limit == 0:
                     return self.reply(200, {"sets": {}})
                 while not queue and not body.get("returnImmediately") and time.time() < deadline:
                     CHANGED.wait(max(0.0, deadline - time.time()))
-                    queue = tx.state["queues"].setdefault(sid, [])
+                    queue = tx.state["queues"].setdefault(sid, {})
                 # Unacknowledged SETs are delivered again on every poll (RFC 8936 §2.3).
-                chosen = queue if limit is None else queue[:limit]
-                sets = {jti: token for jti, token in chosen}
+                chosen = list(itertools.islice(queue.items(), limit))
+                sets = dict(chosen)
                 more = len(queue) > len(chosen)
             self.reply(200, {"sets": sets, "moreAvailable": more})
 
@@ -505,6 +510,22 @@ def make_handler(tx):
                     tx.state["mode"] = body["mode"]
                     tx.save()
                 return self.reply(200, {})
+            if path == "/admin/backlog":
+                # N SETs queued on every poll stream at once (the drain benchmark).
+                n = int(body.get("count", 1))
+                with LOCK:
+                    for sid, stream in tx.state["streams"].items():
+                        if stream["delivery"]["method"] not in (POLL, LEGACY_POLL):
+                            continue
+                        queue = tx.state["queues"].setdefault(sid, {})
+                        for i in range(n):
+                            jti, token = tx.make_set(
+                                stream, SESSION_REVOKED, {"event_timestamp": int(time.time())},
+                                {"format": "email", "email": f"user{i}@example.com"})
+                            queue[jti] = token
+                    tx.save()
+                    CHANGED.notify_all()
+                return self.reply(200, {})
             if path == "/admin/push":
                 return self.reply(200, {"delivered": tx.push_pending()})
             self.reply(404, {"error": "not_found"})
@@ -536,6 +557,8 @@ def main():
     p.add_argument("--tenant", default="/tenants/acme")
     p.add_argument("--mode", default="normal")
     p.add_argument("--long-poll", type=float, default=1.0)
+    p.add_argument("--volatile", action="store_true",
+                   help="keep state in memory only (the backlog benchmark)")
     p.add_argument("--client-id", default="")
     p.add_argument("--client-secret", default="")
     args = p.parse_args()
