@@ -364,3 +364,71 @@ pub fn check_stream(
             .map(str::to_owned),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(legacy: bool) -> UpstreamConfig {
+        UpstreamConfig {
+            id: "u".into(),
+            issuer: "https://tx.test/t".into(),
+            delivery: "poll".into(),
+            event_types: vec![],
+            bearer_token: Some(Secret::new("t")),
+            oauth: None,
+            audiences: vec![],
+            ingest_url: None,
+            algorithms: vec!["ES256".into()],
+            legacy,
+            allow_http: false,
+            owns: Default::default(),
+        }
+    }
+
+    #[test]
+    fn stream_answers_are_checked_member_by_member() {
+        let aud = vec!["https://hub".to_owned()];
+        let good = json!({"stream_id": "s1", "iss": "https://tx.test/t", "aud": ["x", "https://hub"],
+            "events_delivered": [], "min_verification_interval": 30,
+            "delivery": {"method": "urn:ietf:rfc:8936", "endpoint_url": "https://tx.test/poll/s1"}});
+        let s = check_stream(&good, &config(false), &aud, "urn:ietf:rfc:8936").expect("good");
+        assert_eq!(s.stream_id, "s1");
+        assert_eq!(s.min_verification_interval, Some(30));
+        assert_eq!(s.endpoint_url.as_deref(), Some("https://tx.test/poll/s1"));
+        for (pointer, value, message) in [
+            ("/iss", json!("https://evil.test"), "`iss`"),
+            ("/aud", json!("https://other"), "`aud`"),
+            (
+                "/delivery/method",
+                json!("urn:ietf:rfc:8935"),
+                "delivery method",
+            ),
+            ("/stream_id", json!(""), "`stream_id`"),
+        ] {
+            let mut bad = good.clone();
+            *bad.pointer_mut(pointer).expect("member") = value;
+            let err =
+                check_stream(&bad, &config(false), &aud, "urn:ietf:rfc:8936").expect_err(pointer);
+            assert!(err.contains(message), "{pointer}: {err}");
+        }
+        let mut bad = good.clone();
+        bad.as_object_mut()
+            .expect("object")
+            .remove("events_delivered");
+        assert!(
+            check_stream(&bad, &config(false), &aud, "urn:ietf:rfc:8936")
+                .expect_err("no events_delivered")
+                .contains("events_delivered")
+        );
+        // ID1 spellings, for a legacy source only.
+        let old = json!({"stream_id": "s1", "iss": "https://tx.test/t", "aud": "https://hub",
+            "events_delivered": [], "delivery": {
+                "delivery_method": "https://schemas.openid.net/secevent/risc/delivery-method/poll",
+                "url": "https://tx.test/poll/s1"}});
+        let wanted = "https://schemas.openid.net/secevent/risc/delivery-method/poll";
+        let s = check_stream(&old, &config(true), &aud, wanted).expect("legacy");
+        assert_eq!(s.endpoint_url.as_deref(), Some("https://tx.test/poll/s1"));
+        assert!(check_stream(&old, &config(false), &aud, wanted).is_err());
+    }
+}

@@ -32,7 +32,8 @@ Test hooks (no authentication; loopback only):
   POST /admin/status {"status": "paused", "reason": "..."}  change every
                      stream's status and announce it with stream-updated
   POST /admin/mode   {"mode": "..."}  normal | bad_issuer | bad_aud |
-                     no_events_delivered | poll_only | push_only | legacy
+                     no_events_delivered | poll_only | push_only | legacy |
+                     ssrf (jwks_uri on a private address)
                      (legacy: a pre-1.0 peer: no spec_version, RISC
                      delivery-method URIs, ID1 `delivery_method`/`url`
                      keys, SETs with typ JWT, old event URIs and the
@@ -274,6 +275,9 @@ class Transmitter:
         }
         if mode == "legacy":
             del meta["spec_version"]
+        if mode == "ssrf":
+            # Keys "hosted" on a private address: a receiver must not be led there.
+            meta["jwks_uri"] = "http://10.0.0.1/jwks"
         return meta
 
 

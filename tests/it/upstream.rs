@@ -367,6 +367,12 @@ async fn bad_metadata_and_stream_answers_are_refused_and_retried() {
             "metadata",
             "does not support push delivery",
         ),
+        (
+            "ssrf",
+            "push",
+            "metadata",
+            "an address the hub may not reach",
+        ),
     ];
     let txs: Vec<Transmitter> = cases
         .iter()
