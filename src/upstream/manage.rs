@@ -288,12 +288,13 @@ pub struct Stream {
 
 /// Checks a configuration-returning answer (SSF §8.1.1.1–§8.1.1.4, digest §8.3): `iss` equals
 /// the issuer, `aud` names this hub, `events_delivered` is present, `delivery` is what was
-/// asked for. Legacy sources may answer with pre-1.0 delivery spellings.
+/// asked for (`wanted_method`; `None` for a stream found before it is brought up to date).
+/// Legacy sources may answer with pre-1.0 delivery spellings.
 pub fn check_stream(
     doc: &Value,
     config: &UpstreamConfig,
     audiences: &[String],
-    wanted_method: &str,
+    wanted_method: Option<&str>,
 ) -> Result<Stream, String> {
     let stream_id = doc
         .get("stream_id")
@@ -342,13 +343,15 @@ pub fn check_stream(
     };
     let method = pick("method", "delivery_method").unwrap_or_default();
     let legacy = config.legacy;
-    if super::discover::method_1_0(&method, legacy)
-        != super::discover::method_1_0(wanted_method, legacy)
-    {
-        return Err(format!(
-            "the stream answer's delivery method {:?} is not the requested {wanted_method:?}",
-            crate::plain(&method, 80)
-        ));
+    if let Some(wanted) = wanted_method {
+        if super::discover::method_1_0(&method, legacy)
+            != super::discover::method_1_0(wanted, legacy)
+        {
+            return Err(format!(
+                "the stream answer's delivery method {:?} is not the requested {wanted:?}",
+                crate::plain(&method, 80)
+            ));
+        }
     }
     let endpoint_url = pick("endpoint_url", "url");
     Ok(Stream {
@@ -392,7 +395,7 @@ mod tests {
         let good = json!({"stream_id": "s1", "iss": "https://tx.test/t", "aud": ["x", "https://hub"],
             "events_delivered": [], "min_verification_interval": 30,
             "delivery": {"method": "urn:ietf:rfc:8936", "endpoint_url": "https://tx.test/poll/s1"}});
-        let s = check_stream(&good, &config(false), &aud, "urn:ietf:rfc:8936").expect("good");
+        let s = check_stream(&good, &config(false), &aud, Some("urn:ietf:rfc:8936")).expect("good");
         assert_eq!(s.stream_id, "s1");
         assert_eq!(s.min_verification_interval, Some(30));
         assert_eq!(s.endpoint_url.as_deref(), Some("https://tx.test/poll/s1"));
@@ -408,8 +411,8 @@ mod tests {
         ] {
             let mut bad = good.clone();
             *bad.pointer_mut(pointer).expect("member") = value;
-            let err =
-                check_stream(&bad, &config(false), &aud, "urn:ietf:rfc:8936").expect_err(pointer);
+            let err = check_stream(&bad, &config(false), &aud, Some("urn:ietf:rfc:8936"))
+                .expect_err(pointer);
             assert!(err.contains(message), "{pointer}: {err}");
         }
         let mut bad = good.clone();
@@ -417,7 +420,7 @@ mod tests {
             .expect("object")
             .remove("events_delivered");
         assert!(
-            check_stream(&bad, &config(false), &aud, "urn:ietf:rfc:8936")
+            check_stream(&bad, &config(false), &aud, Some("urn:ietf:rfc:8936"))
                 .expect_err("no events_delivered")
                 .contains("events_delivered")
         );
@@ -427,8 +430,8 @@ mod tests {
                 "delivery_method": "https://schemas.openid.net/secevent/risc/delivery-method/poll",
                 "url": "https://tx.test/poll/s1"}});
         let wanted = "https://schemas.openid.net/secevent/risc/delivery-method/poll";
-        let s = check_stream(&old, &config(true), &aud, wanted).expect("legacy");
+        let s = check_stream(&old, &config(true), &aud, Some(wanted)).expect("legacy");
         assert_eq!(s.endpoint_url.as_deref(), Some("https://tx.test/poll/s1"));
-        assert!(check_stream(&old, &config(false), &aud, wanted).is_err());
+        assert!(check_stream(&old, &config(false), &aud, Some(wanted)).is_err());
     }
 }

@@ -161,8 +161,9 @@ async fn establish(up: &Upstreams, link: &Link, client: &Client) -> Result<Estab
     link.set_state("registering");
     let desired = desired(up, link, &meta);
     let audiences = config.audiences_or(&up.inner.hub_issuer);
-    let check = |doc: &Value| {
-        manage::check_stream(doc, config, &audiences, &meta.method)
+    // A stream found there is checked before it is updated, so not yet for its delivery.
+    let check = |doc: &Value, method: Option<&str>| {
+        manage::check_stream(doc, config, &audiences, method)
             .map_err(|m| Failure::refused("stream_answer", m))
     };
     let endpoint = meta.configuration_endpoint.as_str();
@@ -199,7 +200,7 @@ async fn establish(up: &Upstreams, link: &Link, client: &Client) -> Result<Estab
     }
     let answer = match found {
         Some(existing) => {
-            let current = check(&existing)?;
+            let current = check(&existing, None)?;
             if needs_update(&current, &desired) {
                 update(client, endpoint, &current.stream_id, &desired).await?
             } else {
@@ -240,14 +241,14 @@ async fn establish(up: &Upstreams, link: &Link, client: &Client) -> Result<Estab
                                 "creating answered 409 but no stream is listed".into(),
                             )
                         })?;
-                    let current = check(&first)?;
+                    let current = check(&first, None)?;
                     update(client, endpoint, &current.stream_id, &desired).await?
                 }
                 Err(e) => return Err(mgmt("creating the stream")(e)),
             }
         }
     };
-    let stream = check(&answer)?;
+    let stream = check(&answer, Some(&meta.method))?;
     if let Some((url, _)) = &desired.push {
         if stream.endpoint_url.as_deref() != Some(url.as_str()) {
             return Err(Failure::refused(

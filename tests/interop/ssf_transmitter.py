@@ -33,7 +33,8 @@ Test hooks (no authentication; loopback only):
                      stream's status and announce it with stream-updated
   POST /admin/mode   {"mode": "..."}  normal | bad_issuer | bad_aud |
                      no_events_delivered | poll_only | push_only | legacy |
-                     ssrf (jwks_uri on a private address)
+                     ssrf (jwks_uri on a private address) | no_patch
+                     (stream updates only by PUT)
                      (legacy: a pre-1.0 peer: no spec_version, RISC
                      delivery-method URIs, ID1 `delivery_method`/`url`
                      keys, SETs with typ JWT, old event URIs and the
@@ -398,10 +399,14 @@ def make_handler(tx):
                     tx.state["status"][stream_id] = {"status": "enabled"}
                     status = 201
                 elif method in ("PATCH", "PUT"):
+                    if method == "PATCH" and mode == "no_patch":
+                        return self.reply(405, {"error": "method"})
                     stream_id = body.get("stream_id")
                     if stream_id not in streams:
                         return self.reply(404, {"error": "not_found"})
                     stream = streams[stream_id]
+                    updates = tx.state.setdefault("updates", {})
+                    updates[method] = updates.get(method, 0) + 1
                     status = 200
                 else:
                     return self.reply(405, {"error": "method"})
@@ -493,6 +498,7 @@ def make_handler(tx):
                         "set_errs": s["set_errs"],
                         "mode": s["mode"],
                         "tokens_issued": s.get("tokens_issued", 0),
+                        "updates": s.get("updates", {}),
                         "last_scope": s.get("last_scope"),
                     })
             body = self.body()

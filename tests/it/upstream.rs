@@ -163,11 +163,18 @@ where
 }
 
 async fn wait_ready(api: &Api, id: &str) {
-    eventually(&format!("{id} ready and verified"), || async {
-        let s = source(api, id).await;
-        s["state"] == "ready" && s["verification"] == "verified" && s["stream_status"] == "enabled"
-    })
-    .await;
+    let mut last = Value::Null;
+    for _ in 0..1200 {
+        last = source(api, id).await;
+        if last["state"] == "ready"
+            && last["verification"] == "verified"
+            && last["stream_status"] == "enabled"
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {id} ready and verified: {last}");
 }
 
 /// `(source, jti)` of every record, asserting none is stored twice.
@@ -618,5 +625,54 @@ async fn a_poll_backlog_drains_at_least_half_as_fast_as_push_ingest() {
         drain >= push / 2.0,
         "poll drained {drain:.0}/s, less than half of push ingest {push:.0}/s"
     );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_changes_update_the_one_stream_in_place() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tx = Transmitter::start(
+        txdir.path(),
+        "tx",
+        &format!("http://127.0.0.1:{port}"),
+        "normal",
+    );
+    let ups = vec![upstream("up", &tx, "push")];
+    let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
+    wait_ready(&hub, "up").await;
+    let before = source(&hub, "up").await["stream_id"].clone();
+
+    // More event types and poll instead of push; this transmitter refuses PATCH, so PUT.
+    tx.admin("/admin/mode", Some(json!({"mode": "no_patch"})))
+        .await;
+    let TestHub {
+        running,
+        dir,
+        mut config,
+        ..
+    } = hub;
+    running.stop().await.expect("clean stop");
+    config.upstreams[0].delivery = "poll".into();
+    config.upstreams[0]
+        .event_types
+        .push("caep/credential-change".into());
+    let running = ssf_hub::app::spawn(config.clone()).await.expect("restart");
+    let hub = TestHub {
+        api: Api::at(format!("http://{}", running.addr)),
+        running,
+        dir,
+        config,
+    };
+    wait_ready(&hub, "up").await;
+    let st = tx.state().await;
+    assert_eq!(st["creates"], 1, "{st}");
+    assert!(st["updates"]["PUT"].as_u64() >= Some(1), "{st}");
+    let stream = &st["streams"][0];
+    assert_eq!(stream["delivery"]["method"], "urn:ietf:rfc:8936", "{st}");
+    assert_eq!(stream["events_requested"].as_array().map(Vec::len), Some(2));
+    assert_eq!(source(&hub, "up").await["stream_id"], before);
+    tx.admin("/admin/emit", Some(json!({"count": 2}))).await;
+    wait_count(&hub, "up", 2).await;
     hub.stop().await;
 }
