@@ -34,7 +34,8 @@ Test hooks (no authentication; loopback only):
   POST /admin/mode   {"mode": "..."}  normal | bad_issuer | bad_aud |
                      no_events_delivered | poll_only | push_only | legacy |
                      ssrf (jwks_uri on a private address) | no_patch
-                     (stream updates only by PUT)
+                     (stream updates only by PUT) | wrong_state
+                     (verification SETs echo another state)
                      (legacy: a pre-1.0 peer: no spec_version, RISC
                      delivery-method URIs, ID1 `delivery_method`/`url`
                      keys, SETs with typ JWT, old event URIs and the
@@ -394,7 +395,8 @@ def make_handler(tx):
                     stream_id = uuid.uuid4().hex
                     tx.state["creates"] += 1
                     stream = {"stream_id": stream_id, "iss": tx.issuer, "aud": tx.args.aud,
-                              "events_supported": SUPPORTED, "min_verification_interval": 1}
+                              "events_supported": SUPPORTED,
+                              "min_verification_interval": tx.args.min_verification_interval}
                     streams[stream_id] = stream
                     tx.state["status"][stream_id] = {"status": "enabled"}
                     status = 201
@@ -449,6 +451,8 @@ def make_handler(tx):
                     return self.reply(404, {"error": "not_found"})
                 tx.state["verify_requests"] += 1
                 payload = {"state": body["state"]} if "state" in body else {}
+                if tx.state["mode"] == "wrong_state" and "state" in payload:
+                    payload["state"] = "not-" + payload["state"]
                 jti, token = tx.make_set(
                     tx.state["streams"][sid], VERIFICATION, payload, {"format": "opaque", "id": sid}
                 )
@@ -567,6 +571,7 @@ def main():
     p.add_argument("--tenant", default="/tenants/acme")
     p.add_argument("--mode", default="normal")
     p.add_argument("--long-poll", type=float, default=1.0)
+    p.add_argument("--min-verification-interval", type=int, default=1)
     p.add_argument("--volatile", action="store_true",
                    help="keep state in memory only (the backlog benchmark)")
     p.add_argument("--client-id", default="")

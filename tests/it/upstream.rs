@@ -676,3 +676,92 @@ async fn configuration_changes_update_the_one_stream_in_place() {
     wait_count(&hub, "up", 2).await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_verification_state_is_refused_and_verification_retried() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tx = Transmitter::start(
+        txdir.path(),
+        "tx",
+        &format!("http://127.0.0.1:{port}"),
+        "wrong_state",
+    );
+    let ups = vec![
+        upstream("up-push", &tx, "push"),
+        upstream("up-poll", &tx, "poll"),
+    ];
+    let hub = TestHub::start(|_, c| {
+        hub_config(c, port, ups);
+        c.upstream.verification_timeout_secs = 1;
+    })
+    .await;
+    for id in ["up-push", "up-poll"] {
+        eventually(&format!("{id} verification failed"), || async {
+            let s = source(&hub, id).await;
+            s["verification"] == "failed"
+                && s["errors_by_kind"]["set_invalid_state"].as_u64() >= Some(1)
+        })
+        .await;
+    }
+    // Reported to the transmitter: a 400 `invalid_state` for the push, `setErrs` for the poll.
+    eventually("both refusals reported", || async {
+        let st = tx.state().await;
+        st["set_errs"]
+            .as_object()
+            .is_some_and(|e| e.values().filter(|v| v["err"] == "invalid_state").count() >= 2)
+    })
+    .await;
+    tx.admin("/admin/mode", Some(json!({"mode": "normal"})))
+        .await;
+    wait_ready(&hub, "up-push").await;
+    wait_ready(&hub, "up-poll").await;
+    assert!(hub.events().await.is_empty());
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_is_repeated_but_never_sooner_than_the_transmitter_allows() {
+    let txdir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let aud = format!("http://127.0.0.1:{port}");
+    // The hub would verify every second; one transmitter allows it, the other only hourly.
+    let eager = Transmitter::spawn(
+        free_port(),
+        txdir.path().join("eager.json"),
+        &aud,
+        "normal",
+        &["--min-verification-interval", "1"],
+    );
+    let strict = Transmitter::spawn(
+        free_port(),
+        txdir.path().join("strict.json"),
+        &aud,
+        "normal",
+        &["--min-verification-interval", "3600"],
+    );
+    let ups = vec![
+        upstream("eager", &eager, "push"),
+        upstream("strict", &strict, "push"),
+    ];
+    let hub = TestHub::start(|_, c| {
+        hub_config(c, port, ups);
+        c.upstream.reverify_interval_secs = 1;
+    })
+    .await;
+    wait_ready(&hub, "strict").await;
+    eventually("the eager stream verified three times", || async {
+        eager.state().await["verify_requests"].as_u64() >= Some(3)
+    })
+    .await;
+    // A restart does not reset the clock either.
+    let hub = hub.restart().await;
+    wait_ready(&hub, "strict").await;
+    eventually(
+        "the eager stream verified again after the restart",
+        || async { eager.state().await["verify_requests"].as_u64() >= Some(4) },
+    )
+    .await;
+    assert_eq!(strict.state().await["verify_requests"], 1);
+    hub.stop().await;
+}
