@@ -84,7 +84,12 @@ pub async fn discover(client: &Client, config: &UpstreamConfig) -> Result<Metada
         // The metadata SHOULD be readable without authentication (SSF §7.1).
         match client.get_public(url).await {
             Ok(doc) => return check(&doc, config),
-            Err(e @ CallError::Status { status: 404, .. }) => last = Some(e),
+            // Not there (some servers answer 401 or 403 for unknown paths): the next name.
+            Err(
+                e @ CallError::Status {
+                    status: 400..=499, ..
+                },
+            ) => last = Some(e),
             Err(e) => return Err(DiscoverError::Failed(e)),
         }
     }
@@ -214,6 +219,86 @@ mod tests {
         assert_eq!(
             u("https://tx.test/tenants/acme/").as_deref(),
             Some("https://tx.test/.well-known/ssf-configuration/tenants/acme")
+        );
+    }
+
+    fn config(legacy: bool, delivery: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            id: "u".into(),
+            issuer: "https://tx.test/t".into(),
+            delivery: delivery.into(),
+            event_types: vec![],
+            bearer_token: Some(crate::config::Secret::new("t")),
+            oauth: None,
+            audiences: vec![],
+            ingest_url: None,
+            algorithms: vec!["ES256".into()],
+            legacy,
+            allow_http: false,
+            owns: Default::default(),
+        }
+    }
+
+    #[test]
+    fn metadata_is_checked_before_use() {
+        let good = serde_json::json!({"spec_version": "1_0", "issuer": "https://tx.test/t",
+            "jwks_uri": "https://tx.test/jwks", "configuration_endpoint": "https://tx.test/s",
+            "delivery_methods_supported": [DELIVERY_PUSH], "critical_subject_members": ["user"]});
+        let m = check(&good, &config(false, "push"))
+            .map_err(|_| ())
+            .expect("good");
+        assert_eq!(m.method, DELIVERY_PUSH);
+        let refused = |doc: &Value, c: &UpstreamConfig| match check(doc, c) {
+            Err(DiscoverError::Refused(m)) => m,
+            _ => String::from("accepted"),
+        };
+        for (pointer, value, message) in [
+            (
+                "/issuer",
+                serde_json::json!("https://tx.test/t/"),
+                "`issuer`",
+            ),
+            (
+                "/jwks_uri",
+                serde_json::json!("http://tx.test/jwks"),
+                "`jwks_uri`",
+            ),
+            (
+                "/spec_version",
+                serde_json::json!("1_0-ID2"),
+                "spec_version",
+            ),
+            (
+                "/critical_subject_members",
+                serde_json::json!(["user", "x_unknown"]),
+                "critical",
+            ),
+            (
+                "/delivery_methods_supported",
+                serde_json::json!([DELIVERY_POLL]),
+                "push delivery",
+            ),
+        ] {
+            let mut bad = good.clone();
+            *bad.pointer_mut(pointer).expect("member") = value;
+            let m = refused(&bad, &config(false, "push"));
+            assert!(m.contains(message), "{pointer}: {m}");
+        }
+        let mut old = good.clone();
+        let obj = old.as_object_mut().expect("object");
+        obj.remove("spec_version");
+        obj.insert(
+            "delivery_methods_supported".into(),
+            serde_json::json!(["https://schemas.openid.net/secevent/risc/delivery-method/push"]),
+        );
+        assert!(refused(&old, &config(false, "push")).contains("spec_version"));
+        let m = check(&old, &config(true, "push"))
+            .map_err(|_| ())
+            .expect("legacy");
+        // Requested as the transmitter spells it.
+        assert_eq!(
+            m.method,
+            "https://schemas.openid.net/secevent/risc/delivery-method/push"
         );
     }
 

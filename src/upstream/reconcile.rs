@@ -562,3 +562,20 @@ async fn verify(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_and_honours_a_longer_retry_after() {
+        let mut b = Backoff::new(100, 350);
+        assert_eq!(b.step(None), Duration::from_millis(100));
+        assert_eq!(b.step(None), Duration::from_millis(200));
+        assert_eq!(b.step(Some(2)), Duration::from_secs(2));
+        assert_eq!(b.step(None), Duration::from_millis(350));
+        b.reset();
+        assert_eq!(b.step(None), Duration::from_millis(100));
+    }
+}

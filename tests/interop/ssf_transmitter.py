@@ -36,7 +36,8 @@ Test hooks (no authentication; loopback only):
                      ssrf (jwks_uri on a private address) | no_patch
                      (stream updates only by PUT) | wrong_state
                      (verification SETs echo another state)
-                     (legacy: a pre-1.0 peer: no spec_version, RISC
+                     (legacy: a pre-1.0 peer: metadata at
+                     /.well-known/sse-configuration, no spec_version, RISC
                      delivery-method URIs, ID1 `delivery_method`/`url`
                      keys, SETs with typ JWT, old event URIs and the
                      subject inside the event with `subject_type`)
@@ -325,9 +326,13 @@ def make_handler(tx):
             qid = query.get("stream_id", [None])[0]
             if path.startswith("/admin/"):
                 return self.admin(method, path)
-            if method == "GET" and path == "/.well-known/ssf-configuration" + tx.args.tenant:
+            # A pre-1.0 (SSE ID1) transmitter publishes its metadata under the old name only.
+            name = "sse-configuration" if tx.state["mode"] == "legacy" else "ssf-configuration"
+            if method == "GET" and path == "/.well-known/" + name + tx.args.tenant:
                 with LOCK:
                     return self.reply(200, tx.metadata())
+            if path.startswith("/.well-known/"):
+                return self.reply(404, {"error": "not_found"})
             if method == "GET" and path == "/jwks":
                 return self.reply(200, {"keys": [json.loads(tx.key.export_public())]})
             if method == "POST" and path == "/token":

@@ -491,16 +491,18 @@ async fn a_pre_1_0_transmitter_is_accepted_in_legacy_mode_and_normalized() {
         ups.push(u);
     }
     let hub = TestHub::start(|_, c| hub_config(c, port, ups)).await;
-    // RISC delivery-method URIs, ID1 `delivery_method`/`url`, RISC verification URI.
+    // /.well-known/sse-configuration, no spec_version, RISC delivery-method URIs, ID1
+    // `delivery_method`/`url`, RISC verification and CAEP stream-updated URIs.
     wait_ready(&hub, "old-push").await;
     wait_ready(&hub, "old-poll").await;
     // Without `legacy`, a transmitter that names no spec_version is refused.
-    eventually("strict source refused", || async {
+    // Without `legacy`, the pre-1.0 metadata location is not even tried.
+    eventually("strict source finds no metadata", || async {
         let s = source(&hub, "strict").await;
-        s["state"] == "refused"
+        s["state"] == "error"
             && s["last_error"]
                 .as_str()
-                .is_some_and(|e| e.contains("spec_version"))
+                .is_some_and(|e| e.contains("HTTP 404"))
     })
     .await;
     tx.admin(
