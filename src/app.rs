@@ -1,7 +1,8 @@
 //! The composition root: builds every part from a `Config` (storage, the journal, streams,
-//! keys, ingest, delivery, revocations, feeds), merges each part's routes, spawns the named
-//! background tasks (push delivery, the revocation fold, the feed pump, key warming, dedupe
-//! pruning) and drains them on shutdown. Nothing else in the crate imports this module.
+//! keys, ingest, upstreams, delivery, revocations, feeds), merges each part's routes, spawns the
+//! named background tasks (push delivery, the revocation fold, the feed pump, key warming,
+//! dedupe pruning, the upstream links) and drains them on shutdown. Nothing else in the crate
+//! imports this module.
 
 use std::net::SocketAddr;
 use std::path::Path;
