@@ -489,6 +489,9 @@ def make_handler(tx):
                 chosen = list(itertools.islice(queue.items(), limit))
                 sets = dict(chosen)
                 more = len(queue) > len(chosen)
+            if tx.args.poll_delay:
+                # A slow transmitter, so a test can stop the receiver in the middle of a drain.
+                time.sleep(tx.args.poll_delay)
             self.reply(200, {"sets": sets, "moreAvailable": more})
 
         def admin(self, method, path):
@@ -577,6 +580,7 @@ def main():
     p.add_argument("--mode", default="normal")
     p.add_argument("--long-poll", type=float, default=1.0)
     p.add_argument("--min-verification-interval", type=int, default=1)
+    p.add_argument("--poll-delay", type=float, default=0.0)
     p.add_argument("--volatile", action="store_true",
                    help="keep state in memory only (the backlog benchmark)")
     p.add_argument("--client-id", default="")

@@ -767,3 +767,76 @@ async fn verification_is_repeated_but_never_sooner_than_the_transmitter_allows()
     assert_eq!(strict.state().await["verify_requests"], 1);
     hub.stop().await;
 }
+
+/// A hub process (so it can be killed like a crash) with one poll upstream, small batches.
+fn write_process_config(dir: &Path, port: u16, tx: &Transmitter) -> PathBuf {
+    let path = dir.join("hub.toml");
+    let toml = format!(
+        r#"listen = "127.0.0.1:{port}"
+issuer = "http://127.0.0.1:{port}"
+admin_token = "{ADMIN}"
+data_dir = "data"
+
+[delivery]
+allow_private_targets = ["127.0.0.0/8"]
+
+[upstream]
+retry_initial_backoff_ms = 100
+retry_max_backoff_ms = 1000
+status_interval_secs = 1
+poll_max_events = 7
+poll_wait_secs = 5
+
+[[upstreams]]
+id = "crashy"
+issuer = "{issuer}"
+delivery = "poll"
+event_types = ["caep/session-revoked"]
+bearer_token = "{TOKEN}"
+allow_http = true
+"#,
+        issuer = tx.issuer()
+    );
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_source_loses_nothing_and_appends_nothing_twice_when_the_hub_is_killed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let tx = Transmitter::spawn(
+        free_port(),
+        dir.path().join("tx.json"),
+        &format!("http://127.0.0.1:{port}"),
+        "normal",
+        &["--poll-delay", "0.05"],
+    );
+    let config = write_process_config(dir.path(), port, &tx);
+    let hub = crate::support::process::HubProcess::start(&config, dir.path());
+    let api = hub.api();
+    wait_ready(&api, "crashy").await;
+    let n = 400;
+    tx.admin("/admin/backlog", Some(json!({"count": n}))).await;
+    // Killed mid-drain: batches appended and not yet acknowledged, or half appended.
+    eventually("the drain under way", || async {
+        count(&api, "crashy").await >= 60
+    })
+    .await;
+    let before = count(&api, "crashy").await;
+    hub.kill9();
+    assert!(before < n, "the backlog drained before the kill");
+    let hub = crate::support::process::HubProcess::start(&config, dir.path());
+    let api = hub.api();
+    // `count` asserts that no SET is stored twice; every one arrives.
+    wait_count(&api, "crashy", n).await;
+    eventually("every SET acknowledged", || async {
+        let st = tx.state().await;
+        st["queued"]
+            .as_object()
+            .is_some_and(|q| q.values().all(|n| n == 0))
+    })
+    .await;
+    assert_eq!(tx.state().await["creates"], 1);
+    hub.kill9();
+}
