@@ -1,7 +1,8 @@
 //! The composition root: builds every part from a `Config` (storage, the journal, streams,
-//! keys, ingest, delivery, revocations, feeds), merges each part's routes, spawns the named
-//! background tasks (push delivery, the revocation fold, the feed pump, key warming, dedupe
-//! pruning) and drains them on shutdown. Nothing else in the crate imports this module.
+//! keys, ingest, upstreams, delivery, revocations, feeds), merges each part's routes, spawns the
+//! named background tasks (push delivery, the revocation fold, the feed pump, key warming,
+//! dedupe pruning, the upstream links) and drains them on shutdown. Nothing else in the crate
+//! imports this module.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,6 +45,7 @@ struct Parts {
     storage: Storage,
     log: Log,
     ingest: Ingest,
+    upstreams: crate::upstream::Upstreams,
     delivery: Delivery,
     revocations: Arc<Revocations>,
     feeds: Feeds,
@@ -128,14 +130,36 @@ fn build(config: Config) -> Result<Parts, StartError> {
     let revocations = Arc::new(revocations);
     let log = Log::start(storage.log.clone());
 
-    let sources = config
+    let mut sources = config
         .sources
         .iter()
         .map(|c| Source::from_config(c, &config.jwks))
         .collect::<Result<Vec<_>, _>>()
         .map_err(StartError::Setup)?;
+    let guard = Arc::new(
+        crate::guard::Guard::new(&config.delivery.allow_private_targets)
+            .map_err(StartError::Setup)?,
+    );
+    let shared_secret = match (&storage.cluster, config.upstreams.is_empty()) {
+        (Some(_), false) => Some(config.kafka_secrets()?),
+        _ => None,
+    };
+    let (upstreams, upstream_sources) = crate::upstream::Upstreams::new(
+        &config.upstreams,
+        &config.sources,
+        shared_secret,
+        config.upstream.clone(),
+        config.jwks.clone(),
+        &config.issuer,
+        storage.tables.clone(),
+        guard.clone(),
+        crate::replicas::Share::new(storage.cluster.clone()),
+    )
+    .map_err(StartError::Setup)?;
+    sources.extend(upstream_sources);
     let schemas = Schemas::compile().map_err(StartError::Setup)?;
-    let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone());
+    let ingest = Ingest::new(sources, schemas, log.clone(), config.ingest.clone())
+        .with_control(Arc::new(upstreams.clone()));
 
     let alg = SignAlg::parse(&config.signing.alg).map_err(|e| StartError::Setup(e.to_string()))?;
     let timing = crate::keyring::Timing {
@@ -162,10 +186,6 @@ fn build(config: Config) -> Result<Parts, StartError> {
         Some(t) => t.clone(),
         None => load_or_create_token(&config.data_dir.join("admin-token"))?,
     });
-    let guard = Arc::new(
-        crate::guard::Guard::new(&config.delivery.allow_private_targets)
-            .map_err(StartError::Setup)?,
-    );
     let delivery = Delivery::new(
         log.clone(),
         registry.clone(),
@@ -233,6 +253,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         .clone()
         .unwrap_or_else(|| admin.0.clone());
     let metrics_router = crate::ops::metrics_routes(metrics.clone());
+    let upstream_routes = crate::upstream::routes(upstreams.clone(), admin.clone());
     let ops = crate::ops::Ops {
         log: log.clone(),
         admin,
@@ -247,6 +268,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         .merge(crate::feed::routes(feeds.clone()))
         .merge(ingest.clone().routes())
         .merge(connectors.routes())
+        .merge(upstream_routes)
         .merge(crate::ops::routes(ops));
     if let Some(access) = oauth {
         // The credential extractors find the access-token verifier here.
@@ -257,6 +279,7 @@ fn build(config: Config) -> Result<Parts, StartError> {
         storage,
         log,
         ingest,
+        upstreams,
         delivery,
         revocations,
         feeds,
@@ -303,6 +326,7 @@ async fn run(
         storage: _,
         log,
         ingest,
+        upstreams,
         delivery,
         revocations,
         feeds,
@@ -314,6 +338,7 @@ async fn run(
     } = parts;
     let mut tasks = JoinSet::new();
     let sources = ingest.source_count();
+    tasks.spawn(upstreams.run(ingest.clone(), shutdown.clone()));
     tasks.spawn(ingest.warm_keys());
     tasks.spawn(sweep(
         log.clone(),

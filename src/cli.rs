@@ -57,6 +57,12 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show the upstream sources of a running hub (`GET /admin/sources`): stream id and status,
+    /// verification state, last event time, events by type, errors by kind.
+    Sources {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Manage the signing keys of a running hub.
     Keys {
         #[command(subcommand)]
@@ -378,6 +384,16 @@ pub fn run(cli: Cli) -> i32 {
                         serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
                     );
                 }
+                Ok(())
+            }
+            Command::Sources { admin } => {
+                let out = admin
+                    .call(reqwest::Method::GET, "/admin/sources", None)
+                    .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+                );
                 Ok(())
             }
             Command::Keys {

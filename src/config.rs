@@ -93,6 +93,110 @@ pub struct Config {
     /// Vendor webhooks received on `POST /connectors/{id}`.
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
+    /// `[upstream]`: how the hub acts as a receiver of upstream SSF transmitters.
+    pub upstream: UpstreamSettings,
+    /// `[[upstreams]]`: SSF transmitters the hub discovers and registers a stream with.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[upstream]`: timings and batch sizes shared by every upstream transmitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub request_timeout_secs: u64,
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    pub status_interval_secs: u64,
+    pub verification_timeout_secs: u64,
+    pub reverify_interval_secs: u64,
+    pub poll_max_events: u32,
+    pub poll_wait_secs: u64,
+}
+
+/// `[[upstreams]]`: one SSF transmitter, configured with its issuer and a management
+/// credential; everything else (keys, endpoints, the stream) is discovered and registered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The source id its events carry, and `POST /ingest/{id}` for push.
+    pub id: String,
+    /// The transmitter's issuer URL; its metadata must name exactly this issuer.
+    pub issuer: String,
+    /// `push` (the transmitter POSTs to the hub) or `poll` (the hub polls, RFC 8936).
+    #[serde(default = "default_upstream_delivery")]
+    pub delivery: String,
+    /// Event types requested (short names or URIs); empty means every CAEP and RISC type.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// A static bearer token for the transmitter's management API (and poll endpoint).
+    #[serde(default)]
+    pub bearer_token: Option<Secret>,
+    /// Or OAuth 2.0 client credentials for it.
+    #[serde(default)]
+    pub oauth: Option<UpstreamOAuthConfig>,
+    /// `aud` values accepted in the stream answer and in SETs; default: the hub's `issuer`.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The URL the transmitter pushes to; default: `<issuer of the hub>/ingest/<id>`.
+    #[serde(default)]
+    pub ingest_url: Option<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Pre-1.0 transmitter: legacy delivery-method URNs, event URIs and subject spellings.
+    #[serde(default)]
+    pub legacy: bool,
+    /// Accept an `http://` issuer (metadata, keys and management without TLS): loopback tests.
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub owns: OwnsConfig,
+}
+
+/// `upstreams[].oauth`: the client-credentials grant (RFC 6749 §4.4) at a token endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuthConfig {
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+fn default_upstream_delivery() -> String {
+    "push".into()
+}
+
+impl UpstreamConfig {
+    /// `aud` values accepted, with the default (the hub's own issuer) filled in.
+    pub fn audiences_or(&self, hub_issuer: &str) -> Vec<String> {
+        if self.audiences.is_empty() {
+            vec![hub_issuer.to_owned()]
+        } else {
+            self.audiences.clone()
+        }
+    }
+
+    /// The push endpoint announced to the transmitter.
+    pub fn ingest_url_or(&self, hub_issuer: &str) -> String {
+        self.ingest_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/ingest/{}", hub_issuer.trim_end_matches('/'), self.id))
+    }
+
+    /// The ownership rules, as for `sources[].owns` (default: the transmitter's issuer).
+    pub fn ownership(&self) -> crate::state::Ownership {
+        crate::state::Ownership {
+            issuers: self
+                .owns
+                .issuers
+                .clone()
+                .unwrap_or_else(|| vec![self.issuer.clone()]),
+            email_domains: self.owns.email_domains.clone(),
+            formats: self.owns.formats.clone(),
+        }
+    }
 }
 
 /// OAuth 2.0 access tokens (RFC 9068 JWTs, optionally DPoP-bound per RFC 9449) on the
@@ -564,6 +668,7 @@ impl Config {
             ));
         }
         self.validate_oauth()?;
+        self.validate_upstreams()?;
         if !matches!(self.signing.alg.as_str(), "ES256" | "RS256") {
             return Err(invalid("signing.alg", "must be ES256 or RS256"));
         }
@@ -755,6 +860,120 @@ impl Config {
                 return Err(invalid(
                     key("owns.email_domains"),
                     "values must be domain names, without `@`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        let u = &self.upstream;
+        if u.request_timeout_secs == 0 || u.verification_timeout_secs == 0 {
+            return Err(invalid(
+                "upstream.request_timeout_secs",
+                "timeouts must be positive",
+            ));
+        }
+        if u.retry_initial_backoff_ms == 0 || u.retry_initial_backoff_ms > u.retry_max_backoff_ms {
+            return Err(invalid(
+                "upstream.retry_initial_backoff_ms",
+                "must be positive and not above upstream.retry_max_backoff_ms",
+            ));
+        }
+        if u.status_interval_secs == 0 {
+            return Err(invalid("upstream.status_interval_secs", "must be positive"));
+        }
+        if !(1..=10_000).contains(&u.poll_max_events) {
+            return Err(invalid(
+                "upstream.poll_max_events",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=300).contains(&u.poll_wait_secs) {
+            return Err(invalid(
+                "upstream.poll_wait_secs",
+                "must be between 1 and 300",
+            ));
+        }
+        // Sources, upstreams and connectors name the `source` of what they append: one namespace.
+        let mut ids: HashSet<&str> = self
+            .sources
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(self.connectors.iter().map(|c| c.id.as_str()))
+            .collect();
+        for (i, s) in self.upstreams.iter().enumerate() {
+            let key = |k: &str| format!("upstreams[{i}].{k}");
+            if s.id.is_empty()
+                || !s
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(invalid(key("id"), "must be non-empty [A-Za-z0-9._-]"));
+            }
+            if !ids.insert(s.id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!(
+                        "duplicate source id {:?} (sources, upstreams and connectors share ids)",
+                        s.id
+                    ),
+                ));
+            }
+            check_url(&key("issuer"), &s.issuer)?;
+            if s.issuer.contains(['?', '#']) || s.issuer.chars().any(char::is_control) {
+                return Err(invalid(key("issuer"), "must not have a query or fragment"));
+            }
+            let plain_http = |u: &str| {
+                u.get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+            };
+            if plain_http(&s.issuer) && !s.allow_http {
+                return Err(invalid(
+                    key("issuer"),
+                    format!(
+                        "is http://: metadata, keys and credentials would travel without TLS; \
+                         use https://, or set upstreams[{i}].allow_http = true (loopback tests only)"
+                    ),
+                ));
+            }
+            if !matches!(s.delivery.as_str(), "push" | "poll") {
+                return Err(invalid(key("delivery"), "must be \"push\" or \"poll\""));
+            }
+            match (&s.bearer_token, &s.oauth) {
+                (Some(t), None) if !t.expose().trim().is_empty() => {}
+                (None, Some(o)) => {
+                    check_url(&key("oauth.token_endpoint"), &o.token_endpoint)?;
+                    if o.client_id.is_empty() {
+                        return Err(invalid(key("oauth.client_id"), "must not be empty"));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        key("bearer_token"),
+                        "set exactly one of bearer_token and oauth (the management credential)",
+                    ))
+                }
+            }
+            for t in &s.event_types {
+                if crate::set::EventKind::parse_name(t).is_none() {
+                    return Err(invalid(
+                        key("event_types"),
+                        format!("unknown event type {t:?}"),
+                    ));
+                }
+            }
+            if s.audiences.iter().any(String::is_empty) {
+                return Err(invalid(key("audiences"), "values must not be empty"));
+            }
+            if let Some(url) = &s.ingest_url {
+                check_url(&key("ingest_url"), url)?;
+            }
+            if s.algorithms.is_empty() || s.algorithms.iter().any(|a| Alg::parse(a).is_none()) {
+                return Err(invalid(
+                    key("algorithms"),
+                    "needs asymmetric JWS algorithms (ES256, RS256, PS256, EdDSA, ...)",
                 ));
             }
         }
@@ -1141,6 +1360,51 @@ mod tests {
         let err = load(&src("jwks_file = \"k\"\nalgorithms = [\"none\"]")).expect_err("none");
         assert!(err.to_string().contains("sources[0].algorithms"), "{err}");
         assert!(load(&src("jwks_file = \"k\"")).is_ok());
+    }
+
+    #[test]
+    fn upstreams_are_validated_and_errors_name_the_key() {
+        let up = |extra: &str| {
+            load(&format!(
+                "[[upstreams]]\nid = \"u\"\nissuer = \"https://tx.test/t\"\n{extra}"
+            ))
+        };
+        let c = up("bearer_token = \"tok\"").expect("minimal upstream");
+        assert_eq!(c.upstreams[0].delivery, "push");
+        assert_eq!(c.upstreams[0].audiences_or("https://hub"), ["https://hub"]);
+        assert_eq!(
+            c.upstreams[0].ingest_url_or("https://hub/"),
+            "https://hub/ingest/u"
+        );
+        for (extra, key) in [
+            ("", "upstreams[0].bearer_token"),
+            (
+                "bearer_token = \"t\"\noauth = { token_endpoint = \"https://as\", client_id = \"c\", client_secret = \"s\" }",
+                "upstreams[0].bearer_token",
+            ),
+            ("bearer_token = \"t\"\ndelivery = \"carrier-pigeon\"", "upstreams[0].delivery"),
+            ("bearer_token = \"t\"\nevent_types = [\"nope\"]", "upstreams[0].event_types"),
+            ("bearer_token = \"t\"\nalgorithms = [\"HS256\"]", "upstreams[0].algorithms"),
+            (
+                "oauth = { token_endpoint = \"nope\", client_id = \"c\", client_secret = \"s\" }",
+                "upstreams[0].oauth.token_endpoint",
+            ),
+        ] {
+            let err = up(extra).expect_err(extra).to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let err =
+            load("[[upstreams]]\nid = \"u\"\nissuer = \"http://tx.test\"\nbearer_token = \"t\"")
+                .expect_err("http issuer")
+                .to_string();
+        assert!(err.contains("upstreams[0].issuer"), "{err}");
+        let err = load(
+            "[[sources]]\nid = \"u\"\nissuer = \"https://i\"\naudiences = [\"x\"]\njwks_file = \"k\"\n\
+             [[upstreams]]\nid = \"u\"\nissuer = \"https://tx.test\"\nbearer_token = \"t\"",
+        )
+        .expect_err("shared id")
+        .to_string();
+        assert!(err.contains("upstreams[0].id"), "{err}");
     }
 
     #[test]

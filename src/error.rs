@@ -28,6 +28,9 @@ pub enum Error {
     AccessDenied,
     #[error("{0}")]
     BadQuery(&'static str),
+    /// An upstream verification SET whose `state` the hub did not ask for.
+    #[error("the verification state does not match the one requested")]
+    InvalidState,
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
@@ -114,6 +117,7 @@ impl Error {
             Error::BodyTimeout => "body_timeout",
             Error::AccessDenied => ErrCode::AccessDenied.as_str(),
             Error::BadQuery(_) => "bad_query",
+            Error::InvalidState => ErrCode::InvalidState.as_str(),
             Error::Verify(VerifyError::KeysUnavailable) => "unavailable",
             Error::Verify(e) => e.code().as_str(),
             Error::Normalize(_) => ErrCode::InvalidRequest.as_str(),
@@ -207,6 +211,7 @@ impl IntoResponse for Error {
                 r
             }
             Error::AccessDenied => set_error(ErrCode::AccessDenied, description),
+            Error::InvalidState => set_error(ErrCode::InvalidState, description),
             Error::BadQuery(_) => http_error(StatusCode::BAD_REQUEST, "bad_request", description),
             Error::Verify(VerifyError::KeysUnavailable) => {
                 // Not the SET's fault: the source's JWKS has never been reachable. 503 tells the

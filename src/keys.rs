@@ -286,6 +286,18 @@ impl SourceKeys {
             .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
+        SourceKeys::from_uri_with(source_id, url, allowed, cfg, client)
+    }
+
+    /// As [`SourceKeys::from_uri`], fetching with `client` (an upstream transmitter's keys go
+    /// through the SSRF-guarded client its metadata came through).
+    pub fn from_uri_with(
+        source_id: &str,
+        url: &str,
+        allowed: Vec<Alg>,
+        cfg: JwksConfig,
+        client: reqwest::Client,
+    ) -> SourceKeys {
         let origin = Origin::Uri {
             url: url.to_owned(),
             client,

@@ -23,6 +23,8 @@
 //! - [`set`]: protocol types: event catalogue, typed payloads, RFC 9493 subjects. No I/O.
 //! - [`ingest`]: stage 1, the RFC 8935 push endpoint and configured sources; [`connectors`]:
 //!   vendor webhooks authenticated, mapped (jq) and appended as the hub's own events.
+//! - [`upstream`]: the hub as a receiver of SSF transmitters configured by issuer and
+//!   credential: discovery, stream registration and verification, the RFC 8936 poll client.
 //! - [`keys`] and [`verify`]: stage 2, JWKS caching and JWS/claims verification.
 //! - [`schema`] and [`normalize`]: stage 3, schema-checked, typed, canonical records.
 //! - [`log`]: stage 4, the journal: group commit, the record codec and a decoded-record cache,
@@ -69,6 +71,7 @@ pub mod storage;
 pub mod streams;
 pub mod telemetry;
 pub mod transport;
+pub mod upstream;
 pub mod verify;
 
 /// Seconds since the Unix epoch.

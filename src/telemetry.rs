@@ -44,9 +44,10 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// One ingest request's outcome: `accepted`, `duplicate`, an RFC 8935 code, or an HTTP-level
-/// refusal (`unauthorized`, `forbidden`, `too_large`, `unsupported_media_type`, `unknown_source`,
-/// `unavailable`, `internal`). `event_type` is `family/name` for known types, else `unknown`.
+/// One ingest request's (or polled SET's) outcome: `accepted`, `duplicate`, `control` (a
+/// managed upstream's verification or stream-updated SET, taken and not appended), an RFC 8935
+/// code, or an HTTP-level refusal (`unauthorized`, `forbidden`, `too_large`,
+/// `unsupported_media_type`, `unknown_source`, `unavailable`, `internal`). `event_type` is `family/name` for known types, else `unknown`.
 pub fn record_ingest(source: &str, event_type: &str, outcome: &'static str) {
     metrics::counter!(
         "ssf_hub_ingest_total",

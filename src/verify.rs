@@ -19,6 +19,8 @@ pub enum ErrCode {
     InvalidAudience,
     AuthenticationFailed,
     AccessDenied,
+    /// A verification SET whose `state` is not the one the hub asked for (SSF §8.1.4.1).
+    InvalidState,
 }
 
 impl ErrCode {
@@ -30,6 +32,7 @@ impl ErrCode {
             ErrCode::InvalidAudience => "invalid_audience",
             ErrCode::AuthenticationFailed => "authentication_failed",
             ErrCode::AccessDenied => "access_denied",
+            ErrCode::InvalidState => "invalid_state",
         }
     }
 }

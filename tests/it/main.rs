@@ -31,3 +31,4 @@ mod streams_hardening;
 mod support;
 mod transmitter;
 mod transport;
+mod upstream;
