@@ -57,8 +57,9 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Show the upstream sources of a running hub (`GET /admin/sources`): stream id and status,
-    /// verification state, last event time, events by type, errors by kind.
+    /// Show the sources of a running hub (`GET /admin/sources`: stream id and status,
+    /// verification state, last event time, events by type, errors by kind) and its connectors
+    /// (`GET /admin/connectors`).
     Sources {
         #[command(flatten)]
         admin: AdminArgs,
@@ -387,9 +388,13 @@ pub fn run(cli: Cli) -> i32 {
                 Ok(())
             }
             Command::Sources { admin } => {
-                let out = admin
+                let mut out = admin
                     .call(reqwest::Method::GET, "/admin/sources", None)
                     .await?;
+                let connectors = admin
+                    .call(reqwest::Method::GET, "/admin/connectors", None)
+                    .await?;
+                out["connectors"] = connectors["connectors"].clone();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?

@@ -334,6 +334,10 @@ async fn a_transmitter_found_by_issuer_delivers_by_push_and_poll_across_restarts
     );
     let listed: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed["sources"].as_array().map(Vec::len), Some(2));
+    assert!(
+        listed["connectors"].is_array(),
+        "connectors are listed too: {listed}"
+    );
     let metrics = hub.metrics().await;
     assert!(
         metrics.contains("ssf_hub_upstream_stream_status"),
