@@ -218,8 +218,9 @@ fn grown(before: &BTreeMap<String, f64>, now: BTreeMap<String, f64>) -> Vec<(Str
 }
 
 /// Another process's CPU over a phase (a child hub, the broker), by thread group and in all;
-/// taken at its start.
+/// taken at its start. Only the Kafka scenario runs other processes.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 pub(crate) struct ProcCpu {
     pid: String,
     groups: BTreeMap<String, f64>,
@@ -227,6 +228,7 @@ pub(crate) struct ProcCpu {
     at: Instant,
 }
 
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
 impl ProcCpu {
     pub(crate) fn start(pid: u32) -> ProcCpu {
         let pid = pid.to_string();
