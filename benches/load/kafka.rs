@@ -57,7 +57,7 @@ mod imp {
 
     use crate::delivery::{rx_push, Arrival, Rx, RX_AUD};
     use crate::support::drive::{closed_loop, job, open_loop, Job};
-    use crate::support::hub::{self, Api, Hub, CREDENTIAL_CHANGE as CC};
+    use crate::support::hub::{self, Api, Hub, Metrics, CREDENTIAL_CHANGE as CC};
     use crate::support::machine::{self as m, env_u64, wait_quiet, CpuUse, Phase, ProcCpu};
     use crate::support::{fail, init_tracing, kfmt, lock, met, ms, progress, ratio, report};
     use crate::support::{signed_us, Pct, PCT_HEADER};
@@ -399,6 +399,7 @@ mod imp {
         achieved: f64,
         noise: f64,
         owner: String,
+        commits: String,
     }
 
     /// Whether `hub` has pushed anything (its own metrics: it owns the stream).
@@ -444,7 +445,10 @@ mod imp {
         let before = x.rx.len();
         wait_quiet(Duration::from_secs(20));
         let phase = Phase::start();
-        let cpus: Vec<ProcCpu> = hubs.iter().map(|h| h.cpu()).collect();
+        let (cpus, metrics) = (
+            hubs.iter().map(|h| h.cpu()).collect::<Vec<_>>(),
+            pages(x, hubs),
+        );
         let bcpu = broker.map(Broker::cpu);
         let run = open_loop(
             x.load.handle(),
@@ -526,6 +530,7 @@ mod imp {
             achieved: run.from(x.warm()).dispatched_rate(),
             noise: noise(&phase, &ours),
             owner,
+            commits: commits(x, hubs, &metrics, hub_used[0].wall),
         })
     }
 
@@ -536,18 +541,22 @@ mod imp {
         cores: Vec<(String, f64, String)>,
         noise: f64,
         errors: u64,
+        commits: String,
     }
 
     /// 4. Closed loop with `KB_CLIENTS` senders alternating over `hubs`, no stream.
     fn ceiling(x: &Ctx, label: &str, hubs: &[&HubChild], broker: Option<&Broker>) -> Ceiling {
         let warm = Duration::from_secs(1);
         let len = Duration::from_secs(x.ceiling_secs);
-        // Enough SETs for 8,000/s; the run stops early (and says so) if they run out.
-        let txns = x.txns(8000 * (1 + x.ceiling_secs as u32));
+        // Enough SETs for 10,000/s; the run stops early (and says so) if they run out.
+        let txns = x.txns(10_000 * (1 + x.ceiling_secs as u32));
         let sets = x.sets(&txns);
         wait_quiet(Duration::from_secs(20));
         let phase = Phase::start();
-        let cpus: Vec<ProcCpu> = hubs.iter().map(|h| h.cpu()).collect();
+        let (cpus, metrics) = (
+            hubs.iter().map(|h| h.cpu()).collect::<Vec<_>>(),
+            pages(x, hubs),
+        );
         let bcpu = broker.map(Broker::cpu);
         let n = sets.len() as u64;
         let run = closed_loop(
@@ -569,16 +578,17 @@ mod imp {
         }
         used.extend(bcpu.map(|b| ("broker (tansu)".to_owned(), b.used())));
         let own = phase.end(label);
+        let wall = own.wall;
         if run.done >= n {
             progress!("{label}: the {n} pre-signed SETs ran out before the window ended");
         }
         let ours: Vec<&CpuUse> = used.iter().map(|u| &u.1).collect();
         let noise = noise(&phase, &ours);
         used.push(("bench (load generator)".into(), own));
-        let wall = |u: &CpuUse| u.wall.as_secs_f64().max(1e-9);
+        let share = |u: &CpuUse| u.process / u.wall.as_secs_f64().max(1e-9);
         let mut cores: Vec<(String, f64, String)> = used
             .iter()
-            .map(|(name, u)| (name.clone(), u.process / wall(u), top(u)))
+            .map(|(name, u)| (name.clone(), share(u), top(u)))
             .collect();
         cores.sort_by(|a, b| b.1.total_cmp(&a.1));
         for (name, c, groups) in &cores {
@@ -589,7 +599,30 @@ mod imp {
             cores,
             noise,
             errors: run.errors,
+            commits: commits(x, hubs, &metrics, wall),
         }
+    }
+
+    /// Every hub's `/metrics` page.
+    fn pages(x: &Ctx, hubs: &[&HubChild]) -> Vec<Metrics> {
+        hubs.iter()
+            .map(|h| x.load.block_on(h.api.metrics()))
+            .collect()
+    }
+
+    /// The hubs' group commits of the log since the pages `before`, `wall` long: commits per
+    /// second, SETs per commit, time per commit (in Kafka mode: the batch's delivery reports).
+    fn commits(x: &Ctx, hubs: &[&HubChild], before: &[Metrics], wall: Duration) -> String {
+        let after = pages(x, hubs);
+        let grew = |name: &str| -> f64 {
+            let pairs = after.iter().zip(before);
+            pairs.map(|(a, b)| a.since(b, name, "")).sum()
+        };
+        let n = grew("ssf_hub_log_commit_seconds_count");
+        let sets = grew("ssf_hub_log_commit_batch_size_sum") / n.max(1.0);
+        let each = 1e3 * grew("ssf_hub_log_commit_seconds_sum") / n.max(1.0);
+        let rate = n / wall.as_secs_f64().max(1e-9);
+        format!("{rate:.0} commits/s of {sets:.1} SETs, {each:.2} ms each")
     }
 
     /// The busiest thread groups of `u`, in cores.
@@ -779,6 +812,11 @@ mod imp {
             idle.0,
             idle.1
         );
+        let group = embedded.map_or("-", |e| e.commits.as_str());
+        report!(
+            "| Group commits at {rate:.0}/s, Kafka | {} | embedded {group} | |\n",
+            k.commits
+        );
         if let Some(e) = embedded {
             compare(&[
                 (
@@ -812,6 +850,11 @@ mod imp {
         }
         if let Some(c) = kc {
             report!("| Ingest ceiling, Kafka ({} clients, alternating) | {}/s ({} errors) | embedded {}/s | {} |\n", x.clients, kfmt(c.rate), c.errors, kfmt(ec.rate), ratio(c.rate, ec.rate));
+            report!(
+                "| Group commits at the ceiling, Kafka | {} | embedded {} | |\n",
+                c.commits,
+                ec.commits
+            );
         }
         let noises = [
             Some(base.noise),
