@@ -18,7 +18,10 @@
 //!    thread group of every process, so the bottleneck can be named.
 //!
 //! The hubs' SETs are padded so that a signed SET is `KB_RECORD_BYTES` long; the Kafka record
-//! the hub writes is that SET plus its normalized event (a little over twice as long).
+//! the hub writes is that SET plus its normalized event (a little over twice as long). Each
+//! phase also reports the hubs' group commits of the log (their own metrics). Before each phase
+//! the bench waits up to `KB_QUIET_SECS` (60) for other processes to leave the cores alone, and
+//! the report says how much they took anyway.
 
 #[cfg(not(feature = "kafka"))]
 pub(crate) fn run() {
@@ -58,7 +61,7 @@ mod imp {
     use crate::delivery::{rx_push, Arrival, Rx, RX_AUD};
     use crate::support::drive::{closed_loop, job, open_loop, Job};
     use crate::support::hub::{self, Api, Hub, Metrics, CREDENTIAL_CHANGE as CC};
-    use crate::support::machine::{self as m, env_u64, wait_quiet, CpuUse, Phase, ProcCpu};
+    use crate::support::machine::{self as m, env_u64, CpuUse, Phase, ProcCpu};
     use crate::support::{fail, init_tracing, kfmt, lock, met, ms, progress, ratio, report};
     use crate::support::{signed_us, Pct, PCT_HEADER};
 
@@ -210,6 +213,7 @@ mod imp {
         bytes: usize,
         clients: usize,
         ceiling_secs: u64,
+        quiet: Duration,
         load: Runtime,
         _rx_rt: Runtime,
         rx: Arc<Rx>,
@@ -269,6 +273,41 @@ mod imp {
         let wall = ours.first().map_or(1.0, |u| u.wall.as_secs_f64()) * m::cores() as f64;
         let ours: f64 = ours.iter().map(|u| u.process).sum();
         (phase.others() - 100.0 * ours / wall).max(0.0)
+    }
+
+    /// The processes of the bench's own hubs and broker.
+    fn pids(hubs: &[&HubChild], broker: Option<&Broker>) -> Vec<u32> {
+        let hubs = hubs.iter().map(|h| h.child.id());
+        hubs.chain(broker.map(|b| b.child.id())).collect()
+    }
+
+    /// Waits (at most `KB_QUIET_SECS`) until processes other than this bench and `pids` (its
+    /// hubs and broker, whose idle work is no noise) use under 5% of the machine over 3 s, so
+    /// a phase does not start in the middle of somebody else's build.
+    fn quiet(x: &Ctx, pids: &[u32]) {
+        let start = Instant::now();
+        loop {
+            let (phase, cpus) = (Phase::start(), pids.iter().map(|&p| ProcCpu::start(p)));
+            let cpus: Vec<ProcCpu> = cpus.collect();
+            std::thread::sleep(Duration::from_secs(3));
+            let used: Vec<CpuUse> = cpus.iter().map(ProcCpu::used).collect();
+            let others = noise(&phase, &used.iter().collect::<Vec<_>>());
+            let waited = start.elapsed();
+            if others < 5.0 {
+                if waited > Duration::from_secs(4) {
+                    println!(
+                        "  (waited {:.0} s for other load to stop)",
+                        waited.as_secs_f64()
+                    );
+                }
+                return;
+            }
+            if waited >= x.quiet {
+                return println!(
+                    "  (machine still busy after {waited:.0?}: {others:.0}% used by others)"
+                );
+            }
+        }
     }
 
     /// Result of the broker baseline.
@@ -351,7 +390,7 @@ mod imp {
                 }
             }
         });
-        wait_quiet(Duration::from_secs(20));
+        quiet(x, &[broker.child.id()]);
         let (phase, cpu) = (Phase::start(), broker.cpu());
         let run = open_loop(x.load.handle(), x.rate, n, send);
         // Everything consumed, or 30 s more.
@@ -443,7 +482,7 @@ mod imp {
         let txns = x.txns(x.n());
         let sets = x.sets(&txns);
         let before = x.rx.len();
-        wait_quiet(Duration::from_secs(20));
+        quiet(x, &pids(hubs, broker));
         let phase = Phase::start();
         let (cpus, metrics) = (
             hubs.iter().map(|h| h.cpu()).collect::<Vec<_>>(),
@@ -551,7 +590,7 @@ mod imp {
         // Enough SETs for 10,000/s; the run stops early (and says so) if they run out.
         let txns = x.txns(10_000 * (1 + x.ceiling_secs as u32));
         let sets = x.sets(&txns);
-        wait_quiet(Duration::from_secs(20));
+        quiet(x, &pids(hubs, broker));
         let phase = Phase::start();
         let (cpus, metrics) = (
             hubs.iter().map(|h| h.cpu()).collect::<Vec<_>>(),
@@ -683,6 +722,7 @@ mod imp {
             bytes,
             clients: env_u64("KB_CLIENTS", 64) as usize,
             ceiling_secs: env_u64("KB_CEILING_SECS", 10),
+            quiet: Duration::from_secs(env_u64("KB_QUIET_SECS", 60)),
             load: hub::runtime("load", cores),
             _rx_rt: rx_rt,
             rx,
