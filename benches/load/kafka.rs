@@ -18,7 +18,7 @@
 //!    thread group of every process, so the bottleneck can be named.
 //!
 //! The hubs' SETs are padded so that a signed SET is `KB_RECORD_BYTES` long; the Kafka record
-//! the hub writes is that SET plus its normalized event (a little over twice as long). Each
+//! the hub writes is that SET plus its normalized event and metadata, so larger. Each
 //! phase also reports the hubs' group commits of the log (their own metrics). Before each phase
 //! the bench waits up to `KB_QUIET_SECS` (60) for other processes to leave the cores alone, and
 //! the report says how much they took anyway.
@@ -314,6 +314,8 @@ mod imp {
     struct Baseline {
         consume: Pct,
         ack: Pct,
+        /// Acknowledged → consumed: the consumer's side alone.
+        after_ack: Pct,
         broker_us: f64,
         noise: f64,
     }
@@ -409,12 +411,16 @@ mod imp {
             fail!("baseline: {} of {n} records consumed", seen.len());
         }
         let measured = run.from(x.warm());
-        let lat = measured
+        let got = measured
             .samples
             .iter()
-            .filter_map(|s| Some(signed_us(*seen.get(&s.i)?, s.start)));
+            .filter_map(|s| Some((s, *seen.get(&s.i)?)));
+        let (lat, after_ack): (Vec<f64>, Vec<f64>) = got
+            .map(|(s, at)| (signed_us(at, s.start), signed_us(at, s.end)))
+            .unzip();
         Baseline {
-            consume: Pct::of(lat.collect()),
+            consume: Pct::of(lat),
+            after_ack: Pct::of(after_ack),
             ack: measured.lat_start(),
             broker_us: used.process * 1e6 / n as f64,
             noise: noise(&phase, &[&used]),
@@ -430,6 +436,8 @@ mod imp {
         at_other: Pct,
         /// Ingest send → 202.
         accepted: Pct,
+        /// 202 → push arrival: the delivering side alone.
+        after_202: Pct,
         hub_us: f64,
         broker_us: f64,
         events: usize,
@@ -532,13 +540,14 @@ mod imp {
         for a in got.iter().filter(|a| a.0 == K && txns.contains(&a.1)) {
             arrived.entry(a.1).or_insert(a.3);
         }
-        let (mut all, mut own, mut other) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut all, mut own, mut other, mut after) = (vec![], vec![], vec![], vec![]);
         for s in run.from(x.warm()).samples.iter().filter(|s| s.ok) {
             let Some(at) = arrived.get(&(txns.start + s.i as u32)) else {
                 continue;
             };
             let d = signed_us(*at, s.start);
             all.push(d);
+            after.push(signed_us(*at, s.end));
             let taken_by = s.i as usize % hubs.len();
             match owners[..] {
                 [o] if hubs.len() > 1 && o == taken_by => own.push(d),
@@ -558,6 +567,7 @@ mod imp {
         let n = txns.len() as f64;
         Some(Push {
             e2e: Pct::of(all),
+            after_202: Pct::of(after),
             at_owner: Pct::of(own),
             at_other: Pct::of(other),
             accepted: run.from(x.warm()).lat_start(),
@@ -798,6 +808,10 @@ mod imp {
             base.ack
                 .row("Broker alone: produce → acknowledged (acks=all)")
         );
+        report!(
+            "{}",
+            base.after_ack.row("Broker alone: acknowledged → consumed")
+        );
         for (name, p) in [("Kafka, two replicas", kafka), ("Embedded", embedded)] {
             let Some(p) = p else { continue };
             report!(
@@ -817,6 +831,10 @@ mod imp {
                 );
             }
             report!("{}", p.accepted.row(&format!("{name}: ingest send → 202")));
+            report!(
+                "{}",
+                p.after_202.row(&format!("{name}: 202 → push arrival"))
+            );
         }
         report!("\n| Figure | Value | Limit (same run) | Ratio |\n|---|---|---|---:|\n");
         let Some(k) = kafka else {
