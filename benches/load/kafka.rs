@@ -6,12 +6,13 @@
 //! 1. Broker baseline: an rdkafka producer (acks=all, idempotent, `linger.ms` = `KB_LINGER_MS`,
 //!    5) and a consumer (`fetch.wait.max.ms` 10, assigned partition, no group) on a fresh
 //!    topic; `KB_RECORD_BYTES` (1024) records at `KB_RATE` (1,000)/s for 1 s + `KB_SECS` (10):
-//!    produce → consume and produce → acknowledged latency, broker CPU per record.
+//!    produce → consume, produce → acknowledged and acknowledged → consumed latency, broker
+//!    CPU per record.
 //! 2. Kafka, two replicas on one prefix, one push stream to an axum receiver here, ingest
 //!    alternating between the replicas (even SETs to the first, odd to the second) in an open
 //!    loop at the same rate and length: ingest send → push arrival, split by whether the
-//!    replica that took the SET is the one that pushes the stream; the 202's latency; hub and
-//!    broker CPU per event; every event delivered at least once.
+//!    replica that took the SET is the one that pushes the stream; send → 202 and 202 → push
+//!    arrival; hub and broker CPU per event; every event delivered at least once.
 //! 3. The same on the embedded engine (one hub, fjall in a tempdir).
 //! 4. Ceilings: `KB_CLIENTS` (64) closed-loop senders for 1 s + `KB_CEILING_SECS` (10), no
 //!    stream, on the two replicas (alternating) and on the embedded hub, with the CPU of every
