@@ -428,6 +428,22 @@ mod imp {
         }
     }
 
+    /// A reader of the hubs' state topic.
+    fn state_reader(broker: &Broker) -> BaseConsumer {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &broker.addr)
+            .set("group.id", "kbench-state");
+        c.create().expect("consumer")
+    }
+
+    /// The state topic's high watermark (tansu answers with the base offset of the last batch
+    /// plus one, so this is short by at most one batch).
+    fn state_head(c: &BaseConsumer) -> i64 {
+        let topic = format!("{PREFIX}.state");
+        let wm = c.fetch_watermarks(&topic, 0, Duration::from_secs(5));
+        wm.map_or(0, |(_, high)| high)
+    }
+
     /// Result of one push scenario.
     struct Push {
         /// Ingest send → push arrival: all, then by whether the replica that took the SET
@@ -448,6 +464,8 @@ mod imp {
         noise: f64,
         owner: String,
         commits: String,
+        /// State-topic records written per event (Kafka mode).
+        state_records: Option<f64>,
     }
 
     /// Whether `hub` has pushed anything (its own metrics: it owns the stream).
@@ -498,6 +516,12 @@ mod imp {
             pages(x, hubs),
         );
         let bcpu = broker.map(Broker::cpu);
+        // Kafka mode: how many records the state topic grew by.
+        let state = broker.map(|b| {
+            let c = state_reader(b);
+            let before = state_head(&c);
+            (c, before)
+        });
         let run = open_loop(
             x.load.handle(),
             x.rate,
@@ -581,6 +605,7 @@ mod imp {
             noise: noise(&phase, &ours),
             owner,
             commits: commits(x, hubs, &metrics, hub_used[0].wall),
+            state_records: state.map(|(c, before)| (state_head(&c) - before) as f64 / n),
         })
     }
 
@@ -866,6 +891,9 @@ mod imp {
         ]);
         report!("| Broker CPU per event, Kafka hubs | {:.0} µs | per bare 1 KB record {:.0} µs | {} |\n", k.broker_us, base.broker_us, ratio(k.broker_us, base.broker_us));
         report!("| Delivered at least once, Kafka | {}/{} ({} missing, {} duplicates; stream pushed by {}; ingest achieved {:.0}/s) | | |\n", k.events - k.missing, k.events, k.missing, k.dups, k.owner, k.achieved);
+        if let Some(r) = k.state_records {
+            report!("| State-topic records written per event, Kafka (cursor saves, heartbeats) | {r:.2} | | |\n");
+        }
         report!(
             "| Idle cost of two replicas | broker {:.2} cores, hubs {:.2} cores | | |\n",
             idle.0,
