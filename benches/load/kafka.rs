@@ -444,6 +444,19 @@ mod imp {
         wm.map_or(0, |(_, high)| high)
     }
 
+    /// The three longest pauses between consecutive arrivals: (seconds after `from`, ms).
+    fn gaps(arrived: &HashMap<u32, Instant>, from: Instant) -> Vec<(f64, f64)> {
+        let mut at: Vec<Instant> = arrived.values().copied().collect();
+        at.sort_unstable();
+        let mut gaps: Vec<(f64, f64)> = at
+            .windows(2)
+            .map(|w| (signed_us(w[0], from) / 1e6, signed_us(w[1], w[0]) / 1e3))
+            .collect();
+        gaps.sort_by(|a, b| b.1.total_cmp(&a.1));
+        gaps.truncate(3);
+        gaps
+    }
+
     /// Result of one push scenario.
     struct Push {
         /// Ingest send → push arrival: all, then by whether the replica that took the SET
@@ -455,6 +468,9 @@ mod imp {
         accepted: Pct,
         /// 202 → push arrival: the delivering side alone.
         after_202: Pct,
+        /// The three longest pauses between consecutive first arrivals: (seconds into the
+        /// phase, ms).
+        gaps: Vec<(f64, f64)>,
         hub_us: f64,
         broker_us: f64,
         events: usize,
@@ -511,6 +527,7 @@ mod imp {
         let before = x.rx.len();
         quiet(x, &pids(hubs, broker));
         let phase = Phase::start();
+        let phase_at = Instant::now();
         let (cpus, metrics) = (
             hubs.iter().map(|h| h.cpu()).collect::<Vec<_>>(),
             pages(x, hubs),
@@ -593,6 +610,7 @@ mod imp {
         Some(Push {
             e2e: Pct::of(all),
             after_202: Pct::of(after),
+            gaps: gaps(&arrived, phase_at),
             at_owner: Pct::of(own),
             at_other: Pct::of(other),
             accepted: run.from(x.warm()).lat_start(),
@@ -891,6 +909,15 @@ mod imp {
         ]);
         report!("| Broker CPU per event, Kafka hubs | {:.0} µs | per bare 1 KB record {:.0} µs | {} |\n", k.broker_us, base.broker_us, ratio(k.broker_us, base.broker_us));
         report!("| Delivered at least once, Kafka | {}/{} ({} missing, {} duplicates; stream pushed by {}; ingest achieved {:.0}/s) | | |\n", k.events - k.missing, k.events, k.missing, k.dups, k.owner, k.achieved);
+        let gaps: Vec<String> = k
+            .gaps
+            .iter()
+            .map(|(t, g)| format!("{g:.0} ms at {t:.1} s"))
+            .collect();
+        report!(
+            "| Longest pauses between arrivals, Kafka | {} | | |\n",
+            gaps.join(", ")
+        );
         if let Some(r) = k.state_records {
             report!("| State-topic records written per event, Kafka (cursor saves, heartbeats) | {r:.2} | | |\n");
         }
