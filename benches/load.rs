@@ -8,6 +8,8 @@
 mod delivery;
 #[path = "load/ingest.rs"]
 mod ingest;
+#[path = "load/kafka.rs"]
+mod kafka;
 #[path = "load/revocation.rs"]
 mod revocation;
 mod support;
@@ -17,10 +19,11 @@ const USAGE: &str = "usage: cargo bench --bench load -- <scenario> [args]
 scenarios (see BENCHMARKS.md and each module's doc comment for the knobs):
   ingest                 push ingest: machine limits, max sustained rate, 1,000 SETs/s, growth
   delivery               push (1 stream), fan-out to 100 streams (ES256, RS256), long poll
-  revocation [A,B,C,D]   deltas on /revocations/ws, decisions over 1M subjects, /feed fan-out";
+  revocation [A,B,C,D]   deltas on /revocations/ws, decisions over 1M subjects, /feed fan-out
+  kafka                  Kafka mode (--features kafka): broker baseline, two replicas vs embedded, ceilings";
 
 fn main() {
-    if revocation::child() {
+    if revocation::child() || kafka::child() {
         return;
     }
     // `cargo bench` adds `--bench`; `cargo test --benches` runs this without arguments.
@@ -30,6 +33,7 @@ fn main() {
         Some("ingest") => ingest::run(),
         Some("delivery") => delivery::run(),
         Some("revocation") => revocation::run(&args.next().unwrap_or("A,B,C,D".into())),
+        Some("kafka") => kafka::run(),
         // Nothing to run, or a criterion filter meant for `verify` (`cargo bench <filter>`).
         _ => return println!("{USAGE}"),
     }

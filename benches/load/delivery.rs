@@ -40,7 +40,7 @@ use crate::support::machine::{self as m, env_f64, env_u64, wait_quiet, Phase};
 use crate::support::{fail, failed, init_tracing, kfmt, lock, ms, report, signed_us};
 use crate::support::{Pct, PCT_HEADER};
 
-const RX_AUD: &str = "https://gateway.bench.example";
+pub(crate) const RX_AUD: &str = "https://gateway.bench.example";
 /// Receiver paths `/rx/{k}`: scenario A, then the fan-out streams.
 const K_A: u32 = 1;
 const K_FAN: u32 = 10_000;
@@ -48,23 +48,23 @@ const K_FAN: u32 = 10_000;
 const STALL: Duration = Duration::from_secs(30);
 
 /// A delivered SET: (receiver path number, `txn` number, alg, arrival).
-type Arrival = (u32, u32, &'static str, Instant);
+pub(crate) type Arrival = (u32, u32, &'static str, Instant);
 
 /// The receivers: every delivered SET, decoded (the hub's own tests verify signatures).
 #[derive(Debug, Default)]
-struct Rx {
-    issuer: Mutex<String>,
+pub(crate) struct Rx {
+    pub(crate) issuer: Mutex<String>,
     arrivals: Mutex<Vec<Arrival>>,
 }
 
 impl Rx {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         lock(&self.arrivals).len()
     }
 
     /// Waits until `more` SETs arrived after the first `from`: those, or none once `STALL`
     /// passes without an arrival.
-    fn wait(&self, from: usize, more: usize, what: &str) -> Vec<Arrival> {
+    pub(crate) fn wait(&self, from: usize, more: usize, what: &str) -> Vec<Arrival> {
         let (mut seen, mut since) = (self.len(), Instant::now());
         while self.len() < from + more {
             if self.len() != seen {
@@ -97,7 +97,11 @@ fn decode(issuer: &str, set: &[u8]) -> Result<(u32, &'static str, String), Strin
     Ok((txn.ok_or(format!("txn {}", c["txn"]))?, alg, jti))
 }
 
-async fn rx_push(State(rx): State<Arc<Rx>>, Path(k): Path<u32>, body: Bytes) -> StatusCode {
+pub(crate) async fn rx_push(
+    State(rx): State<Arc<Rx>>,
+    Path(k): Path<u32>,
+    body: Bytes,
+) -> StatusCode {
     let at = Instant::now();
     let issuer = lock(&rx.issuer).clone();
     match decode(&issuer, &body) {

@@ -94,8 +94,15 @@ fn own_ticks() -> u64 {
 
 /// CPU seconds used so far by each live thread of this process, by thread group.
 fn cpu_by_group() -> BTreeMap<String, f64> {
+    cpu_by_group_of("self")
+}
+
+/// The same for process `pid` (`self`, or a number).
+fn cpu_by_group_of(pid: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
     for task in tasks.flatten().map(|t| t.path()) {
         // schedstat: nanoseconds on CPU; else stat's utime+stime.
         let ns = first::<f64>(&read(task.join("schedstat")));
@@ -177,14 +184,9 @@ impl Phase {
 
     /// CPU used since the start.
     pub(crate) fn used(&self) -> CpuUse {
-        let before = |k: &String| self.groups.get(k).copied().unwrap_or(0.0);
-        let delta =
-            |(k, a): (String, f64)| (a - before(&k) > 0.005).then(|| (k.clone(), a - before(&k)));
-        let mut groups: Vec<(String, f64)> = cpu_by_group().into_iter().filter_map(delta).collect();
-        groups.sort_by(|a, b| b.1.total_cmp(&a.1));
         let process = own_ticks().saturating_sub(self.ticks[0]) as f64 / 100.0;
         CpuUse {
-            groups,
+            groups: grown(&self.groups, cpu_by_group()),
             process,
             wall: self.at.elapsed(),
         }
@@ -202,6 +204,50 @@ impl Phase {
         }
         println!("  {}", self.note());
         used
+    }
+}
+
+/// The thread groups whose CPU grew from `before` to `now`, by how much, biggest first.
+fn grown(before: &BTreeMap<String, f64>, now: BTreeMap<String, f64>) -> Vec<(String, f64)> {
+    let before = |k: &String| before.get(k).copied().unwrap_or(0.0);
+    let delta =
+        |(k, a): (String, f64)| (a - before(&k) > 0.005).then(|| (k.clone(), a - before(&k)));
+    let mut groups: Vec<(String, f64)> = now.into_iter().filter_map(delta).collect();
+    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+    groups
+}
+
+/// Another process's CPU over a phase (a child hub, the broker), by thread group and in all;
+/// taken at its start. Only the Kafka scenario runs other processes.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+pub(crate) struct ProcCpu {
+    pid: String,
+    groups: BTreeMap<String, f64>,
+    ticks: u64,
+    at: Instant,
+}
+
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+impl ProcCpu {
+    pub(crate) fn start(pid: u32) -> ProcCpu {
+        let pid = pid.to_string();
+        ProcCpu {
+            groups: cpu_by_group_of(&pid),
+            ticks: ticks(&read(format!("/proc/{pid}/stat"))).unwrap_or(0),
+            at: Instant::now(),
+            pid,
+        }
+    }
+
+    /// CPU used since the start (the process's own counters include threads that exited).
+    pub(crate) fn used(&self) -> CpuUse {
+        let now = ticks(&read(format!("/proc/{}/stat", self.pid))).unwrap_or(0);
+        CpuUse {
+            groups: grown(&self.groups, cpu_by_group_of(&self.pid)),
+            process: now.saturating_sub(self.ticks) as f64 / 100.0,
+            wall: self.at.elapsed(),
+        }
     }
 }
 
