@@ -187,15 +187,7 @@ impl UpstreamConfig {
 
     /// The ownership rules, as for `sources[].owns` (default: the transmitter's issuer).
     pub fn ownership(&self) -> crate::state::Ownership {
-        crate::state::Ownership {
-            issuers: self
-                .owns
-                .issuers
-                .clone()
-                .unwrap_or_else(|| vec![self.issuer.clone()]),
-            email_domains: self.owns.email_domains.clone(),
-            formats: self.owns.formats.clone(),
-        }
+        self.owns.ownership(Some(&self.issuer))
     }
 }
 
@@ -375,18 +367,24 @@ pub struct OwnsConfig {
     pub formats: Vec<String>,
 }
 
+impl OwnsConfig {
+    /// The rules, with unset `issuers` meaning `default_issuer` (none when `None`).
+    pub fn ownership(&self, default_issuer: Option<&str>) -> crate::state::Ownership {
+        crate::state::Ownership {
+            issuers: self
+                .issuers
+                .clone()
+                .unwrap_or_else(|| default_issuer.map(str::to_owned).into_iter().collect()),
+            email_domains: self.email_domains.clone(),
+            formats: self.formats.clone(),
+        }
+    }
+}
+
 impl SourceConfig {
     /// The ownership rules of this source, with the default filled in.
     pub fn ownership(&self) -> crate::state::Ownership {
-        crate::state::Ownership {
-            issuers: self
-                .owns
-                .issuers
-                .clone()
-                .unwrap_or_else(|| vec![self.issuer.clone()]),
-            email_domains: self.owns.email_domains.clone(),
-            formats: self.owns.formats.clone(),
-        }
+        self.owns.ownership(Some(&self.issuer))
     }
 }
 
@@ -432,11 +430,7 @@ pub struct ConnectorConfig {
 impl ConnectorConfig {
     /// The ownership rules of this connector: only what `owns` lists (issuers default to none).
     pub fn ownership(&self) -> crate::state::Ownership {
-        crate::state::Ownership {
-            issuers: self.owns.issuers.clone().unwrap_or_default(),
-            email_domains: self.owns.email_domains.clone(),
-            formats: self.owns.formats.clone(),
-        }
+        self.owns.ownership(None)
     }
 }
 
