@@ -348,3 +348,28 @@ impl Visible {
 pub fn admit(admin: &AdminToken, registry: &Registry, token: &str) -> Result<Principal, Error> {
     static_credential(admin, registry, token).map(|c| c.principal)
 }
+
+/// Reads a request body of at most `limit` bytes: a declared `Content-Length` over it is refused
+/// before anything is read (413). With that checked, a read error is a body too slow to arrive
+/// (the transport's deadline, 408), a chunked body that outgrew the limit (413), or a client that
+/// went away (who will not read the answer anyway).
+pub async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, Error> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Error::TooLarge);
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::transport::is_body_timeout(&e) {
+            Error::BodyTimeout
+        } else {
+            Error::TooLarge
+        }
+    })
+}

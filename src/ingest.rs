@@ -237,24 +237,7 @@ async fn accept(
     if !media_type.eq_ignore_ascii_case(SET_MEDIA_TYPE) {
         return Err(Error::UnsupportedMediaType);
     }
-    let limit = ingest.limits.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Error::TooLarge);
-    }
-    // With the declared length checked, a read error here is a body too slow to arrive (the
-    // transport's deadline), a chunked body that outgrew the limit, or a client that went away
-    // (who will not read the answer anyway).
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if crate::transport::is_body_timeout(&e) {
-            Error::BodyTimeout
-        } else {
-            Error::TooLarge
-        }
-    })?;
+    let body = crate::http::read_body(headers, body, ingest.limits.max_body_bytes).await?;
 
     match ingest.check(source, &body, event_type).await? {
         Some(checked) => ingest.append(checked).await.map(Some),

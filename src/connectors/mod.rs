@@ -304,21 +304,7 @@ async fn accept(
 ) -> Result<Outcome, Error> {
     // Authenticate first: what the headers alone can prove, before the body is read.
     auth::check_headers(&connector.spec.auth, &connector.secret, headers)?;
-    let limit = connector.max_body_bytes;
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Error::TooLarge);
-    }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if crate::transport::is_body_timeout(&e) {
-            Error::BodyTimeout
-        } else {
-            Error::TooLarge
-        }
-    })?;
+    let body = crate::http::read_body(headers, body, connector.max_body_bytes).await?;
     let now_ms = crate::unix_now_ms();
     let now = now_ms / 1000;
     auth::check_body(&connector.spec.auth, &connector.secret, headers, &body, now)?;
