@@ -211,6 +211,9 @@ fn config_out(m: &Manage, s: &Stream) -> Value {
         "latency_budget_ms": s.latency_budget_ms.unwrap_or(m.config.latency_budget_ms),
         "signing_alg": s.signing_alg.as_deref().unwrap_or(m.minter.default_alg().name()),
     });
+    if !s.delivery.is_poll() {
+        out["max_in_flight"] = json!(crate::delivery::push::window(&m.config, s));
+    }
     if let Some(d) = &s.description {
         out["description"] = json!(d);
     }
@@ -343,6 +346,23 @@ fn parse_signing_alg(value: &Value) -> Result<Option<String>, Error> {
     }
 }
 
+/// A stream's push window: 1 (strict order) up to the hub's `delivery.push_max_in_flight`.
+fn parse_max_in_flight(m: &Manage, value: &Value) -> Result<Option<u32>, Error> {
+    let max = m.config.push_max_in_flight;
+    match value {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(max)).contains(n))
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "`max_in_flight` must be an integer from 1 to {max}"
+                ))
+            }),
+    }
+}
+
 fn parse_budget(value: &Value) -> Result<Option<u64>, Error> {
     match value {
         Value::Null => Ok(None),
@@ -447,6 +467,11 @@ async fn create_stream(
             .map(parse_signing_alg)
             .transpose()?
             .flatten(),
+        max_in_flight: body
+            .get("max_in_flight")
+            .map(|v| parse_max_in_flight(&m, v))
+            .transpose()?
+            .flatten(),
         last_verification_ms: 0,
         created_at_ms: crate::unix_now_ms(),
     };
@@ -544,6 +569,11 @@ async fn modify(
     match body.get("signing_alg") {
         Some(v) => stream.signing_alg = parse_signing_alg(v)?,
         None if replace => stream.signing_alg = None,
+        None => {}
+    }
+    match body.get("max_in_flight") {
+        Some(v) => stream.max_in_flight = parse_max_in_flight(&m, v)?,
+        None if replace => stream.max_in_flight = None,
         None => {}
     }
     stream.events_delivered = events_delivered(&stream.events_requested);
@@ -1020,8 +1050,11 @@ async fn rotate_keys(_: Admin, State(m): State<Manage>, body: Bytes) -> Result<R
     ))
 }
 
-/// `GET /admin/streams`: every stream with its owner, status and reason, for operators.
+/// `GET /admin/streams`: every stream with its owner, status and reason, and its progress
+/// over the log (`through`: every position up to it is settled; `settled_above`: positions
+/// settled out of order beyond it; `behind`: log positions after `through`), for operators.
 async fn list_all_streams(_: Admin, State(m): State<Manage>) -> Result<Response, Error> {
+    let head = m.log.head();
     let all: Vec<Value> = m
         .registry
         .streams()?
@@ -1030,6 +1063,13 @@ async fn list_all_streams(_: Admin, State(m): State<Manage>) -> Result<Response,
             let mut v = config_out(&m, s);
             v["receiver_id"] = json!(s.receiver_id);
             v["status"] = json!(s.status);
+            if let Ok(Some(c)) = m.cursors.get(&s.stream_id) {
+                v["progress"] = json!({
+                    "through": c.through,
+                    "settled_above": c.done_above.len() + c.outstanding.len(),
+                    "behind": head.saturating_sub(c.through),
+                });
+            }
             if let Some(r) = &s.reason {
                 v["reason"] = json!(r);
             }

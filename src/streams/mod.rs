@@ -174,6 +174,10 @@ pub struct Stream {
     /// Per-stream signing algorithm (hub extension field `signing_alg`): ES256 or RS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_alg: Option<String>,
+    /// Most SETs in flight at once to this push stream (hub extension field `max_in_flight`):
+    /// 1 for strict log order; at most, and by default, `delivery.push_max_in_flight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
     #[serde(default)]
     pub last_verification_ms: u64,
     pub created_at_ms: u64,

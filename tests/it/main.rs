@@ -32,3 +32,4 @@ mod support;
 mod transmitter;
 mod transport;
 mod upstream;
+mod window;
