@@ -6,15 +6,15 @@
 //! several replicas, each pushes the streams it owns (`replicas`), from the shared cursor.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::clients::Clients;
 use super::{pending, record_latency, Delivery};
-use crate::guard::{Guard, GuardedResolver};
+use crate::guard::Guard;
 use crate::outbound::{mint_control, mint_event};
 use crate::set::events::StreamStatus;
 use crate::set::SET_MEDIA_TYPE;
@@ -87,21 +87,10 @@ pub fn backoff(
     }
 }
 
-/// The HTTP client for pushes: guarded resolver, no redirects, a timeout per attempt.
-pub fn client(guard: Arc<Guard>, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver(guard)))
-        // A proxy would resolve and connect on our behalf, out of the guard's sight.
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-}
-
-/// Sends one SET. IP-literal URLs bypass DNS, so the guard checks them here.
-pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+/// Sends one SET through the stream's client. IP-literal URLs bypass DNS, so the guard checks
+/// them here.
+pub async fn send(clients: &Clients, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+    let client = clients.for_stream(stream);
     let Some(url) = stream.delivery.endpoint_url.as_deref() else {
         return Outcome::Permanent {
             reason: "push stream without endpoint_url".into(),
@@ -133,6 +122,7 @@ pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set:
     }
     match req.send().await {
         Ok(resp) => {
+            metrics::counter!("ssf_hub_push_http_version_total", "version" => super::clients::version_label(resp.version())).increment(1);
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
@@ -452,7 +442,7 @@ async fn deliver_one(
         if stop.is_cancelled() {
             return Err(Stop);
         }
-        let outcome = send(&d.client, &d.guard, stream, set).await;
+        let outcome = send(&d.clients, &d.guard, stream, set).await;
         let label = match &outcome {
             Outcome::Delivered => "delivered",
             Outcome::Transient { .. } => "transient",
@@ -542,7 +532,7 @@ pub async fn send_control(
 ) -> bool {
     match d.minter.signer_for(stream) {
         Ok(signer) => match mint_control(&signer, d.minter.issuer(), stream, control) {
-            Ok(set) => send(&d.client, &d.guard, stream, &set).await == Outcome::Delivered,
+            Ok(set) => send(&d.clients, &d.guard, stream, &set).await == Outcome::Delivered,
             Err(_) => false,
         },
         Err(_) => false,

@@ -174,6 +174,10 @@ pub struct Stream {
     /// Per-stream signing algorithm (hub extension field `signing_alg`): ES256 or RS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_alg: Option<String>,
+    /// Push over HTTP/2 without negotiation on an `http://` endpoint (hub extension field
+    /// `http2_prior_knowledge`), for receivers known to speak h2c. Push streams only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2_prior_knowledge: bool,
     #[serde(default)]
     pub last_verification_ms: u64,
     pub created_at_ms: u64,
