@@ -448,8 +448,9 @@ async fn h2_is_negotiated_by_alpn_over_tls_and_http11_kept_without_it() {
     let h1 = Hypercorn::start(dir.path(), "alpn-h1", Some((&cert, &cert_key)), true).await;
     let key = es256();
     let config = write_hub_config(dir.path(), &key);
-    // The hub trusts the test CA the way any openssl program does: `SSL_CERT_FILE` replaces
-    // the default trust store. Verification stays on (there is no switch to turn it off).
+    // The hub trusts the test CA the way openssl programs do: native-tls takes its CA file from
+    // `SSL_CERT_FILE` (through openssl-probe; the system certificate directory stays trusted
+    // too). Verification stays on: there is no switch to turn it off.
     let ca = ca.to_str().expect("utf-8 path");
     let hub = HubProcess::start_env(&config, dir.path(), &[("SSL_CERT_FILE", ca)]);
     let api = hub.api();
