@@ -12,7 +12,7 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AF
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::clients::Clients;
+use super::clients::{version_label, Clients};
 use super::{pending, record_latency, Delivery};
 use crate::guard::Guard;
 use crate::outbound::{mint_control, mint_event};
@@ -122,7 +122,8 @@ pub async fn send(clients: &Clients, guard: &Guard, stream: &Stream, set: &str) 
     }
     match req.send().await {
         Ok(resp) => {
-            metrics::counter!("ssf_hub_push_http_version_total", "version" => super::clients::version_label(resp.version())).increment(1);
+            let version = version_label(resp.version());
+            metrics::counter!("ssf_hub_push_http_version_total", "version" => version).increment(1);
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
