@@ -213,6 +213,7 @@ fn config_out(m: &Manage, s: &Stream) -> Value {
     });
     if !s.delivery.is_poll() {
         out["max_in_flight"] = json!(crate::delivery::push::window(&m.config, s));
+        out["http2_prior_knowledge"] = json!(s.http2_prior_knowledge);
     }
     if let Some(d) = &s.description {
         out["description"] = json!(d);
@@ -363,6 +364,27 @@ fn parse_max_in_flight(m: &Manage, value: &Value) -> Result<Option<u32>, Error> 
     }
 }
 
+fn parse_prior_knowledge(value: &Value) -> Result<bool, Error> {
+    match value {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(*b),
+        _ => Err(Error::Invalid(
+            "`http2_prior_knowledge` must be a boolean".into(),
+        )),
+    }
+}
+
+/// HTTP/2 prior knowledge is about how the hub connects to a receiver's endpoint; a poll stream
+/// has none, so asking for it there is a mistake worth naming rather than ignoring.
+fn check_prior_knowledge(stream: &Stream) -> Result<(), Error> {
+    if stream.http2_prior_knowledge && stream.delivery.is_poll() {
+        return Err(Error::Invalid(
+            "`http2_prior_knowledge` applies to push streams only".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_budget(value: &Value) -> Result<Option<u64>, Error> {
     match value {
         Value::Null => Ok(None),
@@ -472,9 +494,15 @@ async fn create_stream(
             .map(|v| parse_max_in_flight(&m, v))
             .transpose()?
             .flatten(),
+        http2_prior_knowledge: body
+            .get("http2_prior_knowledge")
+            .map(parse_prior_knowledge)
+            .transpose()?
+            .unwrap_or(false),
         last_verification_ms: 0,
         created_at_ms: crate::unix_now_ms(),
     };
+    check_prior_knowledge(&stream)?;
     // A new stream starts at the current head: it receives what happens from now on.
     let cursor = Cursor::at(m.log.head());
     m.cursors.put(&stream_id, &cursor).await?;
@@ -576,6 +604,13 @@ async fn modify(
         None if replace => stream.max_in_flight = None,
         None => {}
     }
+    match body.get("http2_prior_knowledge") {
+        Some(v) => stream.http2_prior_knowledge = parse_prior_knowledge(v)?,
+        // A stream moved to poll (or replaced) without naming it drops it rather than failing.
+        None if replace || stream.delivery.is_poll() => stream.http2_prior_knowledge = false,
+        None => {}
+    }
+    check_prior_knowledge(&stream)?;
     stream.events_delivered = events_delivered(&stream.events_requested);
     m.registry.put_stream(&stream).await?;
     Ok(no_store(StatusCode::OK, config_out(&m, &stream)))

@@ -1,9 +1,12 @@
-//! RFC 8935 push delivery: one worker per enabled push stream walks the stream's cursor in log
-//! order, POSTs each SET, and moves the durable cursor only on a 2xx. Transient failures
-//! (network, timeout, 5xx, 429) are retried with exponential backoff and jitter, honouring
-//! `Retry-After`; permanent refusals are dead-lettered, not retried; a stream that exhausts its
-//! budget is paused with a stream-updated event and a reason the operator can read. With
-//! several replicas, each pushes the streams it owns (`replicas`), from the shared cursor.
+//! RFC 8935 push delivery: one worker per enabled push stream keeps a window of SETs in flight
+//! (`delivery.push_max_in_flight`, or the stream's `max_in_flight`; 1 is strict log order),
+//! each signed once, POSTed, and retried or dead-lettered on its own; the durable cursor moves
+//! only over the contiguous prefix of settled positions. Transient failures (network, timeout,
+//! 5xx, 429) are retried with exponential backoff and jitter, honouring `Retry-After`;
+//! permanent refusals are dead-lettered, not retried; a stream that exhausts its budget is
+//! paused with a stream-updated event and a reason the operator can read. With several
+//! replicas, each pushes the streams it owns (`replicas`), from the shared cursor. Which HTTP
+//! client (and so HTTP/1.1 or HTTP/2) is left to `clients`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +16,10 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AF
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::clients::{version_label, Clients};
 use super::{pending, record_latency, Delivery};
 use crate::config::DeliveryConfig;
-use crate::guard::{Guard, GuardedResolver};
+use crate::guard::Guard;
 use crate::outbound::mint_control;
 use crate::set::events::StreamStatus;
 use crate::set::SET_MEDIA_TYPE;
@@ -88,21 +92,10 @@ pub fn backoff(
     }
 }
 
-/// The HTTP client for pushes: guarded resolver, no redirects, a timeout per attempt.
-pub fn client(guard: Arc<Guard>, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver(guard)))
-        // A proxy would resolve and connect on our behalf, out of the guard's sight.
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-}
-
-/// Sends one SET. IP-literal URLs bypass DNS, so the guard checks them here.
-pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+/// Sends one SET through the stream's client. IP-literal URLs bypass DNS, so the guard checks
+/// them here.
+pub async fn send(clients: &Clients, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+    let client = clients.for_stream(stream);
     let Some(url) = stream.delivery.endpoint_url.as_deref() else {
         return Outcome::Permanent {
             reason: "push stream without endpoint_url".into(),
@@ -134,6 +127,8 @@ pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set:
     }
     match req.send().await {
         Ok(resp) => {
+            let version = version_label(resp.version());
+            metrics::counter!("ssf_hub_push_http_version_total", "version" => version).increment(1);
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
@@ -675,7 +670,7 @@ async fn attempt(d: &Delivery, stream: &Stream, set: &str, stop: &CancellationTo
         if stop.is_cancelled() {
             return Settled::Stopped;
         }
-        let outcome = send(&d.client, &d.guard, stream, set).await;
+        let outcome = send(&d.clients, &d.guard, stream, set).await;
         let label = match &outcome {
             Outcome::Delivered => "delivered",
             Outcome::Transient { .. } => "transient",
@@ -745,7 +740,7 @@ pub async fn send_control(
 ) -> bool {
     match d.minter.signer_for(stream) {
         Ok(signer) => match mint_control(&signer, d.minter.issuer(), stream, control) {
-            Ok(set) => send(&d.client, &d.guard, stream, &set).await == Outcome::Delivered,
+            Ok(set) => send(&d.clients, &d.guard, stream, &set).await == Outcome::Delivered,
             Err(_) => false,
         },
         Err(_) => false,

@@ -11,6 +11,7 @@ mod deploy;
 mod durability;
 mod feed;
 mod hostile;
+mod http2;
 mod ingest;
 mod integrity;
 mod interop;
