@@ -355,8 +355,9 @@ struct Window<'a> {
     staged_at: tokio::time::Instant,
 }
 
-/// How often, at most, a busy stream stages its cursor; an idle one stages at once. The
-/// supervisor makes staged cursors durable every [`crate::streams::PUSH_PROGRESS_FLUSH`].
+/// How often, at most, a stream stages its cursor (a read, a merge and a write of the stored
+/// cursor: once per SET would cost more than the SET at low rates). The supervisor makes
+/// staged cursors durable every [`crate::streams::PUSH_PROGRESS_FLUSH`].
 const STAGE_EVERY: Duration = Duration::from_millis(10);
 /// Settled positions a stream may hold above a SET still in flight, per window slot: past it,
 /// a SET stuck in retries holds the stream rather than grow its cursor without bound.
@@ -425,7 +426,7 @@ impl<'a> Window<'a> {
                 wake.head.borrow_and_update();
                 more = self.fill(stop).await?;
             }
-            if self.dirty && (self.tasks.is_empty() || self.staged_at.elapsed() >= STAGE_EVERY) {
+            if self.dirty && self.staged_at.elapsed() >= STAGE_EVERY {
                 self.stage().await?;
             }
             let room = self.room() > 0;
