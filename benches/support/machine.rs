@@ -274,6 +274,27 @@ impl CpuUse {
         (self.process.max(self.of(|_| true)) - self.of(bench)).max(0.0)
     }
 
+    /// The hub's share of [`CpuUse::hub`] by thread group (tokio workers `hub-w`, its blocking
+    /// pool `hub-blk`, the storage engine's threads, anything else it started), biggest first,
+    /// plus `(exited threads)`: what the process used beyond its live threads (tokio's blocking
+    /// threads exit after idling and take their counters with them), never negative.
+    pub(crate) fn hub_groups(&self) -> Vec<(String, f64)> {
+        let main = group_of(&read("/proc/thread-self/comm"));
+        let bench = |g: &str| g.starts_with("load") || g.starts_with("rx") || g == main;
+        let mut out: Vec<(String, f64)> = self
+            .groups
+            .iter()
+            .filter(|(g, _)| !bench(g))
+            .cloned()
+            .collect();
+        let exited = (self.process - self.of(|_| true)).max(0.0);
+        if exited > 0.0 {
+            out.push(("(exited threads)".into(), exited));
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+
     /// One line: `group: N s, ...`.
     pub(crate) fn line(&self) -> String {
         let big = self.groups.iter().filter(|(_, s)| *s >= 0.05);
