@@ -24,7 +24,7 @@
 //! 3. C: one poll stream; a long poll is kept open (acknowledging the previous SET), and after
 //!    `SSF_DELIVERY_POLL_SETTLE_MS` (25) one event is ingested; latency = answer − ingest 202,
 //!    `SSF_DELIVERY_POLL_SAMPLES` (500) samples after 20 warm-up ones.
-//! 4. B, on a fresh hub per run: `SSF_DELIVERY_STREAMS` (100) push streams: ES256 of one
+//! 4. B, on a fresh hub per run: `SSF_DELIVERY_STREAMS` (100; 0 leaves B out) push streams: ES256 of one
 //!    receiver (one `aud`), ES256 of a receiver each (their own `aud`, so no signature can be
 //!    shared between streams; capacity only), then RS256. Capacity: streams paused, a backlog
 //!    ingested, streams enabled, delivered SETs/s over `SSF_DELIVERY_SECS`; the hub's CPU per
@@ -487,17 +487,18 @@ fn latencies(got: &[Arrival], txns: &Range<u32>, from: u32, run: &Run) -> (Vec<f
 
 /// The hub's CPU per event by thread group, as a markdown table.
 fn breakdown(used: &m::CpuUse, events: f64) -> String {
-    let (total, per) = (used.hub(), |s: f64| s * 1e6 / events.max(1.0));
-    let mut out =
-        String::from("| Hub thread group | CPU s | µs per event | Share |\n|---|---:|---:|---:|\n");
+    let (total, per) = (used.hub(), |s: f64| s / events.max(1.0));
+    let wakeups = |g: &str| used.switches.iter().find(|w| w.0 == g).map(|w| w.1);
+    let mut out = String::from("| Hub thread group | CPU s | µs per event | Share | Wake-ups per event |\n|---|---:|---:|---:|---:|\n");
+    let mut all_wakeups = 0.0;
     for (g, s) in used.hub_groups() {
         let share = 100.0 * s / total.max(1e-9);
-        out += &format!("| {g} | {s:.2} | {:.1} | {share:.0}% |\n", per(s));
+        let w = wakeups(&g).map_or(String::new(), |w| format!("{:.2}", per(w)));
+        all_wakeups += wakeups(&g).unwrap_or(0.0);
+        out += &format!("| {g} | {s:.2} | {:.1} | {share:.0}% | {w} |\n", per(s * 1e6));
     }
-    out + &format!(
-        "| **hub in all** | {total:.2} | **{:.1}** | 100% |\n",
-        per(total)
-    )
+    let (cpu, all_wakeups) = (per(total * 1e6), per(all_wakeups));
+    out + &format!("| **hub in all** | {total:.2} | **{cpu:.1}** | 100% | {all_wakeups:.2} |\n")
 }
 
 /// A fan-out run's figures for the summary.
@@ -885,7 +886,7 @@ pub(crate) fn run() {
     let lo = Pct::of(c_lo).row("C: long poll answer − ingest 202 (goal p99 ≤ 2 ms)");
     let hi = Pct::of(c_hi).row("C: upper bound, answer − ingest send");
     report!("{lo}{hi}");
-    report!("\nHub CPU per event ingested and pushed to one RS256 stream at {rate_a:.0}/s (A), by thread group (tokio workers `hub-w`, its blocking pool `hub-blk`, the storage engine's `fjall:worker`; exited threads are the process's CPU not found on a live thread):\n\n{}", breakdown(&sa.used, sa.events));
+    report!("\nHub CPU per event ingested and pushed to one RS256 stream at {rate_a:.0}/s (A), by thread group (tokio workers `hub-w`, its blocking pool `hub-blk`, the storage engine's `fjall:worker`; exited threads are the process's CPU not found on a live thread; wake-ups are voluntary context switches of threads alive through the run):\n\n{}", breakdown(&sa.used, sa.events));
     let mut metrics1 = b.metrics();
     b.hub.stop(&env.hub_rt);
 
@@ -904,6 +905,9 @@ pub(crate) fn run() {
         (SignAlg::ES256, true),
         (SignAlg::RS256, false),
     ] {
+        if n_streams == 0 {
+            break;
+        }
         let b = Bench::start(&env);
         if let Some(f) = fanout(&b, alg, own, &lim) {
             fan.insert((alg.name(), own), f);
