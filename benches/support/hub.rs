@@ -52,8 +52,19 @@ pub(crate) fn http_client() -> reqwest::Client {
 /// The documented defaults, on a free loopback port, with data in `dir/data`, the bench's admin
 /// token and one ES256 source (`SOURCE`) whose keys are `jwks`.
 pub(crate) fn config(dir: &Path, jwks: &Value) -> Config {
-    let env = figment::providers::Env::prefixed("SSF_BENCH_UNUSED_");
-    let mut c = Config::load_from(None, env).expect("default config");
+    config_with(
+        dir,
+        jwks,
+        figment::providers::Env::prefixed("SSF_BENCH_UNUSED_"),
+    )
+}
+
+/// [`config`] with `env` as the configuration's environment layer: a scenario's knob that sets a
+/// hub key by name, so the bench compiles against hubs with and without that key (a hub without
+/// it refuses the unknown key when, and only when, the knob is given).
+pub(crate) fn config_with(dir: &Path, jwks: &Value, env: figment::providers::Env) -> Config {
+    let c = Config::load_from(None, env);
+    let mut c = c.unwrap_or_else(|e| panic!("hub configuration from the defaults and knobs: {e}"));
     c.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.data_dir = dir.join("data");
     c.admin_token = Some(Secret::new(ADMIN));

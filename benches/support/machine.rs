@@ -113,6 +113,19 @@ fn cpu_by_group_of(pid: &str) -> BTreeMap<String, f64> {
     out
 }
 
+/// Voluntary context switches so far (a thread blocked, then woken: one wake-up each) of each
+/// live thread of this process, by thread group.
+fn switches_by_group() -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    for task in tasks.flatten().map(|t| t.path()) {
+        let status = task.join("status");
+        let n = first::<f64>(&field(&status.to_string_lossy(), "voluntary_ctxt_switches"));
+        *out.entry(group_of(&read(task.join("comm")))).or_default() += n.unwrap_or(0.0);
+    }
+    out
+}
+
 /// Bytes written to whole disks (`/proc/diskstats`), by everyone.
 fn disk_written() -> u64 {
     let whole_disk = |l: &str| {
@@ -131,6 +144,7 @@ fn disk_written() -> u64 {
 #[derive(Debug, Clone)]
 pub(crate) struct Phase {
     groups: BTreeMap<String, f64>,
+    switches: BTreeMap<String, f64>,
     at: Instant,
     /// Clock ticks: `[this process, machine busy, machine in all, stolen by the hypervisor]`.
     ticks: [u64; 4],
@@ -148,9 +162,10 @@ impl Phase {
         let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
         let ticks = [own_ticks(), busy, busy + get(3) + get(4), get(7)];
         let own_disk = first(&field("/proc/self/io", "write_bytes")).unwrap_or(0);
-        let (groups, at) = (cpu_by_group(), Instant::now());
+        let (groups, switches, at) = (cpu_by_group(), switches_by_group(), Instant::now());
         Phase {
             groups,
+            switches,
             at,
             ticks,
             disk: [disk_written(), own_disk],
@@ -187,6 +202,7 @@ impl Phase {
         let process = own_ticks().saturating_sub(self.ticks[0]) as f64 / 100.0;
         CpuUse {
             groups: grown(&self.groups, cpu_by_group()),
+            switches: grown(&self.switches, switches_by_group()),
             process,
             wall: self.at.elapsed(),
         }
@@ -245,6 +261,7 @@ impl ProcCpu {
         let now = ticks(&read(format!("/proc/{}/stat", self.pid))).unwrap_or(0);
         CpuUse {
             groups: grown(&self.groups, cpu_by_group_of(&self.pid)),
+            switches: Vec::new(),
             process: now.saturating_sub(self.ticks) as f64 / 100.0,
             wall: self.at.elapsed(),
         }
@@ -255,6 +272,8 @@ impl ProcCpu {
 #[derive(Debug, Clone)]
 pub(crate) struct CpuUse {
     pub(crate) groups: Vec<(String, f64)>,
+    /// Voluntary context switches (wake-ups) by thread group, of threads alive at both ends.
+    pub(crate) switches: Vec<(String, f64)>,
     pub(crate) process: f64,
     pub(crate) wall: Duration,
 }
@@ -272,6 +291,27 @@ impl CpuUse {
         let main = group_of(&read("/proc/thread-self/comm"));
         let bench = |g: &str| g.starts_with("load") || g.starts_with("rx") || g == main;
         (self.process.max(self.of(|_| true)) - self.of(bench)).max(0.0)
+    }
+
+    /// The hub's share of [`CpuUse::hub`] by thread group (tokio workers `hub-w`, its blocking
+    /// pool `hub-blk`, the storage engine's threads, anything else it started), biggest first,
+    /// plus `(exited threads)`: what the process used beyond its live threads (tokio's blocking
+    /// threads exit after idling and take their counters with them), never negative.
+    pub(crate) fn hub_groups(&self) -> Vec<(String, f64)> {
+        let main = group_of(&read("/proc/thread-self/comm"));
+        let bench = |g: &str| g.starts_with("load") || g.starts_with("rx") || g == main;
+        let mut out: Vec<(String, f64)> = self
+            .groups
+            .iter()
+            .filter(|(g, _)| !bench(g))
+            .cloned()
+            .collect();
+        let exited = (self.process - self.of(|_| true)).max(0.0);
+        if exited > 0.0 {
+            out.push(("(exited threads)".into(), exited));
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
     }
 
     /// One line: `group: N s, ...`.
