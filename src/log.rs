@@ -404,7 +404,16 @@ fn advance(head: &watch::Sender<Position>, at: Position) {
 /// streams following the head, each record is read and parsed once instead of once per stream.
 #[derive(Debug, Default)]
 struct Recent {
-    records: Mutex<BTreeMap<Position, Arc<Record>>>,
+    records: Mutex<Cached>,
+}
+
+/// The cache's records, and the order they came in: the first in goes first. (Evicting the
+/// lowest position instead threw out a backlog's records as soon as a lagging follower read
+/// them, so it read and decoded the same page again for every few records it took.)
+#[derive(Debug, Default)]
+struct Cached {
+    by_position: BTreeMap<Position, Arc<Record>>,
+    arrived: std::collections::VecDeque<Position>,
 }
 
 /// Records kept decoded; about the last few seconds at high rates.
@@ -413,11 +422,11 @@ const RECENT_CAPACITY: usize = 8192;
 impl Recent {
     /// The records right after `after`, as long as they are all cached, up to `head`.
     fn run_after(&self, after: Position, head: Position) -> Vec<Arc<Record>> {
-        let map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut next = after + 1;
         while next <= head {
-            match map.get(&next) {
+            match cached.by_position.get(&next) {
                 Some(r) => out.push(r.clone()),
                 None => break,
             }
@@ -448,6 +457,7 @@ impl Recent {
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_position
             .get(&position)
             .cloned()
     }
@@ -457,12 +467,17 @@ impl Recent {
     }
 
     fn insert_all(&self, records: impl IntoIterator<Item = Arc<Record>>) {
-        let mut map = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.records.lock().unwrap_or_else(|p| p.into_inner());
         for record in records {
-            map.insert(record.position, record);
+            let position = record.position;
+            if cached.by_position.insert(position, record).is_none() {
+                cached.arrived.push_back(position);
+            }
         }
-        while map.len() > RECENT_CAPACITY {
-            map.pop_first();
+        while cached.arrived.len() > RECENT_CAPACITY {
+            if let Some(oldest) = cached.arrived.pop_front() {
+                cached.by_position.remove(&oldest);
+            }
         }
     }
 }
