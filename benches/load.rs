@@ -14,6 +14,10 @@ mod kafka;
 mod revocation;
 mod support;
 
+/// The binary's allocator (`src/main.rs`), so the hub here runs as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: cargo bench --bench load -- <scenario> [args]
 
 scenarios (see BENCHMARKS.md and each module's doc comment for the knobs):

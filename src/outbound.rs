@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::keyring::Keyring;
 use crate::normalize::Record;
@@ -137,8 +137,7 @@ impl Minter {
 /// (a new data directory): the event at a reused position is another event.
 pub fn event_jti(record: &Record) -> String {
     let digest = openssl::sha::sha256(format!("{}\0{}", record.iss, record.jti).as_bytes());
-    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{tag}.{}", record.position)
+    format!("{}.{}", hex(&digest[..8]), record.position)
 }
 
 /// The log position an `ack`ed `jti` of this stream refers to, if it is an event SET: the
@@ -158,8 +157,17 @@ pub fn position_of(stream_id: &str, jti: &str) -> Option<u64> {
 fn txn(record: &Record) -> String {
     record.txn.clone().unwrap_or_else(|| {
         let digest = openssl::sha::sha256(format!("{}\0{}", record.iss, record.jti).as_bytes());
-        digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&digest[..12])
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .map(char::from)
+        .collect()
 }
 
 /// Signs the SET `stream` receives for `record`: `iss` the hub, `aud` the stream's, `jti` from
@@ -172,21 +180,15 @@ fn mint_event(
     record: &Record,
     jti: &str,
 ) -> Result<String, SignError> {
-    let mut payload = record.claims.clone();
-    if let Some(obj) = payload.as_object_mut() {
-        // The legacy in-payload subject never leaves the hub: `sub_id` carries it (SSF §3.1.2).
-        obj.remove("subject");
-    }
-    let claims = envelope(
-        issuer,
-        stream,
+    signer.sign(&Envelope {
+        iss: issuer,
+        aud: &stream.aud,
         jti,
-        txn(record),
-        record.subject.as_map().clone().into(),
-        &record.event_type,
-        payload,
-    );
-    signer.sign(&claims)
+        iat: crate::unix_now(),
+        txn: &txn(record),
+        sub_id: record.subject.as_map(),
+        events: Events(&record.event_type, Payload(&record.claims)),
+    })
 }
 
 /// A verification or stream-updated event for `stream`, to be queued and signed when sent.
@@ -205,44 +207,97 @@ pub fn mint_control(
     stream: &Stream,
     control: &Control,
 ) -> Result<String, SignError> {
-    let sub_id = json!({"format": "opaque", "id": stream.stream_id});
-    let claims = envelope(
-        issuer,
-        stream,
-        &control.jti,
-        control.jti.clone(),
-        sub_id,
-        &control.event_type.uri(),
-        control.payload.clone(),
-    );
-    signer.sign(&claims)
+    let mut sub_id = Map::new();
+    sub_id.insert("format".into(), "opaque".into());
+    sub_id.insert("id".into(), stream.stream_id.as_str().into());
+    signer.sign(&Envelope {
+        iss: issuer,
+        aud: &stream.aud,
+        jti: &control.jti,
+        iat: crate::unix_now(),
+        txn: &control.jti,
+        sub_id: &sub_id,
+        events: Events(&control.event_type.uri(), Payload(&control.payload)),
+    })
 }
 
-fn envelope(
-    issuer: &str,
-    stream: &Stream,
-    jti: &str,
-    txn: String,
-    sub_id: Value,
-    event_type: &str,
-    payload: Value,
-) -> Map<String, Value> {
-    let mut events = Map::new();
-    events.insert(event_type.to_owned(), payload);
-    let mut claims = Map::new();
-    claims.insert("iss".into(), Value::from(issuer));
-    claims.insert("aud".into(), Value::from(stream.aud.clone()));
-    claims.insert("jti".into(), Value::from(jti));
-    claims.insert("iat".into(), Value::from(crate::unix_now()));
-    claims.insert("txn".into(), Value::from(txn));
-    claims.insert("sub_id".into(), sub_id);
-    claims.insert("events".into(), Value::Object(events));
-    claims
+/// The claims of an outbound SET, serialized from borrowed parts: the record's claims are not
+/// copied once per SET.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    jti: &'a str,
+    iat: u64,
+    txn: &'a str,
+    sub_id: &'a Map<String, Value>,
+    events: Events<'a>,
+}
+
+/// `events`: exactly one event type and its payload.
+struct Events<'a>(&'a str, Payload<'a>);
+
+impl serde::Serialize for Events<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, &self.1)?;
+        map.end()
+    }
+}
+
+/// An event payload without the legacy in-payload `subject`, which never leaves the hub:
+/// `sub_id` carries it (SSF §3.1.2).
+struct Payload<'a>(&'a Value);
+
+impl serde::Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let Value::Object(members) = self.0 else {
+            return self.0.serialize(s);
+        };
+        let kept = members.iter().filter(|(k, _)| k.as_str() != "subject");
+        let mut map = s.serialize_map(None)?;
+        for (k, v) in kept {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_envelope_has_one_event_and_no_legacy_subject() {
+        let payload = serde_json::json!({
+            "subject": {"format": "email", "email": "ana@example.com"},
+            "event_timestamp": 1,
+            "reason_admin": {"en": "x"},
+        });
+        let mut sub_id = Map::new();
+        sub_id.insert("format".into(), "opaque".into());
+        let claims = serde_json::to_value(Envelope {
+            iss: "https://hub",
+            aud: "https://rx",
+            jti: "0123456789abcdef.7",
+            iat: 9,
+            txn: "t",
+            sub_id: &sub_id,
+            events: Events("urn:e", Payload(&payload)),
+        })
+        .expect("serialize");
+        assert_eq!(
+            claims,
+            serde_json::json!({
+                "iss": "https://hub", "aud": "https://rx", "jti": "0123456789abcdef.7",
+                "iat": 9, "txn": "t", "sub_id": {"format": "opaque"},
+                "events": {"urn:e": {"event_timestamp": 1, "reason_admin": {"en": "x"}}},
+            })
+        );
+        assert_eq!(hex(&[0x0f, 0xa0]), "0fa0");
+    }
 
     #[test]
     fn jti_round_trips_to_its_position() {

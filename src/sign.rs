@@ -143,8 +143,9 @@ impl SetSigner {
         json!({ "keys": [self.public_jwk()] })
     }
 
-    /// Signs `claims` as a compact SET with header `{alg, kid, typ: secevent+jwt}`.
-    pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, SignError> {
+    /// Signs `claims` (a JSON object) as a compact SET with header
+    /// `{alg, kid, typ: secevent+jwt}`.
+    pub fn sign(&self, claims: &(impl serde::Serialize + ?Sized)) -> Result<String, SignError> {
         let header = json!({ "alg": self.alg.name(), "kid": self.kid, "typ": SET_TYP });
         sign_compact(self.signer.as_ref(), &header, claims)
     }
@@ -155,12 +156,13 @@ impl SetSigner {
 pub fn sign_compact(
     signer: &dyn JwsSigner,
     header: &Value,
-    claims: &Map<String, Value>,
+    claims: &(impl serde::Serialize + ?Sized),
 ) -> Result<String, SignError> {
+    let payload = serde_json::to_vec(claims).map_err(|e| SignError::Sign(e.to_string()))?;
     let mut out = String::with_capacity(512);
     URL_SAFE_NO_PAD.encode_string(header.to_string(), &mut out);
     out.push('.');
-    URL_SAFE_NO_PAD.encode_string(Value::Object(claims.clone()).to_string(), &mut out);
+    URL_SAFE_NO_PAD.encode_string(payload, &mut out);
     let signature = signer
         .sign(out.as_bytes())
         .map_err(|e| SignError::Sign(e.to_string()))?;
