@@ -352,7 +352,7 @@ impl Bench<'_> {
         self.set_status(streams, "enabled");
         let enabled = Instant::now();
         let arrivals = rx.wait(before, backlog as usize * n, what);
-        let used = phase.end(what);
+        let (used, others) = (phase.end(what), phase.others());
         let delivered = complete(what, &arrivals, ks, &txns, alg);
         let last = arrivals.iter().map(|a| a.3).max().unwrap_or(enabled);
         let until = last.min(enabled + self.env.secs);
@@ -363,6 +363,7 @@ impl Bench<'_> {
             drained: (last - enabled).as_secs_f64(),
             hub_us: used.hub() * 1e6 / delivered.max(1) as f64,
             backlog,
+            others,
         }
     }
 
@@ -378,7 +379,7 @@ impl Bench<'_> {
         let phase = Phase::start();
         let run = self.ingest_sets(sets, rate, 0);
         let arrivals = rx.wait(before, txns.len(), what);
-        let used = phase.end(what);
+        let (used, others) = (phase.end(what), phase.others());
         complete(what, &arrivals, &[k], &txns, alg);
         let (lo, hi) = latencies(&arrivals, &txns, from, &run);
         // Kept up: the delivered rate over the measured part, from its first scheduled send to
@@ -406,6 +407,7 @@ impl Bench<'_> {
             hub_us,
             used,
             events: txns.len() as f64,
+            others,
         }
     }
 }
@@ -418,6 +420,8 @@ struct Drain {
     /// The hub's CPU per delivered SET, µs.
     hub_us: f64,
     backlog: u32,
+    /// Percent of the machine other processes (and the hypervisor) took meanwhile.
+    others: f64,
 }
 
 /// An open-loop run on one stream (see [`Bench::steady`]).
@@ -436,6 +440,8 @@ struct Steady {
     hub_us: f64,
     used: m::CpuUse,
     events: f64,
+    /// Percent of the machine other processes (and the hypervisor) took meanwhile.
+    others: f64,
 }
 
 impl Steady {
@@ -445,7 +451,8 @@ impl Steady {
         let share = 100.0 * self.delivered / self.offered.max(1e-9);
         let (a, b, v) = (ms(self.p50_first), ms(self.p50_last), met(self.kept));
         let v = if self.kept { "kept up" } else { v };
-        format!("offered {o}/s, delivered {d}/s ({share:.1}%); arrival − send p50 first third {a} ms, last third {b} ms: {v}")
+        let others = self.others;
+        format!("offered {o}/s, delivered {d}/s ({share:.1}%); arrival − send p50 first third {a} ms, last third {b} ms: {v} (other load {others:.0}%)")
     }
 }
 
@@ -511,6 +518,8 @@ struct FanOut {
     ratio: f64,
     /// The hub's CPU per delivered SET beyond signing and the HTTP client, µs.
     rest_us: f64,
+    /// Percent of the machine other processes took during the drain.
+    others: f64,
 }
 
 /// Scenario B for one algorithm, the streams of one receiver or of a receiver each (`own`,
@@ -567,12 +576,17 @@ fn fanout(b: &Bench, alg: SignAlg, own: bool, lim: &Limits) -> Option<FanOut> {
         d.hub_us
     );
     let capacity = format!(
-        "{} SETs/s (backlog {backlog} events × {n} streams, drained in {:.1} s; probe {} SETs/s)",
+        "{} SETs/s (backlog {backlog} events × {n} streams, drained in {:.1} s; probe {} SETs/s; other load {:.0}%)",
         kfmt(d.capacity),
         d.drained,
-        kfmt(probe)
+        kfmt(probe),
+        d.others
     );
-    let out = FanOut { ratio, rest_us };
+    let out = FanOut {
+        ratio,
+        rest_us,
+        others: d.others,
+    };
     if own {
         b.check_and_delete(&streams);
         report!("| {label} | {capacity} | **{ratio:.1}%** | {of_ceiling:.0}% | {cost} | not measured | | |\n");
@@ -609,9 +623,9 @@ fn fanout(b: &Bench, alg: SignAlg, own: bool, lim: &Limits) -> Option<FanOut> {
 }
 
 /// Closed-loop ingest of `n` events by `clients` clients on `b`, whose push streams deliver to
-/// `ks` (waited for): the ingest rate, the hub's CPU per event, and the streams' delivered rate
-/// once ingest ended (the backlog left behind, draining), SETs/s.
-fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f64, f64) {
+/// `ks` (waited for): the ingest rate, the hub's CPU per event, the streams' delivered rate once
+/// ingest ended (the backlog left behind, draining), SETs/s, and the other load meanwhile, %.
+fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f64, f64, f64) {
     let rx = &b.env.rx;
     let txns = b.txns(n);
     let sets = b.sets(&txns);
@@ -619,10 +633,10 @@ fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f
     wait_quiet(Duration::from_secs(10));
     let phase = Phase::start();
     let run = b.ingest_sets(sets, 0.0, clients);
-    let used = phase.end(what);
+    let (used, others) = (phase.end(what), phase.others());
     let (rate, hub_us) = (run.completed_rate(), used.hub() * 1e6 / f64::from(n));
     if ks.is_empty() {
-        return (rate, hub_us, 0.0);
+        return (rate, hub_us, 0.0, others);
     }
     let arrivals = rx.wait(before, txns.len() * ks.len(), what);
     complete(what, &arrivals, ks, &txns, "RS256");
@@ -633,7 +647,7 @@ fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f
         .collect();
     let last = after.iter().max().copied().unwrap_or(run.ended);
     let tail = after.len() as f64 / (last - run.ended).as_secs_f64().max(1e-3);
-    (rate, hub_us, tail)
+    (rate, hub_us, tail, others)
 }
 
 pub(crate) fn run() {
@@ -762,7 +776,7 @@ pub(crate) fn run() {
     let b = Bench::start(&env);
     let metrics0 = b.metrics();
     let what = format!("ingest ceiling, {ingest_clients} clients, no stream");
-    let (bare_ceiling, bare_us, _) = ceiling(&b, ingest_n, ingest_clients, &[], &what);
+    let (bare_ceiling, bare_us, _, bare_others) = ceiling(&b, ingest_n, ingest_clients, &[], &what);
     let a = b.create_stream(&b.token, K_A, Some(SignAlg::RS256));
     let (txns, before) = (b.txns(3), rx.len());
     b.ingest(&txns, 0.0, 1);
@@ -774,10 +788,11 @@ pub(crate) fn run() {
         "RS256",
     );
     let what = format!("ingest ceiling, {ingest_clients} clients, one RS256 push stream");
-    let (with_ceiling, with_us, tail) = ceiling(&b, ingest_n, ingest_clients, &[K_A], &what);
+    let (with_ceiling, with_us, tail, with_others) =
+        ceiling(&b, ingest_n, ingest_clients, &[K_A], &what);
     report!("\n| One push stream, RS256 | Value |\n|---|---|\n");
-    report!("| Hub ingest ceiling, {ingest_clients} clients, {ingest_n} events, no stream | {} events/s; hub CPU {bare_us:.0} µs per event |\n", kfmt(bare_ceiling));
-    report!("| Hub ingest ceiling, the same with the push stream present | {} events/s; hub CPU {with_us:.0} µs per event (ingest only; the stream then drained its backlog at {} SETs/s) |\n", kfmt(with_ceiling), kfmt(tail));
+    report!("| Hub ingest ceiling, {ingest_clients} clients, {ingest_n} events, no stream | {} events/s; hub CPU {bare_us:.0} µs per event (other load {bare_others:.0}%) |\n", kfmt(bare_ceiling));
+    report!("| Hub ingest ceiling, the same with the push stream present | {} events/s; hub CPU {with_us:.0} µs per event (ingest only; the stream then drained its backlog at {} SETs/s; other load {with_others:.0}%) |\n", kfmt(with_ceiling), kfmt(tail));
     let backlog = ((tail * (secs.as_secs_f64() + 2.0)).ceil() as u32).clamp(1000, 100_000);
     let d = b.drain(
         std::slice::from_ref(&a),
@@ -786,7 +801,7 @@ pub(crate) fn run() {
         backlog,
         "the one-stream drain",
     );
-    report!("| Capacity: a backlog of {} events drained | **{} SETs/s** (drained in {:.1} s; hub CPU {:.0} µs per SET) |\n", d.backlog, kfmt(d.capacity), d.drained, d.hub_us);
+    report!("| Capacity: a backlog of {} events drained | **{} SETs/s** (drained in {:.1} s; hub CPU {:.0} µs per SET; other load {:.0}%) |\n", d.backlog, kfmt(d.capacity), d.drained, d.hub_us, d.others);
     // The highest rate kept up: 90% of the drain capacity first; after a miss, the lower of 80%
     // of the rate tried and 95% of what was delivered (three tries at most).
     let (mut sustained, mut rate) = (None, 0.9 * d.capacity);
@@ -935,13 +950,13 @@ pub(crate) fn run() {
     );
     let p99 = sa.hi.p99;
     report!(
-        "| e2e p99 at {rate_a:.0}/s ≤ 5 ms | {} ms arrival − send (arrival − 202: {} ms) | 5 ms | {:.2} | {} |\n",
-        ms(p99), ms(sa.lo.p99), p99 / 5000.0, met(p99 <= 5000.0 && sa.kept)
+        "| e2e p99 at {rate_a:.0}/s ≤ 5 ms | {} ms arrival − send (arrival − 202: {} ms; other load {:.0}%) | 5 ms | {:.2} | {} |\n",
+        ms(p99), ms(sa.lo.p99), sa.others, p99 / 5000.0, met(p99 <= 5000.0 && sa.kept)
     );
     let (rs_us, es_us) = (lim.sign_us["RS256"], lim.sign_us["ES256"]);
     report!(
-        "| Hub CPU per event ingested and pushed to one stream at {rate_a:.0}/s ≤ 400 µs | {:.0} µs | 400 µs; bare source verify {verify_us:.1} µs + bare RS256 sign {rs_us:.1} µs = {:.0} µs (ES256 sign {es_us:.1} µs) | {:.2} of 400 µs; {:.1}× bare verify + sign | {} |\n",
-        sa.hub_us, verify_us + rs_us, sa.hub_us / 400.0, sa.hub_us / (verify_us + rs_us), met(sa.hub_us <= 400.0)
+        "| Hub CPU per event ingested and pushed to one stream at {rate_a:.0}/s ≤ 400 µs | {:.0} µs (other load {:.0}%) | 400 µs; bare source verify {verify_us:.1} µs + bare RS256 sign {rs_us:.1} µs = {:.0} µs (ES256 sign {es_us:.1} µs) | {:.2} of 400 µs; {:.1}× bare verify + sign | {} |\n",
+        sa.hub_us, sa.others, verify_us + rs_us, sa.hub_us / 400.0, sa.hub_us / (verify_us + rs_us), met(sa.hub_us <= 400.0)
     );
     for own in [false, true] {
         let Some(f) = fan.get(&("ES256", own)) else {
@@ -962,14 +977,14 @@ pub(crate) fn run() {
             )
         };
         report!(
-            "| Fan-out to {n_streams} ES256 push streams ({who}) ≥ 70% of bare all-core signing | {:.1}% | 70% of {} SETs/s{why} | {:.2} | {} |\n",
-            f.ratio, kfmt(lim.sign_rate["ES256"]), f.ratio / 70.0, met(f.ratio >= 70.0)
+            "| Fan-out to {n_streams} ES256 push streams ({who}) ≥ 70% of bare all-core signing | {:.1}% (other load {:.0}%) | 70% of {} SETs/s{why} | {:.2} | {} |\n",
+            f.ratio, f.others, kfmt(lim.sign_rate["ES256"]), f.ratio / 70.0, met(f.ratio >= 70.0)
         );
     }
     let (p99, bound) = (sl.hi.p99, 2.0 * lim.rtt_p99 + rs_us);
     report!(
-        "| Push e2e p99 at {rate_low:.0}/s ≤ 2× loopback POST p99 + bare RS256 sign | {} ms arrival − send (p50 {} ms; arrival − 202 p99 {} ms) | {} ms = 2 × {} ms + {} ms | {:.2} | {} |\n",
-        ms(p99), ms(sl.hi.p50), ms(sl.lo.p99), ms(bound), ms(lim.rtt_p99), ms(rs_us), p99 / bound.max(1e-9),
+        "| Push e2e p99 at {rate_low:.0}/s ≤ 2× loopback POST p99 + bare RS256 sign | {} ms arrival − send (p50 {} ms; arrival − 202 p99 {} ms; other load {:.0}%) | {} ms = 2 × {} ms + {} ms | {:.2} | {} |\n",
+        ms(p99), ms(sl.hi.p50), ms(sl.lo.p99), sl.others, ms(bound), ms(lim.rtt_p99), ms(rs_us), p99 / bound.max(1e-9),
         met(p99 <= bound && sl.kept)
     );
 
