@@ -744,10 +744,12 @@ pub(crate) fn run() {
             let claims = &claims;
             move || drop(std::hint::black_box(s.sign(claims).expect("sign")))
         };
+        let phase = Phase::start();
         let r = hub::rate_on_threads(cores, sign_secs, signing);
+        let others = phase.others();
         let one = 1e6 / hub::rate_on_threads(1, sign_secs, signing);
         let (name, rate, per_core) = (alg.name(), kfmt(r), cores as f64 * 1e6 / r);
-        report!("| Bare {name} signing, {cores} threads | {rate} SETs/s ({per_core:.1} µs/SET/core) |\n");
+        report!("| Bare {name} signing, {cores} threads | {rate} SETs/s ({per_core:.1} µs/SET/core; other load {others:.0}%) |\n");
         report!("| Bare {name} signing, 1 thread | {one:.1} µs per SET |\n");
         sign_rate.insert(name, r);
         sign_us.insert(name, one);
@@ -789,6 +791,7 @@ pub(crate) fn run() {
     let phase = Phase::start();
     let r100 = closed_loop(load, 100, u64::MAX, post_window, true, post);
     let used = phase.end("100 concurrent POSTs");
+    let post_others = phase.others();
     rtt1.check("loopback POST");
     r100.check("loopback POSTs");
     let per_req = |g: &str| used.of(|x| x == g) * 1e6 / r100.done as f64;
@@ -810,7 +813,7 @@ pub(crate) fn run() {
     let (es, rs, client_us, server_us) =
         (ceil("ES256"), ceil("RS256"), lim.client_us, lim.server_us);
     report!("| Loopback POST round trip, 1 client | {rtt1} |\n");
-    report!("| Loopback POSTs, 100 concurrent on one client | {rate100} req/s; CPU per request: client {client_us:.1} µs, receiver {server_us:.1} µs |\n");
+    report!("| Loopback POSTs, 100 concurrent on one client | {rate100} req/s; CPU per request: client {client_us:.1} µs, receiver {server_us:.1} µs (other load {post_others:.0}%) |\n");
     report!("| Push ceiling (sign + HTTP client + receiver, all cores) | {es}; {rs} |\n");
 
     // 2. One push stream, RS256: the hub's ingest ceiling without and with it, its capacity,
