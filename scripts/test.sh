@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one. Installs only what is missing:
 #   - Debian packages that -sys crates build against (openssl-sys: libssl-dev, pkg-config)
-#   - Python packages the interop tests drive (tests/requirements.txt: jwcrypto, websockets)
+#   - Python packages the interop tests drive (tests/requirements.txt: jwcrypto, websockets, hypercorn)
 #   - the Kafka-compatible test broker `tansu` 0.6.0, only when no `tansu` is on the PATH
 #     (`cargo install`, 10-20 minutes, once per machine)
 # then starts tansu on a free loopback port (in-memory storage, stopped on exit), checks

@@ -129,6 +129,10 @@ fn build(config: Config) -> Result<Parts, StartError> {
     }
     let revocations = Arc::new(revocations);
     let log = Log::start(storage.log.clone());
+    // On one machine the committer folds each batch as it makes it durable, so a revocation
+    // is in the decision API before its 202, without a wake-up of its own.
+    let fold = revocations.clone();
+    log.after_commit(Box::new(move |records| fold.fold_next(records)));
 
     let mut sources = config
         .sources

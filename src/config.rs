@@ -247,6 +247,10 @@ pub struct HttpConfig {
     pub metrics_listen: Option<SocketAddr>,
 }
 
+/// The largest push window an operator may configure: each SET in flight holds a request and
+/// its signed bytes.
+pub const MAX_IN_FLIGHT: u32 = 1024;
+
 /// How the hub, as a transmitter, serves its streams.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,6 +266,9 @@ pub struct DeliveryConfig {
     pub max_signed_sets_per_stream: usize,
     pub inactivity_timeout_secs: u64,
     pub push_timeout_ms: u64,
+    /// SETs one push stream may have in flight at once (a stream's `max_in_flight` may lower
+    /// it; 1 is strict log order).
+    pub push_max_in_flight: u32,
     pub retry_initial_backoff_ms: u64,
     pub retry_max_backoff_ms: u64,
     pub retry_budget: u32,
@@ -582,6 +589,12 @@ impl Config {
             return Err(invalid(
                 "delivery.inactivity_timeout_secs",
                 "must be 0 (off) or at least delivery.long_poll_timeout_secs",
+            ));
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&d.push_max_in_flight) {
+            return Err(invalid(
+                "delivery.push_max_in_flight",
+                "must be between 1 and 1024",
             ));
         }
         if d.push_timeout_ms == 0 || d.retry_initial_backoff_ms == 0 {

@@ -211,6 +211,10 @@ fn config_out(m: &Manage, s: &Stream) -> Value {
         "latency_budget_ms": s.latency_budget_ms.unwrap_or(m.config.latency_budget_ms),
         "signing_alg": s.signing_alg.as_deref().unwrap_or(m.minter.default_alg().name()),
     });
+    if !s.delivery.is_poll() {
+        out["max_in_flight"] = json!(crate::delivery::push::window(&m.config, s));
+        out["http2_prior_knowledge"] = json!(s.http2_prior_knowledge);
+    }
     if let Some(d) = &s.description {
         out["description"] = json!(d);
     }
@@ -343,6 +347,44 @@ fn parse_signing_alg(value: &Value) -> Result<Option<String>, Error> {
     }
 }
 
+/// A stream's push window: 1 (strict order) up to the hub's `delivery.push_max_in_flight`.
+fn parse_max_in_flight(m: &Manage, value: &Value) -> Result<Option<u32>, Error> {
+    let max = m.config.push_max_in_flight;
+    match value {
+        Value::Null => Ok(None),
+        v => v
+            .as_u64()
+            .filter(|n| (1..=u64::from(max)).contains(n))
+            .map(|n| Some(n as u32))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "`max_in_flight` must be an integer from 1 to {max}"
+                ))
+            }),
+    }
+}
+
+fn parse_prior_knowledge(value: &Value) -> Result<bool, Error> {
+    match value {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(*b),
+        _ => Err(Error::Invalid(
+            "`http2_prior_knowledge` must be a boolean".into(),
+        )),
+    }
+}
+
+/// HTTP/2 prior knowledge is about how the hub connects to a receiver's endpoint; a poll stream
+/// has none, so asking for it there is a mistake worth naming rather than ignoring.
+fn check_prior_knowledge(stream: &Stream) -> Result<(), Error> {
+    if stream.http2_prior_knowledge && stream.delivery.is_poll() {
+        return Err(Error::Invalid(
+            "`http2_prior_knowledge` applies to push streams only".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_budget(value: &Value) -> Result<Option<u64>, Error> {
     match value {
         Value::Null => Ok(None),
@@ -447,9 +489,20 @@ async fn create_stream(
             .map(parse_signing_alg)
             .transpose()?
             .flatten(),
+        max_in_flight: body
+            .get("max_in_flight")
+            .map(|v| parse_max_in_flight(&m, v))
+            .transpose()?
+            .flatten(),
+        http2_prior_knowledge: body
+            .get("http2_prior_knowledge")
+            .map(parse_prior_knowledge)
+            .transpose()?
+            .unwrap_or(false),
         last_verification_ms: 0,
         created_at_ms: crate::unix_now_ms(),
     };
+    check_prior_knowledge(&stream)?;
     // A new stream starts at the current head: it receives what happens from now on.
     let cursor = Cursor::at(m.log.head());
     m.cursors.put(&stream_id, &cursor).await?;
@@ -546,6 +599,18 @@ async fn modify(
         None if replace => stream.signing_alg = None,
         None => {}
     }
+    match body.get("max_in_flight") {
+        Some(v) => stream.max_in_flight = parse_max_in_flight(&m, v)?,
+        None if replace => stream.max_in_flight = None,
+        None => {}
+    }
+    match body.get("http2_prior_knowledge") {
+        Some(v) => stream.http2_prior_knowledge = parse_prior_knowledge(v)?,
+        // A stream moved to poll (or replaced) without naming it drops it rather than failing.
+        None if replace || stream.delivery.is_poll() => stream.http2_prior_knowledge = false,
+        None => {}
+    }
+    check_prior_knowledge(&stream)?;
     stream.events_delivered = events_delivered(&stream.events_requested);
     m.registry.put_stream(&stream).await?;
     Ok(no_store(StatusCode::OK, config_out(&m, &stream)))
@@ -1020,8 +1085,11 @@ async fn rotate_keys(_: Admin, State(m): State<Manage>, body: Bytes) -> Result<R
     ))
 }
 
-/// `GET /admin/streams`: every stream with its owner, status and reason, for operators.
+/// `GET /admin/streams`: every stream with its owner, status and reason, and its progress
+/// over the log (`through`: every position up to it is settled; `settled_above`: positions
+/// settled out of order beyond it; `behind`: log positions after `through`), for operators.
 async fn list_all_streams(_: Admin, State(m): State<Manage>) -> Result<Response, Error> {
+    let head = m.log.head();
     let all: Vec<Value> = m
         .registry
         .streams()?
@@ -1030,6 +1098,13 @@ async fn list_all_streams(_: Admin, State(m): State<Manage>) -> Result<Response,
             let mut v = config_out(&m, s);
             v["receiver_id"] = json!(s.receiver_id);
             v["status"] = json!(s.status);
+            if let Ok(Some(c)) = m.cursors.get(&s.stream_id) {
+                v["progress"] = json!({
+                    "through": c.through,
+                    "settled_above": c.done_above.len() + c.outstanding.len(),
+                    "behind": head.saturating_sub(c.through),
+                });
+            }
             if let Some(r) = &s.reason {
                 v["reason"] = json!(r);
             }

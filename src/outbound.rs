@@ -3,7 +3,9 @@
 //! addressed to a stream (digest §2.4). Knows the SET profile; leaves choosing streams and
 //! moving bytes to `delivery`.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -20,7 +22,28 @@ pub struct Minter {
     keys: Arc<Keyring>,
     default_alg: SignAlg,
     issuer: Arc<str>,
+    signed: Arc<Mutex<SignedEvents>>,
 }
+
+/// Event SETs signed lately. Streams with the same `aud` and key get the same bytes for a
+/// record (its claims and `jti` do not depend on the stream), so a fan-out signs each event once
+/// per audience and key, not once per stream; a push retried or in flight is not signed again.
+/// Bounded in count and age: `iat` says when a SET was minted, and a stream catching up later
+/// gets a fresh one.
+#[derive(Debug, Default)]
+struct SignedEvents {
+    slots: HashMap<SignedKey, Arc<Slot>>,
+    order: VecDeque<SignedKey>,
+}
+
+/// (log position, `kid`, `aud`).
+type SignedKey = (u64, Arc<str>, Arc<str>);
+type Slot = OnceLock<(Instant, Arc<str>)>;
+
+/// Most signed event SETs kept: a few seconds of a fast fan-out, a few MiB.
+const SIGNED_EVENTS: usize = 4096;
+/// Oldest signed event SET handed out again.
+const SIGNED_MAX_AGE: Duration = Duration::from_secs(30);
 
 impl Minter {
     pub fn new(keys: Keyring, default_alg: SignAlg, issuer: &str) -> Minter {
@@ -28,7 +51,57 @@ impl Minter {
             keys: Arc::new(keys),
             default_alg,
             issuer: issuer.into(),
+            signed: Arc::default(),
         }
+    }
+
+    /// The SET `stream` gets for `record`, signed with `signer` (the stream's key, see
+    /// [`Minter::signer_for`]): `(jti, compact JWS)`. Signed once for every stream with the same
+    /// `aud` and key while it is recent (see [`SignedEvents`]).
+    pub fn event(
+        &self,
+        signer: &SetSigner,
+        stream: &Stream,
+        record: &Record,
+    ) -> Result<(String, Arc<str>), SignError> {
+        let jti = event_jti(record);
+        let key: SignedKey = (
+            record.position,
+            signer.kid().into(),
+            stream.aud.as_str().into(),
+        );
+        let slot = {
+            let mut signed = self.signed.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = |slot: &Slot| {
+                slot.get()
+                    .is_none_or(|(at, _)| at.elapsed() < SIGNED_MAX_AGE)
+            };
+            match signed.slots.get(&key) {
+                Some(slot) if fresh(slot) => slot.clone(),
+                _ => {
+                    let slot = Arc::<Slot>::default();
+                    if signed.slots.insert(key.clone(), slot.clone()).is_none() {
+                        signed.order.push_back(key);
+                    }
+                    while signed.order.len() > SIGNED_EVENTS {
+                        if let Some(old) = signed.order.pop_front() {
+                            signed.slots.remove(&old);
+                        }
+                    }
+                    slot
+                }
+            }
+        };
+        if let Some((_, set)) = slot.get() {
+            metrics::counter!("ssf_hub_outbound_signatures_total", "shared" => "true").increment(1);
+            return Ok((jti, set.clone()));
+        }
+        // Signed outside the lock; two streams racing for one slot both sign, and the first
+        // signature wins so both send the same bytes.
+        let set: Arc<str> = mint_event(signer, &self.issuer, stream, record, &jti)?.into();
+        metrics::counter!("ssf_hub_outbound_signatures_total", "shared" => "false").increment(1);
+        let _ = slot.set((Instant::now(), set.clone()));
+        Ok((jti, slot.get().map_or(set, |(_, s)| s.clone())))
     }
 
     /// The key that signs `stream`'s SETs now: its own `signing_alg`, or the hub's.
@@ -57,16 +130,27 @@ impl Minter {
     }
 }
 
-/// The `jti` of the SET a stream gets for the record at `position`. Deterministic, so a SET
-/// minted again after a restart is recognisably the same SET to the receiver, and an `ack`
-/// names the position it releases.
-pub fn event_jti(stream_id: &str, position: u64) -> String {
-    format!("{stream_id}.{position}")
+/// The `jti` of the SET every stream gets for `record`: a digest of the source event's
+/// identity (`iss`, `jti`), then the log position. Deterministic, so a SET minted again after a
+/// restart, by another replica, or for another stream is recognisably the same SET, and an
+/// `ack` names the position it releases. The digest keeps it unique when positions start over
+/// (a new data directory): the event at a reused position is another event.
+pub fn event_jti(record: &Record) -> String {
+    let digest = openssl::sha::sha256(format!("{}\0{}", record.iss, record.jti).as_bytes());
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{tag}.{}", record.position)
 }
 
-/// The log position an `ack`ed `jti` of this stream refers to, if it is one of its event SETs.
+/// The log position an `ack`ed `jti` of this stream refers to, if it is an event SET: the
+/// form of [`event_jti`], or `<stream id>.<position>` as earlier versions wrote it (SETs handed
+/// out before an upgrade can still be acknowledged).
 pub fn position_of(stream_id: &str, jti: &str) -> Option<u64> {
-    jti.strip_prefix(stream_id)?.strip_prefix('.')?.parse().ok()
+    let (tag, position) = jti.rsplit_once('.')?;
+    let digest = tag.len() == 16 && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !(digest || tag == stream_id) || position.starts_with('+') {
+        return None;
+    }
+    position.parse().ok()
 }
 
 /// `txn` for a record: the source's, or one derived from the source SET's identity so every
@@ -78,30 +162,31 @@ fn txn(record: &Record) -> String {
     })
 }
 
-/// Signs the SET `stream` receives for `record`: `iss` the hub, `aud` the stream's, a `jti`
-/// from [`event_jti`], `iat` now, the source `txn`, `sub_id`, exactly one event, no `sub`/`exp`.
-pub fn mint_event(
+/// Signs the SET `stream` receives for `record`: `iss` the hub, `aud` the stream's, `jti` from
+/// [`event_jti`], `iat` now, the source `txn`, `sub_id`, exactly one event, no `sub`/`exp`.
+/// Nothing in it depends on the stream but `aud`.
+fn mint_event(
     signer: &SetSigner,
     issuer: &str,
     stream: &Stream,
     record: &Record,
-) -> Result<(String, String), SignError> {
+    jti: &str,
+) -> Result<String, SignError> {
     let mut payload = record.claims.clone();
     if let Some(obj) = payload.as_object_mut() {
         // The legacy in-payload subject never leaves the hub: `sub_id` carries it (SSF §3.1.2).
         obj.remove("subject");
     }
-    let jti = event_jti(&stream.stream_id, record.position);
     let claims = envelope(
         issuer,
         stream,
-        &jti,
+        jti,
         txn(record),
         record.subject.as_map().clone().into(),
         &record.event_type,
         payload,
     );
-    Ok((jti.clone(), signer.sign(&claims)?))
+    signer.sign(&claims)
 }
 
 /// A verification or stream-updated event for `stream`, to be queued and signed when sent.
@@ -160,11 +245,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jti_round_trips_to_its_position_and_stream() {
-        let jti = event_jti("abc", 42);
-        assert_eq!(position_of("abc", &jti), Some(42));
-        assert_eq!(position_of("abd", &jti), None);
-        assert_eq!(position_of("ab", &jti), None);
+    fn jti_round_trips_to_its_position() {
+        let jti = "0123456789abcdef.42";
+        assert_eq!(position_of("abc", jti), Some(42));
+        assert_eq!(position_of("abc", "abc.42"), Some(42), "earlier versions");
+        assert_eq!(position_of("abd", "abc.42"), None);
+        assert_eq!(position_of("abc", "0123456789abcdeF.42"), None);
+        assert_eq!(position_of("abc", "0123456789abcde.42"), None);
+        assert_eq!(position_of("abc", "0123456789abcdef.+42"), None);
         assert_eq!(position_of("abc", "abc.c-123"), None);
     }
 }

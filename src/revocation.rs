@@ -182,6 +182,21 @@ impl Revocations {
         Ok(out)
     }
 
+    /// Folds a batch the log just made durable, if it directly follows what is folded (the
+    /// committer calls this: see [`Log::after_commit`]); anything else, and a failed store, is
+    /// left to [`run`], which follows the log.
+    pub fn fold_next(&self, records: &[Arc<Record>]) {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return;
+        };
+        if self.position() + 1 != first.position {
+            return;
+        }
+        if let Err(e) = self.fold(records.iter().map(|r| &**r), last.position) {
+            tracing::warn!(error = %e, "storing revocation state failed; the fold retries");
+        }
+    }
+
     /// Deltas after `since`, at most `limit`.
     pub fn deltas_after(&self, since: u64, limit: usize) -> Result<Vec<Value>, RegistryError> {
         let Some(from) = since.checked_add(1) else {

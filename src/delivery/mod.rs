@@ -3,6 +3,7 @@
 //! what is pending is read from the log when it is needed. `poll` serves RFC 8936 from it.
 //! Knows streams, the log and SETs; leaves HTTP parsing to `manage`.
 
+pub mod clients;
 pub mod poll;
 pub mod push;
 
@@ -26,7 +27,7 @@ use crate::streams::{Cursor, Cursors, DefaultSubjects, Registry, RegistryError, 
 type Signed = HashMap<String, HashMap<String, (String, Arc<str>)>>;
 
 /// What delivery works with: the log it follows, the streams and their cursors, the keys it
-/// signs with, and the guarded HTTP client it pushes through.
+/// signs with, and the guarded HTTP clients it pushes through.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     log: Log,
@@ -35,7 +36,7 @@ pub struct Delivery {
     minter: Minter,
     config: Arc<DeliveryConfig>,
     guard: Arc<Guard>,
-    client: reqwest::Client,
+    clients: clients::Clients,
     signed: Arc<Mutex<Signed>>,
     /// Long polls waiting now, per receiver id.
     long_polls: Arc<Mutex<HashMap<String, usize>>>,
@@ -73,7 +74,7 @@ impl Delivery {
         guard: Arc<Guard>,
         share: crate::replicas::Share,
     ) -> Delivery {
-        let client = push::client(
+        let clients = clients::Clients::new(
             guard.clone(),
             std::time::Duration::from_millis(config.push_timeout_ms),
         );
@@ -84,7 +85,7 @@ impl Delivery {
             minter,
             config: Arc::new(config),
             guard,
-            client,
+            clients,
             signed: Arc::default(),
             long_polls: Arc::default(),
             share,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{pending, record_latency, Delivery};
-use crate::outbound::{mint_control, mint_event, position_of};
+use crate::outbound::{event_jti, mint_control, position_of};
 use crate::set::events::StreamStatus;
 use crate::streams::Cursor;
 use crate::streams::Stream;
@@ -255,18 +255,18 @@ async fn collect(
             more_available = true;
             break;
         }
-        let jti = crate::outbound::event_jti(&stream.stream_id, position);
-        if let Some(set) = d.signed_again(&stream.stream_id, &jti, &kid) {
-            sets.insert(jti, set.to_string());
-            continue;
-        }
         let Some(record) = d.log.record_at(position).await? else {
             cursor.outstanding.remove(&position);
             continue;
         };
-        let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, &record)?;
-        d.keep_signed(&stream.stream_id, &jti, &kid, set.as_str().into());
-        sets.insert(jti, set);
+        let jti = event_jti(&record);
+        if let Some(set) = d.signed_again(&stream.stream_id, &jti, &kid) {
+            sets.insert(jti, set.to_string());
+            continue;
+        }
+        let (jti, set) = d.minter.event(&signer, stream, &record)?;
+        d.keep_signed(&stream.stream_id, &jti, &kid, set.clone());
+        sets.insert(jti, set.to_string());
     }
     let room = limit - sets.len();
     // With no room left, a zero-sized look still tells whether more is waiting.
@@ -280,11 +280,11 @@ async fn collect(
     )
     .await?;
     for record in &records {
-        let (jti, set) = mint_event(&signer, d.minter.issuer(), stream, record)?;
-        d.keep_signed(&stream.stream_id, &jti, &kid, set.as_str().into());
+        let (jti, set) = d.minter.event(&signer, stream, record)?;
+        d.keep_signed(&stream.stream_id, &jti, &kid, set.clone());
         record_latency("poll", record, budget);
         cursor.outstanding.insert(record.position);
-        sets.insert(jti, set);
+        sets.insert(jti, set.to_string());
     }
     cursor.compact(d.log.head());
     Ok(PollResponse {

@@ -1,9 +1,12 @@
-//! RFC 8935 push delivery: one worker per enabled push stream walks the stream's cursor in log
-//! order, POSTs each SET, and moves the durable cursor only on a 2xx. Transient failures
-//! (network, timeout, 5xx, 429) are retried with exponential backoff and jitter, honouring
-//! `Retry-After`; permanent refusals are dead-lettered, not retried; a stream that exhausts its
-//! budget is paused with a stream-updated event and a reason the operator can read. With
-//! several replicas, each pushes the streams it owns (`replicas`), from the shared cursor.
+//! RFC 8935 push delivery: one worker per enabled push stream keeps a window of SETs in flight
+//! (`delivery.push_max_in_flight`, or the stream's `max_in_flight`; 1 is strict log order),
+//! each signed once, POSTed, and retried or dead-lettered on its own; the durable cursor moves
+//! only over the contiguous prefix of settled positions. Transient failures (network, timeout,
+//! 5xx, 429) are retried with exponential backoff and jitter, honouring `Retry-After`;
+//! permanent refusals are dead-lettered, not retried; a stream that exhausts its budget is
+//! paused with a stream-updated event and a reason the operator can read. With several
+//! replicas, each pushes the streams it owns (`replicas`), from the shared cursor. Which HTTP
+//! client (and so HTTP/1.1 or HTTP/2) is left to `clients`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +16,11 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AF
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::clients::{version_label, Clients};
 use super::{pending, record_latency, Delivery};
-use crate::guard::{Guard, GuardedResolver};
-use crate::outbound::{mint_control, mint_event};
+use crate::config::DeliveryConfig;
+use crate::guard::Guard;
+use crate::outbound::mint_control;
 use crate::set::events::StreamStatus;
 use crate::set::SET_MEDIA_TYPE;
 use crate::streams::Cursor;
@@ -87,21 +92,10 @@ pub fn backoff(
     }
 }
 
-/// The HTTP client for pushes: guarded resolver, no redirects, a timeout per attempt.
-pub fn client(guard: Arc<Guard>, timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver(guard)))
-        // A proxy would resolve and connect on our behalf, out of the guard's sight.
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .user_agent(concat!("ssf-hub/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-}
-
-/// Sends one SET. IP-literal URLs bypass DNS, so the guard checks them here.
-pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+/// Sends one SET through the stream's client. IP-literal URLs bypass DNS, so the guard checks
+/// them here.
+pub async fn send(clients: &Clients, guard: &Guard, stream: &Stream, set: &str) -> Outcome {
+    let client = clients.for_stream(stream);
     let Some(url) = stream.delivery.endpoint_url.as_deref() else {
         return Outcome::Permanent {
             reason: "push stream without endpoint_url".into(),
@@ -133,6 +127,8 @@ pub async fn send(client: &reqwest::Client, guard: &Guard, stream: &Stream, set:
     }
     match req.send().await {
         Ok(resp) => {
+            let version = version_label(resp.version());
+            metrics::counter!("ssf_hub_push_http_version_total", "version" => version).increment(1);
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
@@ -267,44 +263,45 @@ fn current(d: &Delivery, stream_id: &str) -> Option<Stream> {
     }
 }
 
-/// Delivers one stream until it is stopped, paused, disabled or deleted.
+/// How many SETs `stream` may have in flight: its own `max_in_flight`, within the hub's
+/// `delivery.push_max_in_flight`.
+pub fn window(config: &DeliveryConfig, stream: &Stream) -> u32 {
+    let max = config.push_max_in_flight.max(1);
+    stream.max_in_flight.unwrap_or(max).clamp(1, max)
+}
+
+/// What wakes a push worker: new records, queued control events, registry changes.
+struct Wake {
+    head: tokio::sync::watch::Receiver<u64>,
+    control: tokio::sync::watch::Receiver<u64>,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Delivers one stream until it is stopped, paused, disabled or deleted. Each pass runs one
+/// configuration of the stream; a change (URL, credential, subjects, window) starts a new one.
 #[tracing::instrument(name = "push_worker", skip(d, stop))]
 async fn worker(d: Delivery, stream_id: String, stop: CancellationToken) {
-    let mut head = d.log.subscribe();
-    let mut control = d.cursors.subscribe_control();
-    let mut changes = d.registry.subscribe();
-    let mut permanent_in_a_row = 0u32;
+    let mut wake = Wake {
+        head: d.log.subscribe(),
+        control: d.cursors.subscribe_control(),
+        changes: d.registry.subscribe(),
+    };
+    let mut refused_in_a_row = 0u32;
     loop {
-        head.borrow_and_update();
-        control.borrow_and_update();
-        changes.borrow_and_update();
+        wake.changes.borrow_and_update();
         let version = d.registry.version();
         let Some(stream) = current(&d, &stream_id) else {
             return;
         };
-        let mut cursor = match d.cursors.get(&stream_id) {
-            Ok(Some(c)) => c,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::error!(error = %e, "reading cursor failed");
-                return;
-            }
+        let Ok(pass) = Window::open(&d, stream, version) else {
+            return;
         };
-        let mut at = Batch {
-            stream: &stream,
-            version,
-            permanent_in_a_row: &mut permanent_in_a_row,
-        };
-        match deliver_pending(&d, &mut at, &mut cursor, &stop).await {
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(Stop) => return,
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = head.changed() => {}
-            _ = control.changed() => {}
-            _ = changes.changed() => {}
+        if pass
+            .run(&mut wake, &stop, &mut refused_in_a_row)
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -320,101 +317,329 @@ fn fail<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Stop {
     }
 }
 
-/// One stream as a worker delivers it: its configuration as loaded, and the registry version
-/// read before loading it.
-struct Batch<'a> {
-    stream: &'a Stream,
-    version: u64,
-    permanent_in_a_row: &'a mut u32,
+/// How one SET's delivery ended.
+#[derive(Debug)]
+enum Settled {
+    Delivered,
+    /// Refused for good (RFC 8935 §4 reactions) and dead-lettered.
+    Refused(String),
+    /// Transient failures used up the retry budget.
+    GaveUp(String),
+    /// Could not be signed, or the worker is stopping.
+    Stopped,
 }
 
-impl Batch<'_> {
+/// The SETs of one stream in flight, up to its window, each its own task (so signing spreads
+/// over the cores), retried and dead-lettered on its own. The durable cursor moves only over
+/// the contiguous prefix of settled positions: everything at or below the lowest position in
+/// flight minus one is settled or not for this stream; settled positions above it are kept as
+/// `done_above`. A crash therefore redelivers (with the same `jti`) and never skips.
+struct Window<'a> {
+    d: &'a Delivery,
+    stream: Arc<Stream>,
+    /// The registry version read before loading `stream`.
+    version: u64,
+    size: usize,
+    budget_ms: u64,
+    /// How far the log has been looked at: `through` and `done_above` as for a cursor, and the
+    /// positions in flight as `outstanding`, so the scan steps over them.
+    scan: Cursor,
+    tasks: tokio::task::JoinSet<(u64, Settled)>,
+    /// Settled positions above the durable floor (bounded: see `room`).
+    settled: std::collections::BTreeSet<u64>,
+    /// Settled since the cursor was last staged.
+    unsaved: Vec<u64>,
+    dirty: bool,
+    /// The floor the stored cursor has from this pass.
+    saved_floor: u64,
+    staged_at: tokio::time::Instant,
+}
+
+/// How often, at most, a stream stages its cursor (a read, a merge and a write of the stored
+/// cursor: once per SET would cost more than the SET at low rates). The supervisor makes
+/// staged cursors durable every [`crate::streams::PUSH_PROGRESS_FLUSH`].
+const STAGE_EVERY: Duration = Duration::from_millis(10);
+/// Settled positions a stream may hold above a SET still in flight, per window slot: past it,
+/// a SET stuck in retries holds the stream rather than grow its cursor without bound.
+const AHEAD_PER_SLOT: usize = 64;
+
+impl<'a> Window<'a> {
+    fn open(d: &'a Delivery, stream: Stream, version: u64) -> Result<Window<'a>, Stop> {
+        let mut scan = d
+            .cursors
+            .get(&stream.stream_id)
+            .map_err(fail("reading cursor failed"))?
+            .ok_or(Stop)?;
+        scan.control.clear();
+        // Handed to a poller before the stream became a push stream: settled, as a scan
+        // has always treated them.
+        for p in std::mem::take(&mut scan.outstanding) {
+            scan.mark_done(p);
+        }
+        let scan_through = scan.through;
+        Ok(Window {
+            d,
+            size: window(&d.config, &stream) as usize,
+            budget_ms: stream
+                .latency_budget_ms
+                .unwrap_or(d.config.latency_budget_ms),
+            stream: Arc::new(stream),
+            version,
+            scan,
+            tasks: tokio::task::JoinSet::new(),
+            settled: Default::default(),
+            unsaved: Vec::new(),
+            dirty: false,
+            saved_floor: scan_through,
+            staged_at: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Runs until the stream's configuration changes (`Ok`: start a new pass) or the worker
+    /// must stop. Progress is staged on the way out either way; SETs still in flight are
+    /// abandoned (their tasks abort with the `JoinSet`) and sent again by the next pass.
+    async fn run(
+        mut self,
+        wake: &mut Wake,
+        stop: &CancellationToken,
+        refused_in_a_row: &mut u32,
+    ) -> Result<(), Stop> {
+        let outcome = self.deliver(wake, stop, refused_in_a_row).await;
+        let staged = self.stage().await;
+        outcome.and(staged)
+    }
+
+    async fn deliver(
+        &mut self,
+        wake: &mut Wake,
+        stop: &CancellationToken,
+        refused_in_a_row: &mut u32,
+    ) -> Result<(), Stop> {
+        let (mut more, mut control) = (true, true);
+        loop {
+            if control {
+                wake.control.borrow_and_update();
+                control = false;
+                self.send_control(stop, refused_in_a_row).await?;
+            }
+            if more && self.room() > 0 {
+                wake.head.borrow_and_update();
+                more = self.fill(stop).await?;
+            }
+            if self.dirty && self.staged_at.elapsed() >= STAGE_EVERY {
+                self.stage().await?;
+            }
+            let room = self.room() > 0;
+            let stage_at = self.staged_at + STAGE_EVERY;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Err(Stop),
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.settle(joined, refused_in_a_row).await?;
+                    // Everything else that finished meanwhile, in the same wake-up.
+                    while let Some(joined) = self.tasks.try_join_next() {
+                        self.settle(joined, refused_in_a_row).await?;
+                    }
+                    more = true;
+                }
+                _ = wake.changes.changed() => {
+                    // A PATCH or a status change applies from the next SET on.
+                    if self.changed() {
+                        return Ok(());
+                    }
+                }
+                _ = wake.control.changed() => control = true,
+                _ = wake.head.changed(), if room => more = true,
+                _ = tokio::time::sleep_until(stage_at), if self.dirty => {}
+            }
+        }
+    }
+
     /// Whether the stream's configuration (URL, credential, subjects, status) may have changed
     /// since it was loaded: cheap unless the registry changed at all.
-    fn changed(&self, d: &Delivery) -> bool {
-        d.registry.version() != self.version
-            && current(d, &self.stream.stream_id).as_ref() != Some(self.stream)
+    fn changed(&self) -> bool {
+        self.d.registry.version() != self.version
+            && current(self.d, &self.stream.stream_id).as_ref() != Some(&*self.stream)
+    }
+
+    /// Free window slots; none while too much is settled above a SET still in flight.
+    fn room(&self) -> usize {
+        if self.settled.len() >= self.size * AHEAD_PER_SLOT {
+            return 0;
+        }
+        self.size.saturating_sub(self.tasks.len())
+    }
+
+    /// Everything at or below this is settled or not for the stream.
+    fn floor(&self) -> u64 {
+        match self.scan.outstanding.first() {
+            Some(lowest) => self.scan.through.min(lowest - 1),
+            None => self.scan.through,
+        }
+    }
+
+    /// Starts SETs for the next pending records, as many as there is room for. Whether more
+    /// records may be pending.
+    async fn fill(&mut self, stop: &CancellationToken) -> Result<bool, Stop> {
+        let (d, room) = (self.d, self.room());
+        let (records, more) = pending(
+            &d.log,
+            "push",
+            &self.stream,
+            d.config.default_subjects,
+            &mut self.scan,
+            room,
+        )
+        .await
+        .map_err(fail("reading the log failed"))?;
+        // The scan may have stepped over positions this stream does not want.
+        self.dirty |= self.floor() > self.saved_floor;
+        for record in records {
+            self.scan.outstanding.insert(record.position);
+            let task = push_record(
+                d.clone(),
+                self.stream.clone(),
+                record,
+                stop.clone(),
+                self.budget_ms,
+            );
+            self.tasks.spawn(task);
+        }
+        Ok(more)
+    }
+
+    async fn settle(
+        &mut self,
+        joined: Result<(u64, Settled), tokio::task::JoinError>,
+        refused_in_a_row: &mut u32,
+    ) -> Result<(), Stop> {
+        let (position, settled) = joined.map_err(fail("a push task failed"))?;
+        match settled {
+            Settled::Delivered => *refused_in_a_row = 0,
+            Settled::Refused(reason) => {
+                *refused_in_a_row += 1;
+                if *refused_in_a_row >= self.d.config.permanent_failure_budget {
+                    let n = *refused_in_a_row;
+                    self.done(position);
+                    self.stage().await?;
+                    let reason = format!("{n} SETs refused in a row: {reason}");
+                    pause(self.d, &self.stream, &reason).await;
+                    return Err(Stop);
+                }
+            }
+            Settled::GaveUp(reason) => {
+                self.stage().await?;
+                pause(self.d, &self.stream, &reason).await;
+                return Err(Stop);
+            }
+            Settled::Stopped => return Err(Stop),
+        }
+        self.done(position);
+        Ok(())
+    }
+
+    fn done(&mut self, position: u64) {
+        self.scan.outstanding.remove(&position);
+        // Above what the scan has passed, it must not be found pending again.
+        self.scan.mark_done(position);
+        self.settled.insert(position);
+        self.unsaved.push(position);
+        self.dirty = true;
+    }
+
+    /// Merges progress into the stored cursor (see [`save`]).
+    async fn stage(&mut self) -> Result<(), Stop> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let floor = self.floor();
+        let unsaved = std::mem::take(&mut self.unsaved);
+        save(self.d, &self.stream, |c| {
+            c.settle_through(floor);
+            unsaved.iter().for_each(|p| c.mark_done(*p));
+        })
+        .await?;
+        self.settled.retain(|p| *p > floor);
+        self.saved_floor = floor;
+        self.dirty = false;
+        self.staged_at = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Control SETs (verification, stream-updated) queued for the stream, one at a time before
+    /// more events start.
+    async fn send_control(
+        &mut self,
+        stop: &CancellationToken,
+        refused_in_a_row: &mut u32,
+    ) -> Result<(), Stop> {
+        let d = self.d;
+        let stream = &*self.stream;
+        let queued = d
+            .cursors
+            .get(&stream.stream_id)
+            .map_err(fail("reading cursor failed"))?
+            .ok_or(Stop)?
+            .control;
+        for c in queued {
+            let signer = d
+                .minter
+                .signer_for(stream)
+                .map_err(fail("no signing key"))?;
+            let set = mint_control(&signer, d.minter.issuer(), stream, &c)
+                .map_err(fail("signing failed"))?;
+            match attempt(d, stream, &set, stop).await {
+                Settled::Delivered => *refused_in_a_row = 0,
+                Settled::Refused(reason) => {
+                    dead_letter(d, stream, &set, &reason);
+                    *refused_in_a_row += 1;
+                    if *refused_in_a_row >= d.config.permanent_failure_budget {
+                        let n = *refused_in_a_row;
+                        let reason = format!("{n} SETs refused in a row: {reason}");
+                        pause(d, stream, &reason).await;
+                        return Err(Stop);
+                    }
+                }
+                Settled::GaveUp(reason) => {
+                    pause(d, stream, &reason).await;
+                    return Err(Stop);
+                }
+                Settled::Stopped => return Err(Stop),
+            }
+            save(d, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
+        }
+        Ok(())
     }
 }
 
-/// Delivers what is pending now. `Ok(true)` when there may be more right away (or the stream's
-/// configuration changed, so the caller should start over with the new one).
-async fn deliver_pending(
-    d: &Delivery,
-    at: &mut Batch<'_>,
-    cursor: &mut Cursor,
-    stop: &CancellationToken,
-) -> Result<bool, Stop> {
-    let stream = at.stream;
-    let budget = stream
-        .latency_budget_ms
-        .unwrap_or(d.config.latency_budget_ms);
-    let signer = d
+/// One SET in flight: signs it (once per event, key and `aud`: see
+/// [`crate::outbound::Minter::event`]) and pushes it until it settles.
+async fn push_record(
+    d: Delivery,
+    stream: Arc<Stream>,
+    record: Arc<crate::normalize::Record>,
+    stop: CancellationToken,
+    budget_ms: u64,
+) -> (u64, Settled) {
+    let position = record.position;
+    let signed = d
         .minter
-        .signer_for(stream)
-        .map_err(fail("no signing key"))?;
-    // Control SETs first (verification, stream-updated), then events in log order.
-    for c in cursor.control.clone() {
-        let set =
-            mint_control(&signer, d.minter.issuer(), stream, &c).map_err(fail("signing failed"))?;
-        deliver_one(d, stream, &set, stop, at.permanent_in_a_row).await?;
-        save(d, stream, |cur| cur.control.retain(|x| x.jti != c.jti)).await?;
-    }
-    let scanned_from = cursor.through;
-    let (records, more) = pending(
-        &d.log,
-        "push",
-        stream,
-        d.config.default_subjects,
-        cursor,
-        64,
-    )
-    .await
-    .map_err(fail("reading the log failed"))?;
-    // The scan may have moved the cursor over positions this stream does not want.
-    let through = cursor.through;
-    // Waking for nothing (a head move another stream wanted, a registry change) writes nothing.
-    if through > scanned_from {
-        save(d, stream, |c| c.through = c.through.max(through)).await?;
-    }
-    let mut changed = false;
-    // Positions done in this batch (delivered, or refused for good and dead-lettered), saved
-    // once at the end and made durable by the supervisor's periodic flush: a crash before it
-    // redelivers them with the same `jti`, which at-least-once allows.
-    let mut done = Vec::with_capacity(records.len());
-    let mut outcome = Ok(());
-    for record in records {
-        // A PATCH (new URL, credential, subjects) or a status change applies from the next
-        // SET on, not after the batch.
-        if at.changed(d) {
-            changed = true;
-            break;
+        .signer_for(&stream)
+        .and_then(|signer| d.minter.event(&signer, &stream, &record));
+    let set = match signed {
+        Ok((_, set)) => set,
+        Err(e) => {
+            tracing::error!(error = %e, "signing failed");
+            return (position, Settled::Stopped);
         }
-        let set = match mint_event(&signer, d.minter.issuer(), stream, &record) {
-            Ok((_, set)) => set,
-            Err(e) => {
-                outcome = Err(fail("signing failed")(e));
-                break;
-            }
-        };
-        match deliver_one(d, stream, &set, stop, at.permanent_in_a_row).await {
-            Ok(delivered) => {
-                if delivered {
-                    record_latency("push", &record, budget);
-                }
-                done.push(record.position);
-            }
-            Err(stop) => {
-                outcome = Err(stop);
-                break;
-            }
-        }
+    };
+    let settled = attempt(&d, &stream, &set, &stop).await;
+    match &settled {
+        Settled::Delivered => record_latency("push", &record, budget_ms),
+        Settled::Refused(reason) => dead_letter(&d, &stream, &set, reason),
+        Settled::GaveUp(_) | Settled::Stopped => {}
     }
-    if !done.is_empty() {
-        save(d, stream, |c| done.iter().for_each(|p| c.mark_done(*p))).await?;
-    }
-    outcome?;
-    Ok(more || changed)
+    (position, settled)
 }
 
 /// Applies `change` to the stored cursor under the stream's lock. Merging into what is stored
@@ -435,24 +660,18 @@ async fn save(d: &Delivery, stream: &Stream, change: impl FnOnce(&mut Cursor)) -
         .map_err(fail("saving cursor failed"))
 }
 
-/// Pushes one SET until it is delivered (`Ok(true)`), refused for good and dead-lettered
-/// (`Ok(false)`), or the budget runs out, which pauses the stream (`Err(Stop)`).
-async fn deliver_one(
-    d: &Delivery,
-    stream: &Stream,
-    set: &str,
-    stop: &CancellationToken,
-    permanent_in_a_row: &mut u32,
-) -> Result<bool, Stop> {
+/// Pushes one SET until it is delivered, refused for good, the retry budget runs out, or the
+/// worker stops. Dead-lettering and pausing are left to the caller.
+async fn attempt(d: &Delivery, stream: &Stream, set: &str, stop: &CancellationToken) -> Settled {
     let cfg = &d.config;
     let initial = Duration::from_millis(cfg.retry_initial_backoff_ms);
     let max = Duration::from_millis(cfg.retry_max_backoff_ms);
     let mut attempt = 0u32;
     loop {
         if stop.is_cancelled() {
-            return Err(Stop);
+            return Settled::Stopped;
         }
-        let outcome = send(&d.client, &d.guard, stream, set).await;
+        let outcome = send(&d.clients, &d.guard, stream, set).await;
         let label = match &outcome {
             Outcome::Delivered => "delivered",
             Outcome::Transient { .. } => "transient",
@@ -461,42 +680,22 @@ async fn deliver_one(
         metrics::counter!("ssf_hub_push_attempts_total", "outcome" => label).increment(1);
         match outcome {
             Outcome::Delivered => {
-                *permanent_in_a_row = 0;
                 // A receiver taking SETs is alive: its stream is not inactive.
                 d.registry.touch(&stream.stream_id);
-                return Ok(true);
+                return Settled::Delivered;
             }
-            Outcome::Permanent { reason } => {
-                *permanent_in_a_row += 1;
-                dead_letter(d, stream, set, &reason);
-                if *permanent_in_a_row >= cfg.permanent_failure_budget {
-                    pause(
-                        d,
-                        stream,
-                        &format!("{permanent_in_a_row} SETs refused in a row: {reason}"),
-                    )
-                    .await;
-                    return Err(Stop);
-                }
-                return Ok(false);
-            }
+            Outcome::Permanent { reason } => return Settled::Refused(reason),
             Outcome::Transient {
                 reason,
                 retry_after,
             } => {
                 attempt += 1;
                 if attempt >= cfg.retry_budget {
-                    pause(
-                        d,
-                        stream,
-                        &format!("delivery failed {attempt} times: {reason}"),
-                    )
-                    .await;
-                    return Err(Stop);
+                    return Settled::GaveUp(format!("delivery failed {attempt} times: {reason}"));
                 }
                 tracing::debug!(stream = %stream.stream_id, attempt, %reason, "push failed; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => return Err(Stop),
+                    _ = stop.cancelled() => return Settled::Stopped,
                     _ = tokio::time::sleep(backoff(attempt - 1, initial, max, retry_after)) => {}
                 }
             }
@@ -542,7 +741,7 @@ pub async fn send_control(
 ) -> bool {
     match d.minter.signer_for(stream) {
         Ok(signer) => match mint_control(&signer, d.minter.issuer(), stream, control) {
-            Ok(set) => send(&d.client, &d.guard, stream, &set).await == Outcome::Delivered,
+            Ok(set) => send(&d.clients, &d.guard, stream, &set).await == Outcome::Delivered,
             Err(_) => false,
         },
         Err(_) => false,

@@ -61,6 +61,16 @@ impl Cursor {
         }
     }
 
+    /// Moves `through` up to `floor` (when it is further), for a follower that knows
+    /// everything up to there is settled.
+    pub fn settle_through(&mut self, floor: Position) {
+        if floor > self.through {
+            self.through = floor;
+            self.done_above.retain(|p| *p > floor);
+            self.outstanding.retain(|p| *p > floor);
+        }
+    }
+
     /// Moves `through` over positions already done out of order.
     pub fn compact(&mut self, head: Position) {
         self.advance(|_| false, head);

@@ -174,6 +174,14 @@ pub struct Stream {
     /// Per-stream signing algorithm (hub extension field `signing_alg`): ES256 or RS256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_alg: Option<String>,
+    /// Most SETs in flight at once to this push stream (hub extension field `max_in_flight`):
+    /// 1 for strict log order; at most, and by default, `delivery.push_max_in_flight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Push over HTTP/2 without negotiation on an `http://` endpoint (hub extension field
+    /// `http2_prior_knowledge`), for receivers known to speak h2c. Push streams only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2_prior_knowledge: bool,
     #[serde(default)]
     pub last_verification_ms: u64,
     pub created_at_ms: u64,

@@ -54,7 +54,7 @@ impl CallError {
 
 /// The SSRF-guarded client every upstream request goes through (no proxy, no redirects).
 pub fn http_client(guard: Arc<Guard>, timeout_secs: u64) -> reqwest::Client {
-    crate::delivery::push::client(guard, Duration::from_secs(timeout_secs))
+    crate::delivery::clients::guarded(guard, Duration::from_secs(timeout_secs))
 }
 
 #[derive(Debug)]

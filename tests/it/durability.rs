@@ -286,7 +286,9 @@ async fn push_delivery_resumes_after_kill_9_with_no_gap() {
     let mut text = std::fs::read_to_string(&config).expect("read");
     text = text.replace(
         "[[sources]]",
-        "[delivery]\nallow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20\n\n[[sources]]",
+        // One SET at a time, so the first arrivals are in log order (the window's own kill -9
+        // test is in `window.rs`).
+        "[delivery]\nallow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20\npush_max_in_flight = 1\n\n[[sources]]",
     );
     std::fs::write(&config, text).expect("write");
     let rx = TestReceiver::start(|_, _| {
