@@ -19,6 +19,7 @@
 //!      twice its first third's + 1 ms;
 //!    - A: the open loop at `SSF_DELIVERY_RATE` (1,000) events/s, with the hub's CPU per event
 //!      by thread group; then the same at `SSF_DELIVERY_LOW_RATE` (100) events/s.
+//!
 //!    Each ingest SET carries a unique `txn`, which the hub copies into the SET it delivers;
 //!    latency = arrival − the ingest 202 (a lower bound of append-to-delivered, possibly
 //!    negative) and arrival − ingest send (the end-to-end figure the goals use: what an IdP and a
