@@ -13,11 +13,13 @@
 //!    - capacity: the stream paused, a backlog ingested, the stream enabled, delivered SETs/s
 //!      over `SSF_DELIVERY_SECS` (10);
 //!    - sustainable rate: an open loop at 90% of that capacity for 1 s + `SSF_DELIVERY_SECS`;
-//!      after a miss, again at the lower of 80% of that rate and 95% of the delivered one (three
-//!      tries at most); kept up = delivered ≥ 98% of the offered rate and the arrival − send p50
-//!      of the run's last third at most twice its first third's + 1 ms;
+//!      after a miss, again at the lower of 80% of that rate and 95% of the delivered one (four
+//!      tries at most); kept up = delivered ≥ 98% of the offered rate, no ingest refused (an
+//!      overloaded hub answers 503) and the arrival − send p50 of the run's last third at most
+//!      twice its first third's + 1 ms;
 //!    - A: the open loop at `SSF_DELIVERY_RATE` (1,000) events/s, with the hub's CPU per event
 //!      by thread group; then the same at `SSF_DELIVERY_LOW_RATE` (100) events/s.
+//!
 //!    Each ingest SET carries a unique `txn`, which the hub copies into the SET it delivers;
 //!    latency = arrival − the ingest 202 (a lower bound of append-to-delivered, possibly
 //!    negative) and arrival − ingest send (the end-to-end figure the goals use: what an IdP and a
@@ -28,8 +30,9 @@
 //! 4. B, on a fresh hub per run: `SSF_DELIVERY_STREAMS` (100; 0 leaves B out) push streams: ES256 of one
 //!    receiver (one `aud`), ES256 of a receiver each (their own `aud`, so no signature can be
 //!    shared between streams; capacity only), then RS256. Capacity: streams paused, a backlog
-//!    ingested, streams enabled, delivered SETs/s over `SSF_DELIVERY_SECS`; the hub's CPU per
-//!    delivered SET split into signing, the HTTP client and the rest. Then latency at
+//!    ingested, streams enabled, delivered SETs/s over `SSF_DELIVERY_SECS`, against bare all-core
+//!    signing measured again just before (other builds come and go within a run); the hub's CPU
+//!    per delivered SET split into signing, the HTTP client and the rest. Then latency at
 //!    `SSF_DELIVERY_FANOUT_LOAD` (0.5) of that capacity against the default latency budget.
 //! 5. A summary: one row per goal of issue 12 with its limit from this run.
 //!
@@ -171,6 +174,8 @@ struct Env {
     secs: Duration,
     streams: usize,
     frac: f64,
+    /// How long bare signing is measured.
+    sign_secs: Duration,
 }
 
 /// The machine's limits, measured first.
@@ -352,7 +357,7 @@ impl Bench<'_> {
         self.set_status(streams, "enabled");
         let enabled = Instant::now();
         let arrivals = rx.wait(before, backlog as usize * n, what);
-        let used = phase.end(what);
+        let (used, others) = (phase.end(what), phase.others());
         let delivered = complete(what, &arrivals, ks, &txns, alg);
         let last = arrivals.iter().map(|a| a.3).max().unwrap_or(enabled);
         let until = last.min(enabled + self.env.secs);
@@ -363,12 +368,15 @@ impl Bench<'_> {
             drained: (last - enabled).as_secs_f64(),
             hub_us: used.hub() * 1e6 / delivered.max(1) as f64,
             backlog,
+            others,
         }
     }
 
     /// An open loop at `rate` events/s for 1 s + `secs` to the one stream `/rx/{k}` (the first
     /// second is a warm-up, left out of every figure but the hub's CPU).
-    fn steady(&self, k: u32, alg: &str, rate: f64, what: &str) -> Steady {
+    /// With `search`, ingests the hub refuses (503 when overloaded) make the run one that did
+    /// not keep up, not a failure.
+    fn steady(&self, k: u32, alg: &str, rate: f64, what: &str, search: bool) -> Steady {
         let rx = &self.env.rx;
         let txns = self.txns((rate * (1.0 + self.env.secs.as_secs_f64())).ceil() as u32);
         let from = txns.start + rate.ceil() as u32;
@@ -376,10 +384,25 @@ impl Bench<'_> {
         let before = rx.len();
         wait_quiet(Duration::from_secs(10));
         let phase = Phase::start();
-        let run = self.ingest_sets(sets, rate, 0);
-        let arrivals = rx.wait(before, txns.len(), what);
-        let used = phase.end(what);
-        complete(what, &arrivals, &[k], &txns, alg);
+        let job = hub::ingest_job(&self.hub, sets, 0, None);
+        let run = open_loop(
+            self.env.load.handle(),
+            rate,
+            u64::from(txns.end - txns.start),
+            job,
+        );
+        let refused: Vec<u32> = run
+            .samples
+            .iter()
+            .filter(|s| !s.ok)
+            .map(|s| txns.start + s.i as u32)
+            .collect();
+        if !search {
+            run.check("ingest");
+        }
+        let arrivals = rx.wait(before, txns.len() - refused.len(), what);
+        let (used, others) = (phase.end(what), phase.others());
+        complete_but(what, &arrivals, &[k], &txns, &refused, alg);
         let (lo, hi) = latencies(&arrivals, &txns, from, &run);
         // Kept up: the delivered rate over the measured part, from its first scheduled send to
         // its last arrival, against the rate the load generator achieved; and no growing queue.
@@ -394,6 +417,7 @@ impl Bench<'_> {
         let p50_first = Pct::of(hi[..third].to_vec()).p50;
         let p50_last = Pct::of(hi[hi.len() - third..].to_vec()).p50;
         let kept = delivered >= 0.98 * offered && p50_last <= 2.0 * p50_first + 1000.0;
+        let kept = kept && refused.is_empty();
         let hub_us = used.hub() * 1e6 / txns.len() as f64;
         Steady {
             offered,
@@ -406,6 +430,8 @@ impl Bench<'_> {
             hub_us,
             used,
             events: txns.len() as f64,
+            others,
+            refused: (refused.len(), run.first_error.clone()),
         }
     }
 }
@@ -418,6 +444,8 @@ struct Drain {
     /// The hub's CPU per delivered SET, µs.
     hub_us: f64,
     backlog: u32,
+    /// Percent of the machine other processes (and the hypervisor) took meanwhile.
+    others: f64,
 }
 
 /// An open-loop run on one stream (see [`Bench::steady`]).
@@ -436,6 +464,10 @@ struct Steady {
     hub_us: f64,
     used: m::CpuUse,
     events: f64,
+    /// Percent of the machine other processes (and the hypervisor) took meanwhile.
+    others: f64,
+    /// Ingests the hub refused, and the first refusal.
+    refused: (usize, Option<String>),
 }
 
 impl Steady {
@@ -445,24 +477,45 @@ impl Steady {
         let share = 100.0 * self.delivered / self.offered.max(1e-9);
         let (a, b, v) = (ms(self.p50_first), ms(self.p50_last), met(self.kept));
         let v = if self.kept { "kept up" } else { v };
-        format!("offered {o}/s, delivered {d}/s ({share:.1}%); arrival − send p50 first third {a} ms, last third {b} ms: {v}")
+        let others = self.others;
+        let refused = match &self.refused {
+            (0, _) => String::new(),
+            (n, e) => format!(
+                "; the hub refused {n} ingests (first: {})",
+                e.as_deref().unwrap_or("?")
+            ),
+        };
+        format!("offered {o}/s, delivered {d}/s ({share:.1}%); arrival − send p50 first third {a} ms, last third {b} ms: {v} (other load {others:.0}%){refused}")
     }
 }
 
 /// Every (stream, txn) of `streams` x `txns` exactly once, signed with `alg`; the number of
 /// arrivals that belong to them.
 fn complete(what: &str, got: &[Arrival], streams: &[u32], txns: &Range<u32>, alg: &str) -> usize {
+    complete_but(what, got, streams, txns, &[], alg)
+}
+
+/// [`complete`] for the `txns` but those the hub `refused` at ingest (sorted).
+fn complete_but(
+    what: &str,
+    got: &[Arrival],
+    streams: &[u32],
+    txns: &Range<u32>,
+    refused: &[u32],
+    alg: &str,
+) -> usize {
     let mut seen: HashMap<(u32, u32), u32> = HashMap::with_capacity(got.len());
     let (mut wrong_alg, mut stray) = (0, 0);
+    let wanted = |t: &u32| txns.contains(t) && refused.binary_search(t).is_err();
     for a in got {
-        if !streams.contains(&a.0) || !txns.contains(&a.1) {
+        if !streams.contains(&a.0) || !wanted(&a.1) {
             stray += 1;
         } else {
             wrong_alg += usize::from(a.2 != alg);
             *seen.entry((a.0, a.1)).or_default() += 1;
         }
     }
-    let expected = streams.len() * txns.len();
+    let expected = streams.len() * (txns.len() - refused.len());
     let dups: u32 = seen.values().map(|n| n - 1).sum();
     let missing = expected - seen.len();
     if missing + dups as usize + wrong_alg + stray > 0 {
@@ -484,6 +537,22 @@ fn latencies(got: &[Arrival], txns: &Range<u32>, from: u32, run: &Run) -> (Vec<f
         }
     }
     out
+}
+
+/// Bare signing of a realistic outbound SET on `threads` threads for `dur`: SETs/s, and the
+/// other load on the machine meanwhile, %.
+fn bare_sign_rate(alg: SignAlg, threads: usize, dur: Duration) -> (f64, f64) {
+    let jti = "3f6c2a9e0d8b4f71a5c3e2d1b0a99887.123456";
+    let iss = "http://127.0.0.1:40000";
+    let claims = hub::credential_change(iss, json!(RX_AUD), jti, Some("t000123456"), 0);
+    let (_, pem) = SetSigner::generate(alg).expect("keygen");
+    let phase = Phase::start();
+    let rate = hub::rate_on_threads(threads, dur, || {
+        let s = SetSigner::from_pem(&pem, alg, None).expect("signer");
+        let claims = &claims;
+        move || drop(std::hint::black_box(s.sign(claims).expect("sign")))
+    });
+    (rate, phase.others())
 }
 
 /// The hub's CPU per event by thread group, as a markdown table.
@@ -511,6 +580,13 @@ struct FanOut {
     ratio: f64,
     /// The hub's CPU per delivered SET beyond signing and the HTTP client, µs.
     rest_us: f64,
+    /// Percent of the machine other processes took during the drain.
+    others: f64,
+    /// Bare all-core signing measured just before the drain, SETs/s; per SET per core, µs; and
+    /// the push ceiling from it, SETs/s.
+    sign_rate: f64,
+    sign_us: f64,
+    ceiling: f64,
 }
 
 /// Scenario B for one algorithm, the streams of one receiver or of a receiver each (`own`,
@@ -548,6 +624,13 @@ fn fanout(b: &Bench, alg: SignAlg, own: bool, lim: &Limits) -> Option<FanOut> {
     }
     broke("the probe")?;
 
+    // The limit again, just before the drain, so that both see the same machine: other builds
+    // come and go within a run.
+    wait_quiet(Duration::from_secs(10));
+    let (sign_rate, sign_others) = bare_sign_rate(alg, m::cores(), b.env.sign_secs);
+    let sign_us = m::cores() as f64 * 1e6 / sign_rate;
+    let ceiling = m::cores() as f64 * 1e6 / (sign_us + lim.client_us + lim.server_us);
+
     // Capacity: a backlog drained with nothing else running.
     let backlog = ((probe * (secs.as_secs_f64() + 2.0) / n as f64).ceil() as u32).clamp(20, 8000);
     let label = match own {
@@ -556,23 +639,29 @@ fn fanout(b: &Bench, alg: SignAlg, own: bool, lim: &Limits) -> Option<FanOut> {
     };
     let d = b.drain(&streams, &ks, name, backlog, &format!("the {label} drain"));
     broke("the backlog")?;
-    let (sign_us, client_us) = (lim.sign_core_us(name), lim.client_us);
+    let client_us = lim.client_us;
     let rest_us = d.hub_us - sign_us - client_us;
-    let (ratio, of_ceiling) = (
-        100.0 * d.capacity / lim.sign_rate[name],
-        100.0 * d.capacity / lim.ceiling(name),
-    );
+    let (ratio, of_ceiling) = (100.0 * d.capacity / sign_rate, 100.0 * d.capacity / ceiling);
     let cost = format!(
-        "{:.1} µs = signing {sign_us:.1} + HTTP client {client_us:.1} + the rest {rest_us:.1}",
-        d.hub_us
+        "{:.1} µs = signing {sign_us:.1} + HTTP client {client_us:.1} + the rest {rest_us:.1} (bare signing just before: {} SETs/s, other load {sign_others:.0}%)",
+        d.hub_us,
+        kfmt(sign_rate)
     );
     let capacity = format!(
-        "{} SETs/s (backlog {backlog} events × {n} streams, drained in {:.1} s; probe {} SETs/s)",
+        "{} SETs/s (backlog {backlog} events × {n} streams, drained in {:.1} s; probe {} SETs/s; other load {:.0}%)",
         kfmt(d.capacity),
         d.drained,
-        kfmt(probe)
+        kfmt(probe),
+        d.others
     );
-    let out = FanOut { ratio, rest_us };
+    let out = FanOut {
+        ratio,
+        rest_us,
+        others: d.others,
+        sign_rate,
+        sign_us,
+        ceiling,
+    };
     if own {
         b.check_and_delete(&streams);
         report!("| {label} | {capacity} | **{ratio:.1}%** | {of_ceiling:.0}% | {cost} | not measured | | |\n");
@@ -609,9 +698,9 @@ fn fanout(b: &Bench, alg: SignAlg, own: bool, lim: &Limits) -> Option<FanOut> {
 }
 
 /// Closed-loop ingest of `n` events by `clients` clients on `b`, whose push streams deliver to
-/// `ks` (waited for): the ingest rate, the hub's CPU per event, and the streams' delivered rate
-/// once ingest ended (the backlog left behind, draining), SETs/s.
-fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f64, f64) {
+/// `ks` (waited for): the ingest rate, the hub's CPU per event, the streams' delivered rate once
+/// ingest ended (the backlog left behind, draining), SETs/s, and the other load meanwhile, %.
+fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f64, f64, f64) {
     let rx = &b.env.rx;
     let txns = b.txns(n);
     let sets = b.sets(&txns);
@@ -619,10 +708,10 @@ fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f
     wait_quiet(Duration::from_secs(10));
     let phase = Phase::start();
     let run = b.ingest_sets(sets, 0.0, clients);
-    let used = phase.end(what);
+    let (used, others) = (phase.end(what), phase.others());
     let (rate, hub_us) = (run.completed_rate(), used.hub() * 1e6 / f64::from(n));
     if ks.is_empty() {
-        return (rate, hub_us, 0.0);
+        return (rate, hub_us, 0.0, others);
     }
     let arrivals = rx.wait(before, txns.len() * ks.len(), what);
     complete(what, &arrivals, ks, &txns, "RS256");
@@ -633,7 +722,7 @@ fn ceiling(b: &Bench, n: u32, clients: usize, ks: &[u32], what: &str) -> (f64, f
         .collect();
     let last = after.iter().max().copied().unwrap_or(run.ended);
     let tail = after.len() as f64 / (last - run.ended).as_secs_f64().max(1e-3);
-    (rate, hub_us, tail)
+    (rate, hub_us, tail, others)
 }
 
 pub(crate) fn run() {
@@ -671,6 +760,7 @@ pub(crate) fn run() {
         secs,
         streams: n_streams,
         frac,
+        sign_secs,
     };
     let load = env.load.handle();
 
@@ -682,17 +772,12 @@ pub(crate) fn run() {
     let claims = hub::credential_change(iss, json!(RX_AUD), jti, Some("t000123456"), 0);
     let (mut sign_rate, mut sign_us) = (HashMap::new(), HashMap::new());
     for alg in [SignAlg::ES256, SignAlg::RS256] {
-        let (_, pem) = SetSigner::generate(alg).expect("keygen");
-        let signing = || {
-            let s = SetSigner::from_pem(&pem, alg, None).expect("signer");
-            let claims = &claims;
-            move || drop(std::hint::black_box(s.sign(claims).expect("sign")))
-        };
-        let r = hub::rate_on_threads(cores, sign_secs, signing);
-        let one = 1e6 / hub::rate_on_threads(1, sign_secs, signing);
+        let (r, others) = bare_sign_rate(alg, cores, sign_secs);
+        let (one, one_others) = bare_sign_rate(alg, 1, sign_secs);
+        let one = 1e6 / one;
         let (name, rate, per_core) = (alg.name(), kfmt(r), cores as f64 * 1e6 / r);
-        report!("| Bare {name} signing, {cores} threads | {rate} SETs/s ({per_core:.1} µs/SET/core) |\n");
-        report!("| Bare {name} signing, 1 thread | {one:.1} µs per SET |\n");
+        report!("| Bare {name} signing, {cores} threads | {rate} SETs/s ({per_core:.1} µs/SET/core; other load {others:.0}%) |\n");
+        report!("| Bare {name} signing, 1 thread | {one:.1} µs per SET (other load {one_others:.0}%) |\n");
         sign_rate.insert(name, r);
         sign_us.insert(name, one);
     }
@@ -707,6 +792,7 @@ pub(crate) fn run() {
         .expect("base64url");
     let input = &source_set.as_bytes()[..dot];
     let jwk = Jwk::from_map(hub::object(env.signer.public_jwk())).expect("jwk");
+    let phase = Phase::start();
     let verify_us = 1e6
         / hub::rate_on_threads(1, sign_secs, || {
             let v = Alg::ES256.verifier(&jwk).expect("verifier");
@@ -716,9 +802,8 @@ pub(crate) fn run() {
                     .expect("verifies")
             }
         });
-    report!(
-        "| Bare ES256 check of a source SET's signature, 1 thread | {verify_us:.1} µs per SET |\n"
-    );
+    let others = phase.others();
+    report!("| Bare ES256 check of a source SET's signature, 1 thread | {verify_us:.1} µs per SET (other load {others:.0}%) |\n");
     let app = axum::Router::new().route("/rx/{k}", axum::routing::post(rx_push));
     let trivial = axum::routing::post(|| async { StatusCode::ACCEPTED });
     let app = app.route("/trivial", trivial);
@@ -733,6 +818,7 @@ pub(crate) fn run() {
     let phase = Phase::start();
     let r100 = closed_loop(load, 100, u64::MAX, post_window, true, post);
     let used = phase.end("100 concurrent POSTs");
+    let post_others = phase.others();
     rtt1.check("loopback POST");
     r100.check("loopback POSTs");
     let per_req = |g: &str| used.of(|x| x == g) * 1e6 / r100.done as f64;
@@ -754,7 +840,7 @@ pub(crate) fn run() {
     let (es, rs, client_us, server_us) =
         (ceil("ES256"), ceil("RS256"), lim.client_us, lim.server_us);
     report!("| Loopback POST round trip, 1 client | {rtt1} |\n");
-    report!("| Loopback POSTs, 100 concurrent on one client | {rate100} req/s; CPU per request: client {client_us:.1} µs, receiver {server_us:.1} µs |\n");
+    report!("| Loopback POSTs, 100 concurrent on one client | {rate100} req/s; CPU per request: client {client_us:.1} µs, receiver {server_us:.1} µs (other load {post_others:.0}%) |\n");
     report!("| Push ceiling (sign + HTTP client + receiver, all cores) | {es}; {rs} |\n");
 
     // 2. One push stream, RS256: the hub's ingest ceiling without and with it, its capacity,
@@ -762,7 +848,7 @@ pub(crate) fn run() {
     let b = Bench::start(&env);
     let metrics0 = b.metrics();
     let what = format!("ingest ceiling, {ingest_clients} clients, no stream");
-    let (bare_ceiling, bare_us, _) = ceiling(&b, ingest_n, ingest_clients, &[], &what);
+    let (bare_ceiling, bare_us, _, bare_others) = ceiling(&b, ingest_n, ingest_clients, &[], &what);
     let a = b.create_stream(&b.token, K_A, Some(SignAlg::RS256));
     let (txns, before) = (b.txns(3), rx.len());
     b.ingest(&txns, 0.0, 1);
@@ -774,10 +860,11 @@ pub(crate) fn run() {
         "RS256",
     );
     let what = format!("ingest ceiling, {ingest_clients} clients, one RS256 push stream");
-    let (with_ceiling, with_us, tail) = ceiling(&b, ingest_n, ingest_clients, &[K_A], &what);
+    let (with_ceiling, with_us, tail, with_others) =
+        ceiling(&b, ingest_n, ingest_clients, &[K_A], &what);
     report!("\n| One push stream, RS256 | Value |\n|---|---|\n");
-    report!("| Hub ingest ceiling, {ingest_clients} clients, {ingest_n} events, no stream | {} events/s; hub CPU {bare_us:.0} µs per event |\n", kfmt(bare_ceiling));
-    report!("| Hub ingest ceiling, the same with the push stream present | {} events/s; hub CPU {with_us:.0} µs per event (ingest only; the stream then drained its backlog at {} SETs/s) |\n", kfmt(with_ceiling), kfmt(tail));
+    report!("| Hub ingest ceiling, {ingest_clients} clients, {ingest_n} events, no stream | {} events/s; hub CPU {bare_us:.0} µs per event (other load {bare_others:.0}%) |\n", kfmt(bare_ceiling));
+    report!("| Hub ingest ceiling, the same with the push stream present | {} events/s; hub CPU {with_us:.0} µs per event (ingest only; the stream then drained its backlog at {} SETs/s; other load {with_others:.0}%) |\n", kfmt(with_ceiling), kfmt(tail));
     let backlog = ((tail * (secs.as_secs_f64() + 2.0)).ceil() as u32).clamp(1000, 100_000);
     let d = b.drain(
         std::slice::from_ref(&a),
@@ -786,13 +873,13 @@ pub(crate) fn run() {
         backlog,
         "the one-stream drain",
     );
-    report!("| Capacity: a backlog of {} events drained | **{} SETs/s** (drained in {:.1} s; hub CPU {:.0} µs per SET) |\n", d.backlog, kfmt(d.capacity), d.drained, d.hub_us);
+    report!("| Capacity: a backlog of {} events drained | **{} SETs/s** (drained in {:.1} s; hub CPU {:.0} µs per SET; other load {:.0}%) |\n", d.backlog, kfmt(d.capacity), d.drained, d.hub_us, d.others);
     // The highest rate kept up: 90% of the drain capacity first; after a miss, the lower of 80%
-    // of the rate tried and 95% of what was delivered (three tries at most).
+    // of the rate tried and 95% of what was delivered (four tries at most).
     let (mut sustained, mut rate) = (None, 0.9 * d.capacity);
-    for _ in 0..3 {
+    for _ in 0..4 {
         let what = format!("an open loop at {} events/s", kfmt(rate));
-        let s = b.steady(K_A, "RS256", rate.max(1.0), &what);
+        let s = b.steady(K_A, "RS256", rate.max(1.0), &what, true);
         let pct = 100.0 * rate / d.capacity.max(1e-9);
         report!(
             "| Open loop at {} events/s ({pct:.0}% of capacity) | {} |\n",
@@ -806,7 +893,7 @@ pub(crate) fn run() {
         rate = (0.8 * rate).min(0.95 * s.delivered);
     }
     let sustained = sustained.unwrap_or(0.0);
-    let sa = b.steady(K_A, "RS256", rate_a, "scenario A");
+    let sa = b.steady(K_A, "RS256", rate_a, "scenario A", false);
     println!(
         "  hub CPU per event (ingest + one delivery): {:.0} µs",
         sa.hub_us
@@ -816,7 +903,7 @@ pub(crate) fn run() {
         sa.kept_cell(),
         sa.hub_us
     );
-    let sl = b.steady(K_A, "RS256", rate_low, "the low rate");
+    let sl = b.steady(K_A, "RS256", rate_low, "the low rate", false);
     report!(
         "| Open loop at {rate_low:.0} events/s | {}; hub CPU {:.0} µs per event |\n",
         sl.kept_cell(),
@@ -929,47 +1016,47 @@ pub(crate) fn run() {
     report!("\n| Goal (issue 12) | Measured | Limit (same run) | Ratio | Verdict |\n|---|---|---|---|---|\n");
     let limit = 3500f64.min(0.8 * with_ceiling);
     report!(
-        "| One RS256 push stream: sustainable rate ≥ 3,500/s or ≥ 80% of the hub's ingest ceiling, whichever is lower | {} events/s kept up (drain capacity {} SETs/s) | {} events/s (ingest ceiling with the stream {}/s; without {}/s) | {:.2} of the ingest ceiling | {} |\n",
+        "| One RS256 push stream: sustainable rate ≥ 3,500/s or ≥ 80% of the hub's ingest ceiling, whichever is lower | {} events/s kept up (drain capacity {} SETs/s) | {} events/s (ingest ceiling with the stream {}/s, other load {with_others:.0}%; without {}/s) | {:.2} of the ingest ceiling | {} |\n",
         kfmt(sustained), kfmt(d.capacity), kfmt(limit), kfmt(with_ceiling), kfmt(bare_ceiling),
         sustained / with_ceiling.max(1e-9), met(sustained >= limit)
     );
     let p99 = sa.hi.p99;
     report!(
-        "| e2e p99 at {rate_a:.0}/s ≤ 5 ms | {} ms arrival − send (arrival − 202: {} ms) | 5 ms | {:.2} | {} |\n",
-        ms(p99), ms(sa.lo.p99), p99 / 5000.0, met(p99 <= 5000.0 && sa.kept)
+        "| e2e p99 at {rate_a:.0}/s ≤ 5 ms | {} ms arrival − send (arrival − 202: {} ms; other load {:.0}%) | 5 ms | {:.2} | {} |\n",
+        ms(p99), ms(sa.lo.p99), sa.others, p99 / 5000.0, met(p99 <= 5000.0 && sa.kept)
     );
     let (rs_us, es_us) = (lim.sign_us["RS256"], lim.sign_us["ES256"]);
     report!(
-        "| Hub CPU per event ingested and pushed to one stream at {rate_a:.0}/s ≤ 400 µs | {:.0} µs | 400 µs; bare source verify {verify_us:.1} µs + bare RS256 sign {rs_us:.1} µs = {:.0} µs (ES256 sign {es_us:.1} µs) | {:.2} of 400 µs; {:.1}× bare verify + sign | {} |\n",
-        sa.hub_us, verify_us + rs_us, sa.hub_us / 400.0, sa.hub_us / (verify_us + rs_us), met(sa.hub_us <= 400.0)
+        "| Hub CPU per event ingested and pushed to one stream at {rate_a:.0}/s ≤ 400 µs | {:.0} µs (other load {:.0}%) | 400 µs; bare source verify {verify_us:.1} µs + bare RS256 sign {rs_us:.1} µs = {:.0} µs (ES256 sign {es_us:.1} µs) | {:.2} of 400 µs; {:.1}× bare verify + sign | {} |\n",
+        sa.hub_us, sa.others, verify_us + rs_us, sa.hub_us / 400.0, sa.hub_us / (verify_us + rs_us), met(sa.hub_us <= 400.0)
     );
     for own in [false, true] {
         let Some(f) = fan.get(&("ES256", own)) else {
             continue;
         };
-        let who = if own {
-            "a receiver (own aud) per stream"
-        } else {
-            "one receiver"
+        // One `aud`: a hub that shares a signature between the streams can pass 100%.
+        let who = match own {
+            true => "a receiver (own aud) per stream: a signature per SET",
+            false => "one receiver, one aud: a signature may serve every stream",
         };
         let why = if f.ratio >= 70.0 {
             String::new()
         } else {
             format!(
                 "; per SET: signing {:.1} µs, HTTP client {:.1} µs, receiver {:.1} µs (machine ceiling {:.0}% of bare signing), the hub's own rest {:.1} µs",
-                lim.sign_core_us("ES256"), lim.client_us, lim.server_us,
-                100.0 * lim.ceiling("ES256") / lim.sign_rate["ES256"], f.rest_us
+                f.sign_us, lim.client_us, lim.server_us,
+                100.0 * f.ceiling / f.sign_rate, f.rest_us
             )
         };
         report!(
-            "| Fan-out to {n_streams} ES256 push streams ({who}) ≥ 70% of bare all-core signing | {:.1}% | 70% of {} SETs/s{why} | {:.2} | {} |\n",
-            f.ratio, kfmt(lim.sign_rate["ES256"]), f.ratio / 70.0, met(f.ratio >= 70.0)
+            "| Fan-out to {n_streams} ES256 push streams ({who}) ≥ 70% of bare all-core signing | {:.1}% (other load {:.0}%) | 70% of {} SETs/s{why} | {:.2} | {} |\n",
+            f.ratio, f.others, kfmt(f.sign_rate), f.ratio / 70.0, met(f.ratio >= 70.0)
         );
     }
     let (p99, bound) = (sl.hi.p99, 2.0 * lim.rtt_p99 + rs_us);
     report!(
-        "| Push e2e p99 at {rate_low:.0}/s ≤ 2× loopback POST p99 + bare RS256 sign | {} ms arrival − send (p50 {} ms; arrival − 202 p99 {} ms) | {} ms = 2 × {} ms + {} ms | {:.2} | {} |\n",
-        ms(p99), ms(sl.hi.p50), ms(sl.lo.p99), ms(bound), ms(lim.rtt_p99), ms(rs_us), p99 / bound.max(1e-9),
+        "| Push e2e p99 at {rate_low:.0}/s ≤ 2× loopback POST p99 + bare RS256 sign | {} ms arrival − send (p50 {} ms; arrival − 202 p99 {} ms; other load {:.0}%) | {} ms = 2 × {} ms + {} ms | {:.2} | {} |\n",
+        ms(p99), ms(sl.hi.p50), ms(sl.lo.p99), sl.others, ms(bound), ms(lim.rtt_p99), ms(rs_us), p99 / bound.max(1e-9),
         met(p99 <= bound && sl.kept)
     );
 
