@@ -132,7 +132,9 @@ fn build(config: Config) -> Result<Parts, StartError> {
     // On one machine the committer folds each batch as it makes it durable, so a revocation
     // is in the decision API before its 202, without a wake-up of its own.
     let fold = revocations.clone();
-    log.after_commit(Box::new(move |records| fold.fold_next(records)));
+    log.after_commit(Box::new(move |records, through| {
+        fold.fold_next(records, through)
+    }));
 
     let mut sources = config
         .sources

@@ -65,6 +65,8 @@ pub struct Feeds {
     admin: AdminToken,
     registry: Registry,
     limits: Arc<Limits>,
+    /// Wakes the pump when a client subscribes to the events ring.
+    watching: Arc<tokio::sync::Notify>,
 }
 
 /// What one socket may cost, and the sockets open now (by credential).
@@ -159,6 +161,7 @@ impl Feeds {
                 config,
                 open: Mutex::default(),
             }),
+            watching: Arc::default(),
         }
     }
 
@@ -231,9 +234,15 @@ pub async fn run(feeds: Feeds, shutdown: CancellationToken) {
     let mut after = log.head();
     loop {
         head.borrow_and_update();
-        // Nobody watching: nothing to publish (a client that connects later replays from the log).
+        // Nobody watching: nothing to publish (a client that connects later replays from the
+        // log), and no wake-up per record until someone is.
         if feeds.events.receiver_count() == 0 {
             after = log.head();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = feeds.watching.notified() => {}
+            }
+            continue;
         }
         loop {
             let page = match log.page(after, 1000).await {
@@ -357,6 +366,7 @@ async fn get_feed(
     let (slot, ws) = feeds.admit(&Principal::Admin, ws)?;
     let since = params.since.unwrap_or_else(|| feeds.log.head());
     let live = feeds.events.subscribe();
+    feeds.watching.notify_one();
     Ok(ws.on_upgrade(move |socket| async move {
         metrics::gauge!("ssf_hub_ws_clients", "feed" => "events").increment(1.0);
         follow(socket, feeds, since, filter, live, Source::Events, &slot).await;

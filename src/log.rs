@@ -34,7 +34,9 @@ type Pending = (
 
 /// Runs in the committer on the records one batch made durable, in log order, before the head
 /// announces them (see [`Log::after_commit`]).
-pub type AfterCommit = Box<dyn Fn(&[Arc<Record>]) + Send + Sync>;
+/// The records are those it was given decoded (all of them, unless some appends came without
+/// one), the position the last record of the batch, so a follower can tell a whole batch.
+pub type AfterCommit = Box<dyn Fn(&[Arc<Record>], Position) + Send + Sync>;
 
 #[derive(Default)]
 struct AfterCommits(std::sync::RwLock<Vec<AfterCommit>>);
@@ -117,13 +119,16 @@ impl Log {
         if !self.inner.sole_writer {
             return false;
         }
-        self.inner
-            .after_commit
-            .0
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(f);
+        let hooks = &self.inner.after_commit.0;
+        hooks.write().unwrap_or_else(|p| p.into_inner()).push(f);
         true
+    }
+
+    /// Whether [`Log::after_commit`] followers are called (this process is the sole writer
+    /// and one is registered): they then need not follow the head for new records.
+    pub fn folds_on_commit(&self) -> bool {
+        let hooks = &self.inner.after_commit.0;
+        !hooks.read().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     /// Stops accepting appends and waits until the committer has written what it had and let go
@@ -370,9 +375,10 @@ async fn commit_loop(
                     })
                     .collect();
                 recent.insert_all(fresh.iter().cloned());
-                if new > 0 && fresh.len() == new {
+                if new > 0 {
+                    let through = backend.head();
                     let hooks = after_commit.0.read().unwrap_or_else(|p| p.into_inner());
-                    hooks.iter().for_each(|f| f(&fresh));
+                    hooks.iter().for_each(|f| f(&fresh, through));
                 }
                 advance(&head, backend.head());
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {

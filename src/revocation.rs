@@ -37,6 +37,9 @@ pub struct Revocations {
     unstored: std::sync::Mutex<Vec<Delta>>,
     /// Told of every stored delta, in order (the websocket feed subscribes here).
     listeners: RwLock<Vec<Listener>>,
+    /// Woken when a batch the committer handed over could not be folded there (see
+    /// [`Revocations::fold_next`]): [`run`] catches up from the log.
+    lagging: tokio::sync::Notify,
 }
 
 type Listener = Box<dyn Fn(&Delta) + Send + Sync>;
@@ -82,6 +85,7 @@ impl Revocations {
             folded,
             unstored: Default::default(),
             listeners: Default::default(),
+            lagging: tokio::sync::Notify::new(),
         })
     }
 
@@ -182,18 +186,21 @@ impl Revocations {
         Ok(out)
     }
 
-    /// Folds a batch the log just made durable, if it directly follows what is folded (the
-    /// committer calls this: see [`Log::after_commit`]); anything else, and a failed store, is
-    /// left to [`run`], which follows the log.
-    pub fn fold_next(&self, records: &[Arc<Record>]) {
-        let (Some(first), Some(last)) = (records.first(), records.last()) else {
-            return;
-        };
-        if self.position() + 1 != first.position {
+    /// Folds a batch the log just made durable, through position `through`, if it is whole
+    /// and directly follows what is folded (the committer calls this: see
+    /// [`Log::after_commit`]); anything else, and a failed store, wakes [`run`] to catch up
+    /// from the log.
+    pub fn fold_next(&self, records: &[Arc<Record>], through: u64) {
+        let from = self.position();
+        let whole = records.first().map(|r| r.position) == Some(from + 1)
+            && records.len() as u64 == through.saturating_sub(from);
+        if !whole {
+            self.lagging.notify_one();
             return;
         }
-        if let Err(e) = self.fold(records.iter().map(|r| &**r), last.position) {
+        if let Err(e) = self.fold(records.iter().map(|r| &**r), through) {
             tracing::warn!(error = %e, "storing revocation state failed; the fold retries");
+            self.lagging.notify_one();
         }
     }
 
@@ -318,10 +325,12 @@ impl Snapshot {
     }
 }
 
-/// Keeps the fold current until `shutdown`: woken by the log head, persisted in batches.
+/// Keeps the fold current until `shutdown`, persisted in batches: woken by the log head, or,
+/// where the committer folds each batch itself (one writer), only when it could not.
 #[tracing::instrument(name = "revocation_fold", skip_all)]
 pub async fn run(revocations: Arc<Revocations>, log: Log, shutdown: CancellationToken) {
     let mut head = log.subscribe();
+    let follow_head = !log.folds_on_commit();
     loop {
         head.borrow_and_update();
         loop {
@@ -357,7 +366,8 @@ pub async fn run(revocations: Arc<Revocations>, log: Log, shutdown: Cancellation
         // stored last (folding is idempotent), so the next sync anyone makes is enough.
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = head.changed() => {}
+            _ = head.changed(), if follow_head => {}
+            _ = revocations.lagging.notified() => {}
         }
     }
 }
