@@ -14,8 +14,9 @@
 //!    - capacity: the stream paused, a backlog ingested, the stream enabled, delivered SETs/s
 //!      over `SSF_DELIVERY_SECS` (10);
 //!    - sustainable rate: an open loop at 90% of that capacity for 1 s + `SSF_DELIVERY_SECS`;
-//!      after a miss, again at the lower of 80% of that rate and 95% of the delivered one (four
-//!      tries at most); kept up = delivered ≥ 98% of the offered rate, no ingest refused (an
+//!      after a miss, again at the lower of 80% of that rate and 95% of the delivered one, and
+//!      once one rate was kept up and one missed, halfway between them (five tries at most,
+//!      until they are within 5%); kept up = delivered ≥ 98% of the offered rate, no ingest refused (an
 //!      overloaded hub answers 503) and the arrival − send p50 of the run's last third at most
 //!      twice its first third's + 1 ms;
 //!    - A: the open loop at `SSF_DELIVERY_RATE` (1,000) events/s, with the hub's CPU per event
@@ -904,10 +905,11 @@ pub(crate) fn run() {
         "the one-stream drain",
     );
     report!("| Capacity: a backlog of {} events drained | **{} SETs/s** (drained in {:.1} s; hub CPU {:.0} µs per SET; other load {:.0}%) |\n", d.backlog, kfmt(d.capacity), d.drained, d.hub_us, d.others);
-    // The highest rate kept up: 90% of the drain capacity first; after a miss, the lower of 80%
-    // of the rate tried and 95% of what was delivered (four tries at most).
-    let (mut sustained, mut rate) = (None, 0.9 * d.capacity);
-    for _ in 0..4 {
+    // The highest rate kept up: 90% of the drain capacity first; after a miss with nothing
+    // kept up yet, the lower of 80% of the rate tried and 95% of what was delivered; once one
+    // rate was kept up and one missed, halfway between them (five tries at most).
+    let (mut sustained, mut missed, mut rate) = (None::<f64>, f64::INFINITY, 0.9 * d.capacity);
+    for _ in 0..5 {
         let what = format!("an open loop at {} events/s", kfmt(rate));
         let s = b.steady(K_A, "RS256", rate.max(1.0), &what, true);
         let pct = 100.0 * rate / d.capacity.max(1e-9);
@@ -917,10 +919,17 @@ pub(crate) fn run() {
             s.kept_cell()
         );
         if s.kept {
-            sustained = Some(s.offered);
-            break;
+            sustained = Some(sustained.unwrap_or(0.0).max(s.offered));
+        } else {
+            missed = missed.min(rate);
         }
-        rate = (0.8 * rate).min(0.95 * s.delivered);
+        rate = match sustained {
+            _ if missed.is_infinite() => break,
+            // Within 5% of the answer: stop.
+            Some(kept) if missed <= 1.05 * kept => break,
+            Some(kept) => (kept + missed) / 2.0,
+            None => (0.8 * rate).min(0.95 * s.delivered),
+        };
     }
     let sustained = sustained.unwrap_or(0.0);
     let sa = b.steady(K_A, "RS256", rate_a, "scenario A", false);
