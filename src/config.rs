@@ -269,6 +269,8 @@ pub struct DeliveryConfig {
     /// SETs one push stream may have in flight at once (a stream's `max_in_flight` may lower
     /// it; 1 is strict log order).
     pub push_max_in_flight: u32,
+    /// Push requests the hub has open at once over all streams.
+    pub push_max_requests: u32,
     pub retry_initial_backoff_ms: u64,
     pub retry_max_backoff_ms: u64,
     pub retry_budget: u32,
@@ -595,6 +597,12 @@ impl Config {
             return Err(invalid(
                 "delivery.push_max_in_flight",
                 "must be between 1 and 1024",
+            ));
+        }
+        if !(1..=65_536).contains(&d.push_max_requests) {
+            return Err(invalid(
+                "delivery.push_max_requests",
+                "must be between 1 and 65536",
             ));
         }
         if d.push_timeout_ms == 0 || d.retry_initial_backoff_ms == 0 {

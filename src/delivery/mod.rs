@@ -37,6 +37,8 @@ pub struct Delivery {
     config: Arc<DeliveryConfig>,
     guard: Arc<Guard>,
     clients: clients::Clients,
+    /// Permits for push requests open at once, over all streams (`delivery.push_max_requests`).
+    requests: Arc<tokio::sync::Semaphore>,
     signed: Arc<Mutex<Signed>>,
     /// Long polls waiting now, per receiver id.
     long_polls: Arc<Mutex<HashMap<String, usize>>>,
@@ -78,6 +80,9 @@ impl Delivery {
             guard.clone(),
             std::time::Duration::from_millis(config.push_timeout_ms),
         );
+        let requests = Arc::new(tokio::sync::Semaphore::new(
+            config.push_max_requests as usize,
+        ));
         Delivery {
             log,
             registry,
@@ -86,6 +91,7 @@ impl Delivery {
             config: Arc::new(config),
             guard,
             clients,
+            requests,
             signed: Arc::default(),
             long_polls: Arc::default(),
             share,

@@ -668,10 +668,13 @@ async fn attempt(d: &Delivery, stream: &Stream, set: &str, stop: &CancellationTo
     let max = Duration::from_millis(cfg.retry_max_backoff_ms);
     let mut attempt = 0u32;
     loop {
-        if stop.is_cancelled() {
-            return Settled::Stopped;
-        }
+        // A permit for the request itself, not for the backoff after it.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return Settled::Stopped,
+            permit = d.requests.acquire() => permit,
+        };
         let outcome = send(&d.clients, &d.guard, stream, set).await;
+        drop(permit);
         let label = match &outcome {
             Outcome::Delivered => "delivered",
             Outcome::Transient { .. } => "transient",

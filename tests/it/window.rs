@@ -356,3 +356,35 @@ async fn max_in_flight_is_checked_and_can_only_lower_the_hub_window() {
     assert_eq!(r.json()["max_in_flight"], 16, "back to the hub's window");
     hub.stop().await;
 }
+
+#[tokio::test]
+async fn push_max_requests_bounds_requests_over_all_streams() {
+    let key = es256();
+    let hub = TestHub::start(|dir, c| {
+        let mut s = source("idp");
+        s.jwks_file = Some(write_jwks(dir, "idp.jwks.json", &[&key]));
+        c.sources = vec![s];
+        c.delivery.push_max_requests = 3;
+    })
+    .await;
+    let (rx, url) = SlowReceiver::start().await;
+    let (_, token) = hub.receiver("gw").await;
+    for _ in 0..4 {
+        push_stream(&hub, &token, &url, json!({})).await;
+    }
+    ingest(&hub, &key, 10).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rx.accepted().len() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every SET on every stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let most = rx.most_open.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&most),
+        "four windows of 16 share three requests: {most} were open at once"
+    );
+    hub.stop().await;
+}
