@@ -441,28 +441,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StorageError::Storage(e.to_string()))?
 }
 
-/// Runs the commit's write and `fdatasync` right here on a multi-threaded runtime: the worker
-/// hands its other tasks to another thread (`block_in_place`) and the commit needs no hand-off
-/// to the blocking pool and back, two thread wake-ups on the path of every 202 (each can cost a
-/// sleeping core's wake-up latency on a quiet machine). On the blocking pool otherwise.
-async fn blocking_here<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, StorageError> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(f)
-    } else {
-        blocking(f).await
-    }
-}
-
 impl EventLog for EmbeddedLog {
     fn append_batch(
         &self,
         batch: Vec<Append>,
     ) -> BoxFuture<'_, Result<Vec<Appended>, StorageError>> {
         let inner = self.inner.clone();
-        Box::pin(blocking_here(move || inner.append_blocking(batch)))
+        Box::pin(blocking(move || inner.append_blocking(batch)))
     }
 
     fn read(
