@@ -8,26 +8,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::support::process::HubProcess;
+use crate::support::process::{write_config, HubProcess};
 use crate::support::*;
 
 const SENDERS: usize = 8;
 const PER_SENDER: usize = 60;
-
-fn write_config(dir: &std::path::Path, key: &ssf_hub::sign::SetSigner) -> std::path::PathBuf {
-    let jwks = write_jwks(dir, "idp.jwks.json", &[key]);
-    let config = dir.join("hub.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmin_token = \"{ADMIN}\"\n\n\
-             [[sources]]\nid = \"idp\"\nissuer = \"{ISS}\"\njwks_file = \"{}\"\naudiences = [\"{AUD}\"]\n",
-            jwks.display()
-        ),
-    )
-    .expect("write config");
-    config
-}
 
 /// POSTs one SET to the hub's `idp` source; the status.
 async fn ingest(client: &reqwest::Client, base: &str, set: &str) -> u16 {
@@ -68,7 +53,7 @@ async fn all_events(client: &reqwest::Client, base: &str) -> Vec<Value> {
 async fn every_acknowledged_set_survives_kill_9_exactly_once_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();
-    let config = write_config(dir.path(), &key);
+    let config = write_config(dir.path(), &key, "");
     let hub = HubProcess::start(&config, dir.path());
     let base = hub.base();
     let client = reqwest::Client::new();
@@ -172,7 +157,7 @@ async fn every_acknowledged_set_survives_kill_9_exactly_once_in_order() {
 async fn kill_9_inside_a_group_commit_keeps_the_batch_whole_and_every_acknowledged_set() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();
-    let config = write_config(dir.path(), &key);
+    let config = write_config(dir.path(), &key, "");
     let mark = dir.path().join("commit-in-flight");
     let mark_env = mark.to_str().expect("utf-8 path");
     // Every batch pauses two seconds between its journal write and its sync, saying which
@@ -282,15 +267,13 @@ async fn kill_9_inside_a_group_commit_keeps_the_batch_whole_and_every_acknowledg
 async fn push_delivery_resumes_after_kill_9_with_no_gap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();
-    let config = write_config(dir.path(), &key);
-    let mut text = std::fs::read_to_string(&config).expect("read");
-    text = text.replace(
-        "[[sources]]",
-        // One SET at a time, so the first arrivals are in log order (the window's own kill -9
-        // test is in `window.rs`).
-        "[delivery]\nallow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20\npush_max_in_flight = 1\n\n[[sources]]",
+    // One SET at a time, so the first arrivals are in log order (the window's own kill -9
+    // test is in `window.rs`).
+    let config = write_config(
+        dir.path(),
+        &key,
+        "allow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20\npush_max_in_flight = 1",
     );
-    std::fs::write(&config, text).expect("write");
     let rx = TestReceiver::start(|_, _| {
         std::thread::sleep(std::time::Duration::from_millis(10));
         (202, vec![], String::new())

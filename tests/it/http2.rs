@@ -425,19 +425,11 @@ fn write_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// A hub process config with the `idp` source trusting `key`, loopback receivers allowed.
 fn write_hub_config(dir: &Path, key: &ssf_hub::sign::SetSigner) -> PathBuf {
-    let jwks = write_jwks(dir, "idp.jwks.json", &[key]);
-    let config = dir.join("hub.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmin_token = \"{ADMIN}\"\n\n\
-             [delivery]\nallow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20\n\n\
-             [[sources]]\nid = \"idp\"\nissuer = \"{ISS}\"\njwks_file = \"{}\"\naudiences = [\"{AUD}\"]\n",
-            jwks.display()
-        ),
+    crate::support::process::write_config(
+        dir,
+        key,
+        "allow_private_targets = [\"127.0.0.0/8\"]\nretry_initial_backoff_ms = 20",
     )
-    .expect("write config");
-    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,20 +159,13 @@ async fn a_window_of_16_delivers_everything_never_passes_an_unacknowledged_set_a
     const HELD: u64 = 3;
     let dir = tempfile::tempdir().expect("tempdir");
     let key = es256();
-    let jwks = write_jwks(dir.path(), "idp.jwks.json", &[&key]);
-    let config = dir.path().join("hub.toml");
     // The held SET is retried quickly and for long enough to outlast the test.
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmin_token = \"{ADMIN}\"\n\n\
-             [delivery]\nallow_private_targets = [\"127.0.0.0/8\"]\npush_max_in_flight = 16\n\
-             retry_initial_backoff_ms = 20\nretry_max_backoff_ms = 100\nretry_budget = 100000\n\n\
-             [[sources]]\nid = \"idp\"\nissuer = \"{ISS}\"\njwks_file = \"{}\"\naudiences = [\"{AUD}\"]\n",
-            jwks.display()
-        ),
-    )
-    .expect("write config");
+    let config = crate::support::process::write_config(
+        dir.path(),
+        &key,
+        "allow_private_targets = [\"127.0.0.0/8\"]\npush_max_in_flight = 16\n\
+         retry_initial_backoff_ms = 20\nretry_max_backoff_ms = 100\nretry_budget = 100000",
+    );
     let (rx, url) = SlowReceiver::start().await;
     rx.held.store(HELD, Ordering::SeqCst);
     let hub = HubProcess::start(&config, dir.path());

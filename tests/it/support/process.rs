@@ -122,3 +122,26 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A config file for a [`HubProcess`] in `dir`: data in `dir/data`, the test admin token, the
+/// `idp` source trusting `key`, and `delivery` (TOML lines for `[delivery]`, may be empty).
+pub fn write_config(
+    dir: &Path,
+    key: &ssf_hub::sign::SetSigner,
+    delivery: &str,
+) -> std::path::PathBuf {
+    use super::{write_jwks, ADMIN, AUD, ISS};
+    let jwks = write_jwks(dir, "idp.jwks.json", &[key]);
+    let config = dir.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\nadmin_token = \"{ADMIN}\"\n\n\
+             [delivery]\n{delivery}\n\n\
+             [[sources]]\nid = \"idp\"\nissuer = \"{ISS}\"\njwks_file = \"{}\"\naudiences = [\"{AUD}\"]\n",
+            jwks.display()
+        ),
+    )
+    .expect("write config");
+    config
+}
